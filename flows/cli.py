@@ -1,0 +1,86 @@
+"""The ``odir`` command line: one entry point for users, each sub-command a thin call into the library.
+
+Bad input (``OdirError``) ends with its message on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from components import LABELS
+from components.errors import OdirError
+
+EXIT_INVALID = 2
+
+
+def _print_report(root: Path, check_images: bool) -> int:
+    from components.data import validate_dataset
+
+    report = validate_dataset(root, check_images=check_images)
+    print(f"Dataset {report.root}")
+    for name, split in report.splits.items():
+        counts = "  ".join(f"{label} {int(split.labels[:, c].sum()):4d}" for c, label in enumerate(LABELS))
+        multi = int((split.labels.sum(axis=1) > 1).sum())
+        print(f"  {name:<13} {len(split):5d} images   {counts}   two or more labels: {multi}")
+    if report.ok:
+        print(f"OK: {len(report.splits)} split(s) valid ({', '.join(report.checked)}).")
+        return 0
+    print(f"INVALID: {len(report.problems)} problem(s):")
+    for problem in report.problems:
+        print(f"  {problem}")
+    return EXIT_INVALID
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    return _print_report(Path(args.root), check_images=not args.no_images)
+
+
+def _cmd_demo_data(args: argparse.Namespace) -> int:
+    from components.synth import SynthSizes, write_synthetic_dataset
+
+    sizes = SynthSizes(args.n_train, args.n_val, args.n_offsite, args.n_onsite)
+    root = write_synthetic_dataset(args.out, size=args.size, sizes=sizes, seed=args.seed)
+    print(f"Synthetic dataset written to {root.resolve()} (seed {args.seed}, {args.size}x{args.size} px).")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every sub-command."""
+    parser = argparse.ArgumentParser(prog="odir", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    validate = commands.add_parser("validate", help="check a dataset root: CSVs, labels, ids and every image")
+    validate.add_argument("root", help="dataset root (train.csv, images/train/, ...)")
+    validate.add_argument("--no-images", action="store_true", help="check the CSVs only, not the image files")
+    validate.set_defaults(handler=_cmd_validate)
+
+    demo = commands.add_parser("demo-data", help="write a synthetic fundus dataset in the real layout")
+    demo.add_argument("out", help="output folder")
+    demo.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
+    demo.add_argument("--n-train", type=int, default=240, help="train images (default 240)")
+    demo.add_argument("--n-val", type=int, default=60, help="val images (default 60)")
+    demo.add_argument("--n-offsite", type=int, default=60, help="offsite_test images (default 60)")
+    demo.add_argument("--n-onsite", type=int, default=40, help="onsite_test template images (default 40)")
+    demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    demo.set_defaults(handler=_cmd_demo_data)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs one sub-command; returns its exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        return args.handler(args)
+    except OdirError as error:
+        print(f"odir {args.command}: {error}", file=sys.stderr)
+        return EXIT_INVALID
+
+
+if __name__ == "__main__":
+    sys.exit(main())

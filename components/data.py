@@ -202,7 +202,9 @@ def read_labels_csv(csv_path: Path | str, image_dir: str) -> tuple[LabelRows, li
             if image_id is None:
                 continue
             if image_id in first_line:
-                problems.append(Problem(file, f"duplicate id {image_id!r} (first on line {first_line[image_id]})", line))
+                problems.append(
+                    Problem(file, f"duplicate id {image_id!r} (first on line {first_line[image_id]})", line)
+                )
                 continue
             first_line[image_id] = line
             ids.append(image_id)

@@ -147,9 +147,7 @@ def _focal(
 
 
 @LOSSES.register("class_balanced")
-def _class_balanced(
-    train_labels: np.ndarray | None = None, beta: float = 0.9999, reduction: str = "mean"
-) -> nn.Module:
+def _class_balanced(train_labels: np.ndarray | None = None, beta: float = 0.9999, reduction: str = "mean") -> nn.Module:
     if train_labels is None:
         raise ValueError("the class_balanced loss needs the training labels to count positives per class")
     labels = np.asarray(train_labels)

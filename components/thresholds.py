@@ -22,7 +22,7 @@ def fine_grid(step: float = 0.01, low: float = 0.05, high: float = 0.95) -> tupl
     """An evenly spaced grid from ``low`` to ``high`` inclusive."""
     if not 0.0 < step <= high - low or not 0.0 <= low < high <= 1.0:
         raise ValueError(f"need 0 <= low < high <= 1 and 0 < step <= high - low, got {low}, {high}, {step}")
-    count = int(round((high - low) / step)) + 1
+    count = round((high - low) / step) + 1
     return tuple(float(t) for t in np.round(np.linspace(low, high, count), 6))
 
 

@@ -197,7 +197,9 @@ def test_dataset_items_and_model_input(synthetic_root: Path) -> None:
     assert torch.equal(label, torch.as_tensor(split.labels[0]))
     batch = torch.full((1, 3, 2, 2), 255, dtype=torch.uint8)
     normalised = to_model_input(batch)
-    assert normalised[0, :, 0, 0].tolist() == pytest.approx([(1 - 0.485) / 0.229, (1 - 0.456) / 0.224, (1 - 0.406) / 0.225])
+    assert normalised[0, :, 0, 0].tolist() == pytest.approx(
+        [(1 - 0.485) / 0.229, (1 - 0.456) / 0.224, (1 - 0.406) / 0.225]
+    )
     with pytest.raises(ValueError, match="expected a uint8 batch"):
         to_model_input(batch.float())
 

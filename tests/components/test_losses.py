@@ -67,7 +67,10 @@ def test_class_balanced_defaults_follow_the_paper() -> None:
 @pytest.mark.parametrize(
     ("call", "message"),
     [
-        (lambda: build_loss("focall"), r"unknown loss 'focall'; valid: bce, class_balanced, focal. Did you mean 'focal'"),
+        (
+            lambda: build_loss("focall"),
+            r"unknown loss 'focall'; valid: bce, class_balanced, focal. Did you mean 'focal'",
+        ),
         (lambda: build_loss("class_balanced"), "needs the training labels"),
         (lambda: build_loss("bce", reduction="avg"), "reduction 'avg' is not one of mean, sum, none"),
         (lambda: build_loss("focal", gamma=-1.0), "focal gamma must be >= 0"),

@@ -1,0 +1,43 @@
+# odir: `make demo` and `make test` do all the set-up on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-odir
+DEMO_DATA ?= data/demo
+
+.PHONY: install demo test lint format bench clean help
+
+help:
+	@echo "make demo   install, generate synthetic fundus data, run the pipeline on it"
+	@echo "make test   install, lint, run the test suite"
+	@echo "make bench  install, run the benchmarks (prints ratios)"
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	@test -f $(DEMO_DATA)/train.csv || $(BIN)/odir demo-data $(DEMO_DATA)
+	$(BIN)/odir validate $(DEMO_DATA)
+	$(BIN)/odir train --config configs/models/demo.yaml --data $(DEMO_DATA)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: lint
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -455,9 +455,13 @@ def to_model_input(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
 ) -> torch.Tensor:
-    """uint8 ``(B, 3, H, W)`` -> normalised float32, on whatever device ``images`` is on."""
+    """uint8 ``(B, 3, H, W)`` -> normalised float32, on whatever device ``images`` is on.
+
+    ``(x / 255 - mean) / std`` is computed as ``x * scale + shift`` in place on the one float copy: a third of the
+    memory traffic of the textbook form, which matters on the CPU.
+    """
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"expected a uint8 batch of shape (B, 3, H, W), got {images.dtype} {tuple(images.shape)}")
-    mean_t = torch.tensor(mean, device=images.device).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, device=images.device).view(1, 3, 1, 1)
-    return (images.float().div_(255.0) - mean_t) / std_t
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
+    return images.float().mul_(1.0 / (255.0 * std_t)).add_(-mean_t / std_t)

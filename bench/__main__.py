@@ -1,0 +1,24 @@
+"""``python -m bench``: every benchmark, one table of ratios."""
+
+from __future__ import annotations
+
+import platform
+import time
+
+import torch
+
+from bench import data_cache
+from bench.common import HEADER, dataset_root
+
+
+def main() -> None:
+    root, source = dataset_root()
+    print(f"# odir benchmarks, {time.strftime('%Y-%m-%d %H:%M')}, {platform.processor() or platform.machine()}, "
+          f"{torch.get_num_threads()} torch threads, {source}")  # fmt: skip
+    print(HEADER)
+    for row in data_cache.run(root):
+        print(row.format(), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""Shared benchmark helpers: where the data comes from, timing, and the results table."""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from components.synth import SynthSizes, write_synthetic_dataset
+
+REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "odir"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the results table: a measurement against its reference."""
+
+    name: str
+    value: float
+    reference: float
+    unit: str
+    goal: str
+
+    @property
+    def ratio(self) -> float:
+        """measured / reference."""
+        return self.value / self.reference
+
+    def format(self) -> str:
+        numbers = f"{self.value:>10.1f} {self.reference:>10.1f} {self.unit:<8} {self.ratio:>7.2f}x"
+        return f"{self.name:<44} {numbers}  {self.goal}"
+
+
+HEADER = f"{'benchmark':<44} {'measured':>10} {'reference':>10} {'unit':<8} {'ratio':>8}  goal"
+
+
+def dataset_root(real: bool = True, size: int = 128, count: int = 200) -> tuple[Path, str]:
+    """The real ODIR data when present (and asked for), else a synthetic dataset in a temporary folder."""
+    if real and (REAL_DATA / "train.csv").exists():
+        return REAL_DATA, f"real ODIR data ({REAL_DATA})"
+    root = Path(tempfile.mkdtemp(prefix="odir-bench-"))
+    write_synthetic_dataset(root, size=size, sizes=SynthSizes(count, 0, 0, 0), seed=0)
+    return root, f"synthetic data ({count} images, {size} px)"
+
+
+def median_seconds(action: Callable[[], object], repeats: int) -> float:
+    """Median wall time of ``repeats`` calls."""
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        action()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)

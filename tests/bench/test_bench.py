@@ -1,0 +1,13 @@
+"""Each benchmark runs on tiny inputs (no timing is asserted: speed goals live in bench/, not in tests)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench import data_cache
+
+
+def test_data_cache_benchmark_runs(synthetic_root: Path) -> None:
+    rows = data_cache.run(synthetic_root, size=16, epochs=2, batch_size=4)
+    assert [row.unit for row in rows] == ["img/s"] * 3
+    assert all(row.value > 0 and row.reference > 0 for row in rows)

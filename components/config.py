@@ -1,0 +1,199 @@
+"""Typed, frozen configs loaded from YAML: a model spec and a pipeline profile. Unknown keys and bad values
+raise :class:`ConfigError` naming the file and the field.
+
+A profile lists the models to train; ``defaults`` holds settings shared by its models (a model's own keys win)::
+
+    name: demo
+    defaults: {image_size: 64, epochs: 3, batch_size: 16}
+    models:
+      - {name: tiny-bce, backbone: tiny_cnn, loss: bce}
+      - {name: tiny-focal, backbone: tiny_cnn, loss: focal}
+    tta_views: [identity, hflip, vflip, rot90, rot270]
+    threshold_grid: study
+    ensemble_weights: {tiny-bce: 0.5, tiny-focal: 0.5}
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from components.errors import OdirError
+from components.losses import LOSSES
+from components.models import BACKBONES
+from components.tta import STUDY_VIEWS, check_views
+
+
+class ConfigError(OdirError):
+    """A profile or model spec that cannot be used; the message names the file and the field."""
+
+
+class ModelSpec(BaseModel):
+    """Everything that turns data into one trained model.
+
+    Attributes:
+        name: the model's name (registered as ``odir-<name>``): lowercase letters, digits, ``-``, ``_``, ``.``.
+        backbone: a registered backbone (``resnet18``, ``se_resnet18``, ``mha_resnet18``, ``efficientnet_b0``,
+            ``efficientnet_lite0``, ``tiny_cnn``).
+        weights: ``none``, ``imagenet`` or the path of a checkpoint.
+        mode: ``frozen`` (evaluate as loaded), ``head`` (backbone frozen, head trained) or ``full``.
+        loss: a registered loss (``bce``, ``focal``, ``class_balanced``) and ``loss_params`` for it.
+        epochs, lr, weight_decay, batch_size, image_size, seed: the usual; Adam is the optimiser.
+        augment: random horizontal and vertical flips during training.
+        monitor: the validation metric that picks the best checkpoint (``f1_macro``, higher is better; ``loss``).
+        patience: stop after this many epochs without improvement (None: never).
+        grad_clip: clip the gradient norm to this value (None: no clipping).
+        amp, channels_last: mixed precision and channels-last memory format, used on CUDA only.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$", max_length=64)
+    backbone: str
+    weights: str = "none"
+    mode: Literal["frozen", "head", "full"] = "full"
+    loss: str = "bce"
+    loss_params: dict[str, float | None] = Field(default_factory=dict)
+    epochs: int = Field(default=20, ge=0)
+    lr: float = Field(default=1e-4, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    batch_size: int = Field(default=32, ge=1)
+    image_size: int = Field(default=256, ge=16, le=1024)
+    seed: int = 0
+    augment: bool = False
+    monitor: Literal["f1_macro", "loss"] = "f1_macro"
+    patience: int | None = Field(default=None, ge=1)
+    grad_clip: float | None = Field(default=None, gt=0)
+    amp: bool = True
+    channels_last: bool = True
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, value: str) -> str:
+        BACKBONES.get(value)
+        return value
+
+    @field_validator("loss")
+    @classmethod
+    def _known_loss(cls, value: str) -> str:
+        LOSSES.get(value)
+        return value
+
+    @model_validator(mode="after")
+    def _trainable(self) -> ModelSpec:
+        if self.mode != "frozen" and self.epochs < 1:
+            raise ValueError(f"mode {self.mode!r} trains, so epochs must be >= 1")
+        return self
+
+
+class Profile(BaseModel):
+    """A pipeline profile: the models to train and how their predictions are combined."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    description: str = ""
+    models: list[ModelSpec] = Field(min_length=1)
+    tta_views: tuple[str, ...] = STUDY_VIEWS
+    threshold_grid: Literal["study", "fine"] = "study"
+    ensemble_weights: dict[str, float] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "defaults" in data:
+            data = dict(data)
+            defaults = data.pop("defaults") or {}
+            if not isinstance(defaults, dict):
+                raise ValueError("defaults must be a mapping of model settings")
+            data["models"] = [{**defaults, **m} if isinstance(m, dict) else m for m in data.get("models") or []]
+        return data
+
+    @field_validator("tta_views")
+    @classmethod
+    def _known_views(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return check_views(value)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Profile:
+        names = [model.name for model in self.models]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ValueError(f"model names must be unique; repeated: {', '.join(duplicated)}")
+        if self.ensemble_weights is not None:
+            unknown = sorted(set(self.ensemble_weights) - set(names))
+            if unknown:
+                raise ValueError(f"ensemble_weights name unknown model(s) {', '.join(unknown)}; models: {names}")
+            if any(w < 0 for w in self.ensemble_weights.values()) or sum(self.ensemble_weights.values()) <= 0:
+                raise ValueError("ensemble_weights must be >= 0 and not all zero")
+        return self
+
+    def model(self, name: str) -> ModelSpec:
+        """The model spec called ``name``."""
+        for spec in self.models:
+            if spec.name == name:
+                return spec
+        raise ConfigError(f"profile {self.name!r} has no model {name!r}; models: {[m.name for m in self.models]}")
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    lines = []
+    for item in error.errors():
+        field = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in item["loc"]).lstrip(".")
+        message = item["msg"].removeprefix("Value error, ")
+        shown = f" (got {item['input']!r})" if not isinstance(item.get("input"), dict | list) else ""
+        lines.append(f"{source}: {field or '(top level)'}: {message}{shown}")
+    return "\n".join(lines)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({error})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def parse_model_spec(data: dict[str, Any], source: str = "model spec") -> ModelSpec:
+    """A model spec from a mapping; ``source`` names where it came from in error messages."""
+    try:
+        return ModelSpec.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_describe(error, source)) from None
+
+
+def configs_dir() -> Path:
+    """The ``configs/`` folder: ``$PWD/configs`` when present, else the one beside the installed code."""
+    here = Path.cwd() / "configs"
+    return here if here.is_dir() else Path(__file__).resolve().parents[1] / "configs"
+
+
+def resolve_profile_path(name_or_path: str | Path) -> Path:
+    """A profile name (``demo``) -> ``configs/demo.yaml``; a path stays a path."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml") or candidate.exists():
+        return candidate
+    return configs_dir() / f"{name_or_path}.yaml"
+
+
+def load_profile(name_or_path: str | Path) -> Profile:
+    """Loads and validates a profile by name or path.
+
+    Raises:
+        ConfigError: naming the file and each bad field.
+    """
+    path = resolve_profile_path(name_or_path)
+    if not path.is_file():
+        known = sorted(p.stem for p in configs_dir().glob("*.yaml"))
+        raise ConfigError(f"{path}: profile not found; known profiles: {', '.join(known) or 'none'}")
+    try:
+        return Profile.model_validate(_read_yaml(path))
+    except ValidationError as error:
+        raise ConfigError(_describe(error, str(path))) from None

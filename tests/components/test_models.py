@@ -1,0 +1,204 @@
+"""The backbone registry's contract, attention blocks, weights loading and fine-tuning modes."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from components.attention import SpatialSelfAttention, SqueezeExcitation
+from components.models import BACKBONES, WeightsError, build_model, lite0_checkpoint, lite0_key, parameter_count
+from components.training import set_train_mode, set_trainable
+
+
+@pytest.fixture(scope="module")
+def batch() -> torch.Tensor:
+    return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("name", BACKBONES.names())
+def test_every_backbone_builds_runs_and_learns(name: str, batch: torch.Tensor) -> None:
+    torch.manual_seed(0)
+    model = build_model(name)
+    out = model(batch)
+    assert out.shape == (2, 3) and torch.isfinite(out).all()
+    assert model.forward_head(model.forward_features(batch)).shape == (2, 3)
+    out.sum().backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not no_grad
+
+
+def test_parameter_counts_by_hand() -> None:
+    # torchvision ResNet18 has 11,689,512 parameters with its 1000-class fc (512*1000 + 1000 = 513,000):
+    # backbone 11,176,512 + our head 512*3 + 3 = 1,539  ->  11,178,051
+    assert parameter_count(build_model("resnet18")) == 11_176_512 + 1_539
+    # SE block on C channels, hidden h = C/16: C*h + h + h*C + C
+    #   64: 580   128: 2,184   256: 8,464   512: 33,312   ->  44,540
+    assert parameter_count(build_model("se_resnet18")) == 11_178_051 + 44_540
+    # MHA on C channels: in_proj 3C*C + 3C, out_proj C*C + C  ->  256: 263,168   512: 1,050,624
+    assert parameter_count(build_model("mha_resnet18")) == 11_178_051 + 263_168 + 1_050_624
+
+
+def test_se_keeps_shape_and_rescales_channels() -> None:
+    torch.manual_seed(0)
+    block = SqueezeExcitation(32, 16)
+    x = torch.randn(2, 32, 5, 5)
+    y = block(x)
+    assert y.shape == x.shape and not torch.allclose(x, y)
+    ratio = y / x  # one sigmoid scale per (image, channel), in (0, 1)
+    assert torch.allclose(ratio, ratio[:, :, :1, :1].expand_as(ratio), atol=1e-5)
+    assert ((ratio > 0) & (ratio < 1)).all()
+
+
+def _naive_attention(block: SpatialSelfAttention, x: torch.Tensor) -> torch.Tensor:
+    """Multi-head attention written out: per head softmax(Q K^T / sqrt(d)) V, then the output projection."""
+    mha = block.attention
+    b, c, h, w = x.shape
+    heads, d = mha.num_heads, c // mha.num_heads
+    tokens = x.flatten(2).transpose(1, 2)
+    q, k, v = (
+        tokens @ mha.in_proj_weight[i * c : (i + 1) * c].T + mha.in_proj_bias[i * c : (i + 1) * c] for i in range(3)
+    )
+    outs = []
+    for head in range(heads):
+        sl = slice(head * d, (head + 1) * d)
+        weights = torch.softmax(q[..., sl] @ k[..., sl].transpose(1, 2) / d**0.5, dim=-1)
+        outs.append(weights @ v[..., sl])
+    attended = torch.cat(outs, dim=-1) @ mha.out_proj.weight.T + mha.out_proj.bias
+    return x + attended.transpose(1, 2).reshape(b, c, h, w)
+
+
+def test_mha_matches_a_naive_reference() -> None:
+    torch.manual_seed(0)
+    block = SpatialSelfAttention(16, heads=4, dropout=0.1).eval()
+    x = torch.randn(2, 16, 3, 4)
+    y = block(x)
+    assert y.shape == x.shape and not torch.allclose(x, y)
+    torch.testing.assert_close(y, _naive_attention(block, x), atol=1e-5, rtol=1e-5)
+
+
+def test_attention_changes_the_resnet_output(batch: torch.Tensor) -> None:
+    outputs = {}
+    for name in ("resnet18", "se_resnet18", "mha_resnet18"):
+        torch.manual_seed(0)
+        outputs[name] = build_model(name).eval()(batch)
+    assert not torch.allclose(outputs["resnet18"], outputs["se_resnet18"])
+    assert not torch.allclose(outputs["resnet18"], outputs["mha_resnet18"])
+
+
+def test_bad_attention_settings_raise() -> None:
+    with pytest.raises(ValueError, match="divisible by heads"):
+        SpatialSelfAttention(10, heads=4)
+    with pytest.raises(ValueError, match=r"unknown backbone 'resnet19'.*Did you mean 'resnet18'"):
+        build_model("resnet19")
+
+
+def test_lite0_mapping_loads_every_tensor() -> None:
+    source = torch.load(lite0_checkpoint(), map_location="cpu", weights_only=True)
+    mapped = {lite0_key(k) for k in source} - {None}
+    model = build_model("efficientnet_lite0")
+    assert mapped == set(model.features.body.state_dict())  # nothing missing, nothing unexpected
+    assert len(source) - len(mapped) == 2  # only the ImageNet classifier (_fc.weight, _fc.bias) is left out
+
+
+def test_lite0_matches_the_reference_implementation() -> None:
+    from efficientnet_lite_pytorch import EfficientNet
+
+    reference = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(lite0_checkpoint())).eval()
+    model = build_model("efficientnet_lite0", "imagenet").eval()
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = nn.functional.adaptive_avg_pool2d(reference.extract_features(x), 1).flatten(1)
+        torch.testing.assert_close(model.forward_features(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_lite0_pretrained_is_deterministic(batch: torch.Tensor) -> None:
+    torch.manual_seed(0)
+    first = build_model("efficientnet_lite0", "imagenet").eval()
+    torch.manual_seed(0)
+    second = build_model("efficientnet_lite0", "imagenet").eval()
+    with torch.no_grad():
+        assert torch.equal(first(batch), second(batch))
+
+
+def test_imagenet_offline_fails_fast_with_a_clear_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-cache"))
+    started = time.perf_counter()
+    with pytest.raises(WeightsError) as caught:
+        build_model("resnet18", "imagenet")
+    assert time.perf_counter() - started < 10  # a hang guard, not a speed goal: hub retries took 47 s
+    message = str(caught.value)
+    assert "resnet18-f37072fd.pth" in message and str(tmp_path / "empty-cache") in message
+    assert "weights: none" in message and "efficientnet_lite0" in message
+
+
+def test_imagenet_from_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torchvision
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    torch.manual_seed(3)
+    imagenet_like = torchvision.models.resnet18(weights=None).state_dict()
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(imagenet_like, tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth")
+    model = build_model("se_resnet18", "imagenet")
+    torch.testing.assert_close(model.features.body.conv1.weight, imagenet_like["conv1.weight"])
+
+
+def test_backbone_only_and_full_checkpoints(tmp_path: Path, batch: torch.Tensor) -> None:
+    import torchvision
+
+    course = torchvision.models.resnet18(weights=None, num_classes=3)  # the course shipped such backbones
+    torch.save(course.state_dict(), tmp_path / "ckpt_resnet18_ep50.pt")
+    model = build_model("resnet18", str(tmp_path / "ckpt_resnet18_ep50.pt")).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(batch), course.eval()(batch))
+    torch.save({"model": model.state_dict()}, tmp_path / "full.pt")
+    again = build_model("resnet18", str(tmp_path / "full.pt")).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(batch), model(batch))
+
+
+def test_bad_checkpoints_are_refused(tmp_path: Path) -> None:
+    torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "wrong.pt")
+    with pytest.raises(WeightsError, match=r"does not fit the model \(missing: .*wrong shape: conv1.weight"):
+        build_model("resnet18", str(tmp_path / "wrong.pt"))
+    with pytest.raises(WeightsError, match="not found; weights must be none, imagenet or a checkpoint path"):
+        build_model("resnet18", str(tmp_path / "absent.pt"))
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.write_text, (tmp_path / "pwned", "x"))
+
+    torch.save({"model": Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(WeightsError, match=r"cannot load checkpoint .* as plain tensors"):
+        build_model("resnet18", str(tmp_path / "evil.pt"))
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize(("mode", "trains_features", "trains_head"), [("full", True, True), ("head", False, True)])
+def test_modes_train_the_right_parameters(
+    mode: str, trains_features: bool, trains_head: bool, batch: torch.Tensor
+) -> None:
+    torch.manual_seed(0)
+    model = build_model("tiny_cnn")
+    set_trainable(model, mode)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimiser = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    set_train_mode(model, mode)
+    model(batch).sum().backward()
+    optimiser.step()
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    feature_keys = {k for k in before if k.startswith("features.")}
+    assert bool(changed & feature_keys) == trains_features  # includes BatchNorm running statistics
+    assert bool(changed & {"head.1.weight", "head.1.bias"}) == trains_head
+
+
+def test_frozen_mode_trains_nothing() -> None:
+    model = build_model("tiny_cnn")
+    set_trainable(model, "frozen")
+    set_train_mode(model, "frozen")
+    assert parameter_count(model, trainable_only=True) == 0 and not model.training

@@ -1,0 +1,135 @@
+"""The training loop: resume after a crash, cached-feature head training, early stopping, frozen evaluation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from components.config import parse_model_spec
+from components.data import FundusDataset, ImageCache, load_split
+from components.errors import OdirError
+from components.models import build_model
+from components.training import Callback, load_trained, predict_proba_dataset, select_device, train
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def datasets(synthetic_root: Path) -> tuple[FundusDataset, FundusDataset]:
+    cache = ImageCache()
+    return (
+        FundusDataset.from_split(load_split(synthetic_root, "train"), SIZE, cache),
+        FundusDataset.from_split(load_split(synthetic_root, "val"), SIZE, cache),
+    )
+
+
+def _spec(**overrides: object):
+    settings = {"name": "t", "backbone": "tiny_cnn", "epochs": 4, "lr": 0.01, "batch_size": 4, "image_size": SIZE,
+                "seed": 7, "augment": True}  # fmt: skip
+    return parse_model_spec({**settings, **overrides})
+
+
+class _Crash(Callback):
+    def __init__(self, after_epoch: int) -> None:
+        self.after_epoch = after_epoch
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        if epoch == self.after_epoch:
+            raise KeyboardInterrupt("simulated crash")
+
+
+class _Recorder(Callback):
+    def __init__(self) -> None:
+        self.epochs: list[int] = []
+        self.checkpoints: list[tuple[str, int]] = []
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        assert {"train_loss", "val_loss", "val_f1_macro", "val_f1_course", "val_f1_D", "val_auroc_A"} <= set(metrics)
+        self.epochs.append(epoch)
+
+    def on_checkpoint(self, path: Path, kind: str, epoch: int) -> None:
+        assert path.exists()
+        self.checkpoints.append((kind, epoch))
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+def test_resume_after_a_crash_matches_an_uninterrupted_run(datasets, tmp_path: Path) -> None:
+    train_data, val_data = datasets
+    spec = _spec(monitor="loss")
+    uninterrupted = train(spec, train_data, val_data, tmp_path / "a")
+    with pytest.raises(KeyboardInterrupt):
+        train(spec, train_data, val_data, tmp_path / "b", callbacks=[_Crash(after_epoch=2)])
+    recorder = _Recorder()
+    resumed = train(spec, train_data, val_data, tmp_path / "b", callbacks=[recorder])
+    assert resumed.resumed_from == 2 and recorder.epochs == [3, 4]
+    assert [h["epoch"] for h in resumed.history] == [1.0, 2.0, 3.0, 4.0]
+    for name in ("last.pt", "best.pt"):
+        a, b = _weights(tmp_path / "a" / name), _weights(tmp_path / "b" / name)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    assert resumed.best_epoch == uninterrupted.best_epoch
+    assert resumed.history == uninterrupted.history
+
+
+def test_cached_features_give_the_naive_result(datasets, tmp_path: Path) -> None:
+    train_data, val_data = datasets
+    spec = _spec(backbone="resnet18", mode="head", epochs=3, augment=False)
+    cached = train(spec, train_data, val_data, tmp_path / "cached", resume=False)
+    naive = train(spec, train_data, val_data, tmp_path / "naive", resume=False, cache_features=False)
+    for fast, slow in zip(cached.history, naive.history, strict=True):
+        assert fast.keys() == slow.keys()
+        for key in fast:
+            assert fast[key] == pytest.approx(slow[key], abs=1e-5, nan_ok=True), key
+    a, b = _weights(cached.best_checkpoint), _weights(naive.best_checkpoint)
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
+    torch.manual_seed(spec.seed)
+    untrained = build_model("resnet18").state_dict()
+    assert all(torch.equal(a[k], untrained[k]) for k in a if k.startswith("features."))  # the backbone never moved
+
+
+def test_callbacks_and_best_checkpoint(datasets, tmp_path: Path) -> None:
+    recorder = _Recorder()
+    result = train(_spec(epochs=3), *datasets, tmp_path, callbacks=[recorder])
+    assert recorder.epochs == [1, 2, 3]
+    assert [e for kind, e in recorder.checkpoints if kind == "last"] == [1, 2, 3]
+    assert ("best", result.best_epoch) in recorder.checkpoints
+    best_f1 = max(h["val_f1_macro"] for h in result.history)
+    assert result.best_metrics["val_f1_macro"] == best_f1
+    model, spec = load_trained(result.best_checkpoint)
+    assert spec == _spec(epochs=3)
+    probs = predict_proba_dataset(model, datasets[1], batch_size=5)
+    assert probs.shape == (len(datasets[1]), 3) and ((probs >= 0) & (probs <= 1)).all()
+
+
+def test_early_stopping(datasets, tmp_path: Path) -> None:
+    spec = _spec(epochs=30, lr=1e-9, mode="head", patience=2, augment=False)
+    result = train(spec, *datasets, tmp_path)
+    # a frozen backbone and a head that barely moves: validation F1 never beats epoch 1, and epochs 2 and 3
+    # exhaust the patience
+    assert result.stopped_early and len(result.history) == 3 and result.best_epoch == 1
+
+
+def test_frozen_mode_evaluates_the_loaded_weights(datasets, tmp_path: Path) -> None:
+    result = train(_spec(mode="frozen", epochs=0), *datasets, tmp_path)
+    assert result.best_epoch == 0 and len(result.history) == 1
+    assert "val_f1_macro" in result.best_metrics
+
+
+def test_resume_refuses_another_spec(datasets, tmp_path: Path) -> None:
+    train(_spec(epochs=1), *datasets, tmp_path)
+    with pytest.raises(OdirError, match="written for another model spec"):
+        train(_spec(epochs=1, lr=0.5), *datasets, tmp_path)
+
+
+def test_cached_features_need_head_mode(datasets, tmp_path: Path) -> None:
+    with pytest.raises(OdirError, match="cached features need mode 'head'"):
+        train(_spec(epochs=1), *datasets, tmp_path, cache_features=True)
+
+
+def test_device_selection() -> None:
+    assert select_device("cpu").type == "cpu"
+    assert select_device().type in ("cuda", "mps", "cpu")

@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from bench import data_cache
+from bench import data_cache, head_only
 from bench.common import HEADER, dataset_root
 
 
@@ -16,8 +16,9 @@ def main() -> None:
     print(f"# odir benchmarks, {time.strftime('%Y-%m-%d %H:%M')}, {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} torch threads, {source}")  # fmt: skip
     print(HEADER)
-    for row in data_cache.run(root):
-        print(row.format(), flush=True)
+    for benchmark in (data_cache.run, head_only.run):
+        for row in benchmark(root):
+            print(row.format(), flush=True)
 
 
 if __name__ == "__main__":

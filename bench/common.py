@@ -31,10 +31,10 @@ class Row:
 
     def format(self) -> str:
         numbers = f"{self.value:>10.1f} {self.reference:>10.1f} {self.unit:<8} {self.ratio:>7.2f}x"
-        return f"{self.name:<44} {numbers}  {self.goal}"
+        return f"{self.name:<54} {numbers}  {self.goal}"
 
 
-HEADER = f"{'benchmark':<44} {'measured':>10} {'reference':>10} {'unit':<8} {'ratio':>8}  goal"
+HEADER = f"{'benchmark':<54} {'measured':>10} {'reference':>10} {'unit':<8} {'ratio':>8}  goal"
 
 
 def dataset_root(real: bool = True, size: int = 128, count: int = 200) -> tuple[Path, str]:

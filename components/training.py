@@ -246,6 +246,17 @@ def _save(path: Path, payload: dict) -> None:
     partial.replace(path)
 
 
+def _changing_state(model: Classifier, mode: str) -> dict[str, torch.Tensor]:
+    """The part of the weights that training changes: all of it in ``full`` mode, only the head otherwise.
+
+    A frozen backbone is rebuilt bit for bit from the spec (weights and seed) on resume, so ``last.pt`` need not
+    rewrite it every epoch; in head mode that is most of the time of a run on cached features.
+    """
+    if mode == "full":
+        return model.state_dict()
+    return {f"head.{key}": value for key, value in model.head.state_dict().items()}
+
+
 def _resume(
     workdir: Path, spec: ModelSpec, model: Classifier, optimiser: torch.optim.Optimizer | None
 ) -> _State | None:
@@ -255,7 +266,7 @@ def _resume(
     saved = torch.load(path, map_location="cpu", weights_only=True)
     if saved["spec"] != spec.model_dump():
         raise OdirError(f"{path} was written for another model spec; use an empty working folder or the same spec")
-    model.load_state_dict(saved["model"])
+    model.load_state_dict(saved["model"], strict=spec.mode == "full")
     if optimiser is not None and saved["optimizer"] is not None:
         optimiser.load_state_dict(saved["optimizer"])
     log.info("%s: resuming after epoch %d from %s", spec.name, saved["epoch"], path)
@@ -340,7 +351,7 @@ def _after_epoch(
     else:
         state.bad_epochs += 1
     last = {
-        "model": model.state_dict(), "optimizer": optimiser.state_dict(), "spec": spec.model_dump(),
+        "model": _changing_state(model, spec.mode), "optimizer": optimiser.state_dict(), "spec": spec.model_dump(),
         "epoch": epoch, "best_score": state.best_score, "best_epoch": state.best_epoch,
         "bad_epochs": state.bad_epochs, "history": state.history,
     }  # fmt: skip

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench import data_cache
+from bench import data_cache, head_only
 
 
 def test_data_cache_benchmark_runs(synthetic_root: Path) -> None:
     rows = data_cache.run(synthetic_root, size=16, epochs=2, batch_size=4)
     assert [row.unit for row in rows] == ["img/s"] * 3
     assert all(row.value > 0 and row.reference > 0 for row in rows)
+
+
+def test_head_only_benchmark_runs(synthetic_root: Path) -> None:
+    [row] = head_only.run(synthetic_root, backbone="tiny_cnn", weights="none", size=16, epochs=2, limit=8)
+    assert row.value > 0 and row.reference > 0 and "val f1" in row.goal

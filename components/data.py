@@ -15,6 +15,7 @@ required. Every problem is reported with its file and line (the CSV header is li
 from __future__ import annotations
 
 import csv
+import io
 import re
 import threading
 import warnings
@@ -322,17 +323,27 @@ def _to_rgb_array(image: Image.Image) -> np.ndarray:
     return np.array(image.convert("RGB"), dtype=np.uint8)
 
 
-def decode_image(path: Path | str) -> np.ndarray:
-    """Decodes an image file to ``(H, W, 3)`` uint8 RGB, whatever its mode (grey, RGBA, 16-bit, palette).
+ImageSource = Path | str | bytes
+"""An image file's path, or the encoded bytes of an image (as sent to the served model)."""
+
+
+def _describe_source(source: ImageSource) -> str:
+    return f"<{len(source)} bytes of image data>" if isinstance(source, bytes) else str(source)
+
+
+def decode_image(source: ImageSource) -> np.ndarray:
+    """Decodes an image file (or encoded bytes) to ``(H, W, 3)`` uint8 RGB, whatever its mode (grey, RGBA, 16-bit,
+    palette).
 
     Raises:
         DataError: naming the file when it is missing, not an image, truncated or too large.
     """
-    path = Path(path)
+    path = _describe_source(source)
+    opened = io.BytesIO(source) if isinstance(source, bytes) else Path(source)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(opened) as image:
                 if image.width * image.height > MAX_IMAGE_PIXELS:
                     message = f"{image.width}x{image.height} pixels is over the {MAX_IMAGE_PIXELS:,}-pixel limit"
                     raise DataError([Problem(str(path), message)])
@@ -360,9 +371,9 @@ def square_resize(rgb: np.ndarray, size: int) -> np.ndarray:
     return rgb
 
 
-def load_image(path: Path | str, size: int) -> torch.Tensor:
-    """Decodes ``path`` and returns a ``(3, size, size)`` uint8 tensor."""
-    rgb = square_resize(decode_image(path), size)
+def load_image(source: ImageSource, size: int) -> torch.Tensor:
+    """Decodes an image file (or encoded bytes) and returns a ``(3, size, size)`` uint8 tensor."""
+    rgb = square_resize(decode_image(source), size)
     return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
 
 
@@ -412,7 +423,7 @@ class FundusDataset(Dataset):
     once per batch on the training device rather than once per image.
 
     Args:
-        paths: image files.
+        paths: image files (or encoded image bytes, which are never cached).
         labels: ``(N, 3)`` 0/1 labels, or None for unlabelled images (labels are then all zero).
         size: side of the square the images are resized to.
         cache: where decoded images are kept; None decodes every image on every access.
@@ -420,7 +431,7 @@ class FundusDataset(Dataset):
 
     def __init__(
         self,
-        paths: Sequence[Path | str],
+        paths: Sequence[ImageSource],
         labels: np.ndarray | None,
         size: int,
         cache: ImageCache | None = IMAGE_CACHE,
@@ -431,7 +442,7 @@ class FundusDataset(Dataset):
             raise ValueError(f"labels have shape {labels.shape}, expected ({len(paths)}, {len(LABELS)})")
         if size < 8:
             raise ValueError(f"image size {size} is too small; use at least 8")
-        self.paths = [Path(path) for path in paths]
+        self.paths = [path if isinstance(path, bytes) else Path(path) for path in paths]
         self.labels = torch.as_tensor(labels, dtype=torch.float32)
         self.size = size
         self.cache = cache
@@ -446,7 +457,8 @@ class FundusDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         path = self.paths[index]
-        image = self.cache.get(path, self.size) if self.cache is not None else load_image(path, self.size)
+        cached = self.cache is not None and not isinstance(path, bytes)
+        image = self.cache.get(path, self.size) if cached else load_image(path, self.size)
         return image, self.labels[index]
 
 

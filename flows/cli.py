@@ -84,6 +84,35 @@ def _print_offsite(checkpoint: Path, offsite: object, size: int) -> None:
     print(f"{'':<24} offsite f1_macro {report['f1_macro']:.4f}  offsite f1_course {report['f1_course']:.4f}")
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from components.ensemble import PROB_COLUMNS
+    from components.errors import DataError, Problem
+    from components.metrics import binarize
+    from steps import tracking
+    from steps.evaluate import predict_paths
+
+    folder = Path(args.images)
+    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
+    if not images:
+        raise DataError([Problem(str(folder), f"no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")])
+    tracking.setup()
+    prediction = predict_paths(args.model, [str(p) for p in images])
+    labels = binarize(prediction.probs, prediction.thresholds)
+    frame = pd.DataFrame({"id": [p.name for p in images]})
+    for column, label in enumerate(LABELS):
+        frame[label] = labels[:, column]
+    for column, name in enumerate(PROB_COLUMNS):
+        frame[name] = prediction.probs[:, column].round(6)
+    frame.to_csv(args.out, index=False)
+    print(f"{len(frame)} predictions from {args.model} written to {Path(args.out).resolve()}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
     parser = argparse.ArgumentParser(prog="odir", description=__doc__.splitlines()[0])
@@ -112,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--workdir", default=".odir/train", help="checkpoint folder (default .odir/train)")
     train.add_argument("--restart", action="store_true", help="ignore existing checkpoints instead of resuming")
     train.set_defaults(handler=_cmd_train)
+
+    predict = commands.add_parser("predict", help="label new images with a registered model (the champion by default)")
+    predict.add_argument("--model", default="models:/odir-ensemble@champion", help="registered model URI")
+    predict.add_argument("--images", required=True, help="folder of images")
+    predict.add_argument("--out", default="predictions.csv", help="output CSV (default predictions.csv)")
+    predict.set_defaults(handler=_cmd_predict)
     return parser
 
 

@@ -1,0 +1,38 @@
+"""Prediction with a trained model: images -> probabilities, with test-time augmentation, in batches."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from components.data import IMAGE_CACHE, FundusDataset, ImageCache, to_model_input
+from components.models import Classifier
+from components.tta import STUDY_VIEWS, predict_proba
+
+
+@torch.no_grad()
+def predict_images(
+    model: Classifier,
+    images: FundusDataset | Sequence[Path | str],
+    image_size: int,
+    views: Sequence[str] = STUDY_VIEWS,
+    batch_size: int = 32,
+    cache: ImageCache | None = IMAGE_CACHE,
+) -> np.ndarray:
+    """``(N, 3)`` mean sigmoid probabilities over ``views`` for image files (or a dataset), in order.
+
+    All views of a batch go through the network in one forward (``len(views) * batch_size`` images).
+    """
+    dataset = images if isinstance(images, FundusDataset) else FundusDataset(list(images), None, image_size, cache)
+    device = next(model.parameters()).device
+    model.eval()
+    chunks = []
+    for batch, _ in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        chunks.append(predict_proba(model, to_model_input(batch.to(device)), views).cpu())
+    if not chunks:
+        return np.zeros((0, 3), dtype=np.float64)
+    return torch.cat(chunks).double().numpy()

@@ -1,0 +1,141 @@
+"""Ensemble: member models + their validation predictions -> weights, thresholds and a registered pyfunc.
+
+Weights are given or derived from each member's validation ``f1_macro`` (normalised). The ensemble's validation
+probabilities are the weighted mean of the saved member predictions (no network runs), and its per-class
+thresholds are tuned on them. The result is registered as ``odir-ensemble``: an MLflow pyfunc that holds the
+member checkpoints, the weights, the TTA views and the thresholds, and predicts labels from image paths or bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from components.ensemble import align_members, normalise_weights, weighted_mean, weights_from_scores
+from components.metrics import f1_macro, multilabel_report
+from components.thresholds import tune_thresholds
+from components.tta import STUDY_VIEWS, check_views
+from steps import cli, tracking
+from steps.evaluate import labels_of, read_predictions
+from steps.ingest import load_manifest
+from steps.train import member_checkpoint
+from steps.tune_thresholds import grid_of, log_thresholds
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EnsembleConfig:
+    """Combine registered members into the registered odir-ensemble pyfunc."""
+
+    member_model_uris: tuple[str, ...]
+    member_val_predictions: tuple[str, ...]
+    manifest_uri: str
+    weights: tuple[float, ...] | None = None
+    views: tuple[str, ...] = STUDY_VIEWS
+    grid: str = "study"
+    profile: str = "demo"
+    experiment: str = tracking.DEFAULT_EXPERIMENT
+    parent_run_id: str | None = None
+
+
+@dataclass(frozen=True)
+class EnsembleResult:
+    """The registered ensemble version, its weights and thresholds, and its validation metrics."""
+
+    model_uri: str
+    version: str
+    run_id: str
+    weights: dict[str, float] = field(default_factory=dict)
+    thresholds: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _weights(config: EnsembleConfig, labels: np.ndarray, member_probs: list[np.ndarray]) -> np.ndarray:
+    if config.weights is not None:
+        if len(config.weights) != len(config.member_model_uris):
+            raise ValueError(f"{len(config.weights)} weights for {len(config.member_model_uris)} members")
+        return normalise_weights(config.weights)
+    return weights_from_scores([f1_macro(labels, probs) for probs in member_probs])
+
+
+def _register(config: EnsembleConfig, names: list[str], weights: np.ndarray, thresholds: dict, tags: dict) -> str:
+    """Logs the pyfunc with the member checkpoints and registers it; returns the new version."""
+    import mlflow
+
+    from steps.ensemble_model import CONFIG_ARTIFACT, OdirEnsemble, input_schema, output_schema
+
+    code = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        config_path = Path(tmp) / "ensemble.json"
+        payload = {"members": names, "model_uris": list(config.member_model_uris), "weights": weights.tolist(),
+                   "views": list(config.views), "thresholds": thresholds}  # fmt: skip
+        config_path.write_text(json.dumps(payload, indent=2))
+        artifacts = {CONFIG_ARTIFACT: str(config_path)}
+        for index, uri in enumerate(config.member_model_uris):
+            artifacts[f"member_{index}"] = str(member_checkpoint(uri))
+        with warnings.catch_warnings():  # no input example on purpose: it would have to be an image file
+            warnings.filterwarnings("ignore", message=".*input example was not provided")
+            info = mlflow.pyfunc.log_model(
+                name="ensemble",
+                python_model=OdirEnsemble(),
+                artifacts=artifacts,
+                code_paths=[str(code / "components"), str(code / "steps")],
+                signature=mlflow.models.ModelSignature(inputs=input_schema(), outputs=output_schema()),
+                registered_model_name=tracking.ENSEMBLE_MODEL,
+                pip_requirements=_requirements(),
+            )
+    version = str(info.registered_model_version)
+    client = mlflow.MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(tracking.ENSEMBLE_MODEL, version, key, value)
+    return version
+
+
+def _requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"{p}=={version(p).split('+')[0]}" for p in ("torch", "torchvision", "timm", "numpy", "pandas", "pillow")]
+
+
+def run(config: EnsembleConfig) -> EnsembleResult:
+    """Weights, thresholds, metrics and the registered pyfunc; see the module docstring."""
+    import mlflow
+
+    if len(config.member_model_uris) != len(config.member_val_predictions):
+        raise ValueError("one validation predictions artifact is needed per member")
+    check_views(config.views)
+    grid = grid_of(config.grid)
+    names = [tracking.split_model_uri(uri)[0].removeprefix(tracking.MODEL_PREFIX) for uri in config.member_model_uris]
+    frames = {name: read_predictions(uri) for name, uri in zip(names, config.member_val_predictions, strict=True)}
+    _, member_probs = align_members(frames)
+    labels = labels_of(frames[names[0]])
+    digest = load_manifest(config.manifest_uri).digest
+    tags = {"profile": config.profile, "data_digest": digest}
+    with tracking.step_run("ensemble", config.experiment, config.parent_run_id, "ensemble", tags) as run:
+        weights = _weights(config, labels, member_probs)
+        probs = weighted_mean(member_probs, weights)
+        tuned = tune_thresholds(labels, probs, grid)
+        mlflow.log_params({"members": ",".join(names), "tta_views": ",".join(config.views), "grid": config.grid})
+        tracking.log_json(dict(zip(names, weights.tolist(), strict=True)), "weights.json")
+        log_thresholds(tuned, grid)
+        metrics = tracking.prefixed(multilabel_report(labels, probs, tuned.thresholds), "val_")
+        mlflow.log_metrics(metrics)
+        version_tags = {**tags, "kind": "ensemble", "members": ",".join(config.member_model_uris)}
+        version = _register(config, names, weights, tuned.as_dict(), version_tags)
+        log.info("registered %s version %s (weights %s)", tracking.ENSEMBLE_MODEL, version, np.round(weights, 3))
+        return EnsembleResult(
+            f"models:/{tracking.ENSEMBLE_MODEL}/{version}", version, run.info.run_id,
+            dict(zip(names, weights.tolist(), strict=True)), tuned.as_dict(), metrics,
+        )  # fmt: skip
+
+
+if __name__ == "__main__":
+    sys.exit(cli.main(EnsembleConfig, run))

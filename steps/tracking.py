@@ -1,0 +1,166 @@
+"""MLflow setup, the one place that knows where the tracking store is, and the registry helpers the steps share.
+
+The embedded default is ``sqlite:///<project root>/mlruns/mlflow.db`` with artifacts in ``<project root>/mlruns/
+artifacts``, whatever the current directory. ``MLFLOW_TRACKING_URI`` (read when a step starts, never at import)
+switches to a tracking server; the usual ``MLFLOW_S3_ENDPOINT_URL`` / ``AWS_*`` variables then apply as MLflow
+reads them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EXPERIMENT = "odir"
+STEP_TAG = "odir.step"
+MODEL_PREFIX = "odir-"
+ENSEMBLE_MODEL = "odir-ensemble"
+
+
+def project_root() -> Path:
+    """``$ODIR_HOME`` if set, else the checkout this code runs from (the folder with ``pyproject.toml``), else the
+    current directory (an installed wheel in a container)."""
+    if os.environ.get("ODIR_HOME"):
+        return Path(os.environ["ODIR_HOME"]).resolve()
+    checkout = Path(__file__).resolve().parents[1]
+    return checkout if (checkout / "pyproject.toml").exists() else Path.cwd().resolve()
+
+
+def tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI``, or the embedded SQLite store under the project root."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlruns' / 'mlflow.db'}"
+
+
+def is_embedded(uri: str) -> bool:
+    return uri.startswith("sqlite:")
+
+
+def setup(experiment: str = DEFAULT_EXPERIMENT) -> str:
+    """Points MLflow at the store and returns the experiment's id, creating the experiment if needed.
+
+    With the embedded store, the experiment's artifacts go to ``mlruns/artifacts`` under the project root (MLflow
+    would otherwise put them under the current directory).
+    """
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DO_NOT_TRACK", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import mlflow
+
+    uri = tracking_uri()
+    if is_embedded(uri):
+        (project_root() / "mlruns").mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    found = mlflow.get_experiment_by_name(experiment)
+    if found is not None:
+        return found.experiment_id
+    location = (project_root() / "mlruns" / "artifacts").as_uri() if is_embedded(uri) else None
+    try:
+        return mlflow.create_experiment(experiment, artifact_location=location)
+    except mlflow.exceptions.MlflowException:  # created meanwhile by a concurrent step
+        return mlflow.get_experiment_by_name(experiment).experiment_id
+
+
+def git_sha() -> str:
+    """The checkout's commit, or ``unknown`` outside a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=project_root(), capture_output=True, text=True, timeout=5, check=True
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+@contextmanager
+def step_run(
+    step: str, experiment: str, parent_run_id: str | None, run_name: str, tags: dict[str, str] | None = None,
+    system_metrics: bool = False,
+) -> Iterator[Any]:  # fmt: skip
+    """A child run of ``parent_run_id`` (or a top-level run) for one step.
+
+    On an exception the run ends FAILED with everything logged so far kept, and the exception propagates.
+    """
+    import mlflow
+
+    experiment_id = setup(experiment)
+    all_tags = {STEP_TAG: step, "odir.git_sha": git_sha(), **(tags or {})}
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    with mlflow.start_run(
+        experiment_id=experiment_id, run_name=run_name, tags=all_tags, log_system_metrics=system_metrics
+    ) as run:
+        yield run
+
+
+def log_json(data: Any, artifact_file: str) -> str:
+    """Logs ``data`` as a JSON artifact of the active run; returns its artifact URI."""
+    import mlflow
+
+    mlflow.log_dict(data, artifact_file)
+    return mlflow.get_artifact_uri(artifact_file)
+
+
+def read_json(artifact_uri: str) -> Any:
+    """The JSON artifact at ``artifact_uri``."""
+    return json.loads(Path(download(artifact_uri)).read_text())
+
+
+def download(artifact_uri: str, dst: str | None = None) -> str:
+    """Downloads an artifact (file or folder) to a local path and returns it."""
+    import mlflow
+
+    return mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=dst or tempfile.mkdtemp())
+
+
+def split_model_uri(model_uri: str) -> tuple[str, str]:
+    """``models:/NAME/VERSION`` or ``models:/NAME@ALIAS`` -> (name, version), resolving the alias.
+
+    Raises:
+        ValueError: for any other form of URI.
+    """
+    from mlflow import MlflowClient
+
+    if not model_uri.startswith("models:/"):
+        raise ValueError(
+            f"expected a registered model URI models:/NAME/VERSION or models:/NAME@ALIAS, got {model_uri!r}"
+        )
+    rest = model_uri.removeprefix("models:/")
+    if "@" in rest:
+        name, alias = rest.split("@", 1)
+        return name, MlflowClient().get_model_version_by_alias(name, alias).version
+    name, _, version = rest.partition("/")
+    if not version:
+        raise ValueError(f"model URI {model_uri!r} names no version or alias")
+    return name, version
+
+
+def model_version_run(model_uri: str) -> tuple[str, str, str]:
+    """(name, version, run id of the run that logged it) of a registered model URI."""
+    from mlflow import MlflowClient
+
+    name, version = split_model_uri(model_uri)
+    return name, version, MlflowClient().get_model_version(name, version).run_id
+
+
+def flat_params(data: dict[str, Any]) -> dict[str, str]:
+    """Params as MLflow wants them: scalars as they are, containers as JSON."""
+    return {key: json.dumps(value) if isinstance(value, dict | list | tuple) else value for key, value in data.items()}
+
+
+def prefixed(metrics: dict[str, float], prefix: str) -> dict[str, float]:
+    """``{"f1_macro": x} -> {"<prefix>f1_macro": x}``, dropping NaN (MLflow stores it, but charts choke)."""
+    return {f"{prefix}{key}": value for key, value in metrics.items() if value == value}
+
+
+def split_prefix(split: str) -> str:
+    """Metric prefix of a split: ``val_``, ``offsite_``, ``onsite_``, ``train_``."""
+    return {"offsite_test": "offsite_", "onsite_test": "onsite_"}.get(split, f"{split}_")

@@ -1,0 +1,148 @@
+"""Train: one model spec of a profile -> one MLflow run -> one registered model version ``odir-<name>``.
+
+The run holds every spec field as a param, per-epoch ``train_loss``, ``val_loss`` and validation metrics (both
+F1s, per-class F1, AUROC), system metrics, the dataset input, the checkpoints (``checkpoints/best.pt`` and
+``last.pt``, tensors only) and the best model logged with ``mlflow.pytorch``. The version is tagged with the
+dataset digest and the profile. An interrupted run resumes from its local checkpoint folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from components.config import ModelSpec, load_profile, resolve_profile_path
+from components.training import Callback, load_trained, train
+from steps import cli, tracking
+from steps.ingest import load_manifest, log_dataset
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainStepConfig:
+    """Train one model of a profile on a manifest's train split (best epoch chosen on val) and register it."""
+
+    manifest_uri: str
+    model: str
+    profile: str = "demo"
+    experiment: str = tracking.DEFAULT_EXPERIMENT
+    parent_run_id: str | None = None
+    device: str | None = None
+    workdir: str | None = None
+
+
+@dataclass(frozen=True)
+class TrainStepResult:
+    """The registered version and the best epoch's validation metrics."""
+
+    model_uri: str
+    registered_model: str
+    version: str
+    run_id: str
+    best_epoch: int
+    checkpoint_uri: str
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class MlflowCallback(Callback):
+    """Logs each epoch's metrics to the active run in one call (one round trip per epoch to a server)."""
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        import mlflow
+
+        mlflow.log_metrics(tracking.prefixed(metrics, ""), step=epoch)
+
+
+def registered_name(spec: ModelSpec) -> str:
+    return f"{tracking.MODEL_PREFIX}{spec.name}"
+
+
+def work_folder(config: TrainStepConfig, digest: str, profile: str, model: str) -> Path:
+    """Where checkpoints are kept for resuming: per dataset digest, profile and model."""
+    if config.workdir:
+        return Path(config.workdir)
+    return tracking.project_root() / ".odir" / "work" / digest[:12] / profile / model
+
+
+def _signature(spec: ModelSpec):
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    inputs = Schema([TensorSpec(np.dtype(np.float32), (-1, 3, spec.image_size, spec.image_size), "images")])
+    return ModelSignature(inputs=inputs, outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3), "logits")]))
+
+
+def _log_model(spec: ModelSpec, checkpoint: Path, tags: dict[str, str]) -> tuple[str, str]:
+    """Logs the best checkpoint's model with ``mlflow.pytorch`` and registers it; returns (name, version)."""
+    import mlflow
+    import torch
+    import torchvision
+
+    model, _ = load_trained(checkpoint, device="cpu")
+    name = registered_name(spec)
+    info = mlflow.pytorch.log_model(
+        model,
+        name="model",
+        signature=_signature(spec),
+        serialization_format="pickle",  # the pt2 default needs a full-resolution input example (tens of MB)
+        registered_model_name=name,
+        code_paths=[str(Path(__file__).resolve().parents[1] / "components")],
+        pip_requirements=[
+            f"torch=={torch.__version__.split('+')[0]}",
+            f"torchvision=={torchvision.__version__.split('+')[0]}",
+        ],
+        metadata={"odir_spec": spec.model_dump()},
+    )
+    version = str(info.registered_model_version)
+    client = mlflow.MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    return name, version
+
+
+def run(config: TrainStepConfig) -> TrainStepResult:
+    """Trains, logs and registers one model; see the module docstring."""
+    import mlflow
+
+    profile = load_profile(config.profile)
+    spec = profile.model(config.model)
+    manifest = load_manifest(config.manifest_uri)
+    train_data, val_data = manifest.dataset("train", spec.image_size), manifest.dataset("val", spec.image_size)
+    tags = {"odir.model": spec.name, "profile": profile.name, "data_digest": manifest.digest}
+    with tracking.step_run("train", config.experiment, config.parent_run_id, f"train {spec.name}", tags, True) as run:
+        mlflow.log_params(tracking.flat_params({**spec.model_dump(), "profile": profile.name}))
+        mlflow.log_params({"data_digest": manifest.digest, "manifest_uri": config.manifest_uri})
+        mlflow.log_text(yaml.safe_dump(spec.model_dump(), sort_keys=False), "config/spec.yaml")
+        mlflow.log_artifact(str(resolve_profile_path(config.profile)), "config")
+        log_dataset(manifest, context="training")
+        workdir = work_folder(config, manifest.digest, profile.name, spec.name)
+        result = train(spec, train_data, val_data, workdir, callbacks=[MlflowCallback()], device=config.device)
+        mlflow.log_metrics({"best_epoch": result.best_epoch, "train_seconds": result.seconds})
+        mlflow.log_metrics(tracking.prefixed(result.best_metrics, "best_"))
+        for checkpoint in sorted(workdir.glob("*.pt")):
+            mlflow.log_artifact(str(checkpoint), "checkpoints")
+        version_tags = {**tags, "kind": "member", "image_size": str(spec.image_size)}
+        name, version = _log_model(spec, result.best_checkpoint, version_tags)
+        log.info("%s: registered %s version %s (best epoch %d)", spec.name, name, version, result.best_epoch)
+        return TrainStepResult(
+            f"models:/{name}/{version}", name, version, run.info.run_id, result.best_epoch,
+            mlflow.get_artifact_uri("checkpoints/best.pt"), result.best_metrics,
+        )  # fmt: skip
+
+
+def member_checkpoint(model_uri: str) -> Path:
+    """The local ``best.pt`` of a registered member model (tensors only, loadable with ``weights_only=True``)."""
+    import mlflow
+
+    _, _, run_id = tracking.model_version_run(model_uri)
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoints/best.pt"))
+
+
+if __name__ == "__main__":
+    sys.exit(cli.main(TrainStepConfig, run))

@@ -136,7 +136,7 @@ def split_model_uri(model_uri: str) -> tuple[str, str]:
     rest = model_uri.removeprefix("models:/")
     if "@" in rest:
         name, alias = rest.split("@", 1)
-        return name, MlflowClient().get_model_version_by_alias(name, alias).version
+        return name, str(MlflowClient().get_model_version_by_alias(name, alias).version)
     name, _, version = rest.partition("/")
     if not version:
         raise ValueError(f"model URI {model_uri!r} names no version or alias")

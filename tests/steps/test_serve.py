@@ -1,0 +1,98 @@
+"""``mlflow models serve`` answers ``/invocations`` with labels from the registered champion ensemble."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from steps import ensemble, evaluate, ingest, promote, tracking, train
+from tests.steps.conftest import odir_env
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _wait_ready(url: str, server: subprocess.Popen, seconds: float = 180) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise AssertionError(f"the server exited with {server.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(1)
+    raise AssertionError(f"{url} not ready after {seconds} s")
+
+
+@pytest.fixture(scope="module")
+def champion(odir_home: Path, tiny_data: Path, tiny_profile: Path) -> str:
+    ing = ingest.run(ingest.IngestConfig(str(tiny_data)))
+    member = train.run(train.TrainStepConfig(ing.manifest_uri, "tiny-a", str(tiny_profile)))
+    val = evaluate.run(evaluate.EvaluateConfig(member.model_uri, ing.manifest_uri, "val"))
+    ens = ensemble.run(ensemble.EnsembleConfig((member.model_uri,), (val.predictions_uri,), ing.manifest_uri))
+    promote.run(promote.PromoteConfig(ens.model_uri, ing.manifest_uri))
+    return f"models:/{tracking.ENSEMBLE_MODEL}@champion"
+
+
+def test_served_champion_answers_with_labels(champion: str, odir_home: Path, tiny_data: Path) -> None:
+    port = _free_port()
+    bin_dir = str(Path(sys.executable).parent)
+    env = {
+        **odir_env(odir_home),
+        "MLFLOW_TRACKING_URI": tracking.tracking_uri(),
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+    }
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", champion, "--env-manager", "local",
+               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # fmt: skip
+    server = subprocess.Popen(
+        command, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        _wait_ready(f"http://127.0.0.1:{port}/ping", server)
+        images = sorted((tiny_data / "images" / "offsite_test").iterdir())[:2]
+        body = {"dataframe_records": [{"image_path": str(images[0])},
+                                      {"image_b64": base64.b64encode(images[1].read_bytes()).decode()}]}  # fmt: skip
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", json.dumps(body).encode(), {"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            predictions = json.loads(response.read())["predictions"]
+        assert len(predictions) == 2
+        for row in predictions:
+            assert {row["D"], row["G"], row["A"]} <= {0, 1}
+            assert all(0.0 <= row[p] <= 1.0 for p in ("p_D", "p_G", "p_A"))
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+    assert _port_closes(port), f"port {port} is still listening after the server was stopped"
+
+
+def _port_closes(port: int, seconds: float = 30) -> bool:
+    """Whether nothing listens on ``port`` any more within ``seconds`` (workers exit shortly after the parent)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except OSError:
+            return True
+        time.sleep(0.5)
+    return False

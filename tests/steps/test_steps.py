@@ -1,0 +1,249 @@
+"""The six steps chained on tiny synthetic data against a real embedded MLflow store and registry."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from components import LABELS
+from components.metrics import multilabel_report
+from steps import ensemble, evaluate, ingest, promote, submit, tracking, train, tune_thresholds
+from tests.steps.conftest import odir_env
+
+MEMBERS = ("tiny-a", "tiny-b")
+
+
+@pytest.fixture(scope="module")
+def pipeline(odir_home: Path, tiny_data: Path, tiny_profile: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Runs every step in-process under one parent run, as the flow will."""
+    experiment_id = tracking.setup()
+    with mlflow.start_run(experiment_id=experiment_id, run_name="pipeline") as parent:
+        pid = parent.info.run_id
+    ing = ingest.run(ingest.IngestConfig(str(tiny_data), parent_run_id=pid))
+    members = [
+        train.run(train.TrainStepConfig(ing.manifest_uri, m, str(tiny_profile), parent_run_id=pid)) for m in MEMBERS
+    ]
+    val = [
+        evaluate.run(evaluate.EvaluateConfig(m.model_uri, ing.manifest_uri, "val", parent_run_id=pid)) for m in members
+    ]
+    tuned = tune_thresholds.run(tune_thresholds.TuneConfig(val[0].predictions_uri, name="tiny-a", parent_run_id=pid))
+    ens = ensemble.run(
+        ensemble.EnsembleConfig(
+            tuple(m.model_uri for m in members),
+            tuple(v.predictions_uri for v in val),
+            ing.manifest_uri,
+            profile="tiny",
+            parent_run_id=pid,
+        )
+    )
+    offsite = evaluate.run(evaluate.EvaluateConfig(ens.model_uri, ing.manifest_uri, "offsite_test", parent_run_id=pid))
+    out = tmp_path_factory.mktemp("out") / "submission.csv"
+    sub = submit.run(submit.SubmitConfig(ens.model_uri, ing.manifest_uri, str(out), parent_run_id=pid))
+    decision = promote.run(promote.PromoteConfig(ens.model_uri, ing.manifest_uri, parent_run_id=pid))
+    return {"parent": pid, "ingest": ing, "members": members, "val": val, "tuned": tuned, "ensemble": ens,
+            "offsite": offsite, "submit": sub, "promote": decision}  # fmt: skip
+
+
+def test_store_holds_parent_and_child_runs(pipeline: dict) -> None:
+    children = mlflow.search_runs(
+        experiment_names=[tracking.DEFAULT_EXPERIMENT],
+        filter_string=f"tags.mlflow.parentRunId = '{pipeline['parent']}'",
+    )
+    steps = sorted(children[f"tags.{tracking.STEP_TAG}"])
+    assert steps == sorted(["ingest", "train", "train", "evaluate", "evaluate", "evaluate", "tune_thresholds",
+                            "ensemble", "submit", "promote"])  # fmt: skip
+    assert (children["status"] == "FINISHED").all()
+    assert str(tracking.project_root()) in tracking.tracking_uri()
+
+
+def test_train_runs_log_params_epochs_dataset_and_checkpoints(pipeline: dict) -> None:
+    client = MlflowClient()
+    for member in pipeline["members"]:
+        run = client.get_run(member.run_id)
+        assert run.data.params["backbone"] == "tiny_cnn" and run.data.params["epochs"] == "2"
+        assert run.data.params["data_digest"] == pipeline["ingest"].data_digest
+        for metric in ("train_loss", "val_loss", "val_f1_macro", "val_f1_course", "val_f1_D", "val_auroc_A"):
+            assert [m.step for m in client.get_metric_history(member.run_id, metric)] == [1, 2], metric
+        assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["odir"]
+        files = {f.path for f in client.list_artifacts(member.run_id, "checkpoints")}
+        assert files == {"checkpoints/best.pt", "checkpoints/last.pt"}
+
+
+def test_registry_versions_tags_and_champion(pipeline: dict) -> None:
+    client = MlflowClient()
+    digest = pipeline["ingest"].data_digest
+    for name in ("odir-tiny-a", "odir-tiny-b", tracking.ENSEMBLE_MODEL):
+        [version] = client.search_model_versions(f"name = '{name}'")
+        assert version.tags["data_digest"] == digest
+    champion = client.get_model_version_by_alias(tracking.ENSEMBLE_MODEL, "champion")
+    assert str(champion.version) == pipeline["ensemble"].version and champion.tags["profile"] == "tiny"
+    assert pipeline["promote"].decision == "champion" and pipeline["promote"].champion_version is None
+
+
+def test_champion_reproduces_the_logged_offsite_metrics(pipeline: dict) -> None:
+    manifest = ingest.load_manifest(pipeline["ingest"].manifest_uri)
+    model = mlflow.pyfunc.load_model(f"models:/{tracking.ENSEMBLE_MODEL}@champion")
+    output = model.predict(pd.DataFrame({"image_path": [str(p) for p in manifest.paths("offsite_test")]}))
+    probs = output[["p_D", "p_G", "p_A"]].to_numpy()
+    thresholds = [pipeline["ensemble"].thresholds[label] for label in LABELS]
+    report = multilabel_report(manifest.labels("offsite_test"), probs, np.array(thresholds))
+    logged = MlflowClient().get_run(pipeline["offsite"].run_id).data.metrics
+    for key in ("f1_macro", "f1_course", "f1_D", "precision_G", "recall_A", "auroc_D"):
+        assert logged[f"offsite_{key}"] == report[key], key
+    labels = output[list(LABELS)].to_numpy()
+    assert ((labels == 1) == (probs >= np.array(thresholds))).all()
+
+
+def test_evaluate_logs_predictions_table_and_figures(pipeline: dict) -> None:
+    client = MlflowClient()
+    run_id = pipeline["offsite"].run_id
+    files = {f.path for f in client.list_artifacts(run_id, "figures")}
+    assert files == {f"figures/offsite_test_{label}.png" for label in LABELS}
+    table = pd.read_csv(
+        tracking.download(client.get_run(run_id).info.artifact_uri + "/tables/offsite_test_per_class.csv"), index_col=0
+    )
+    assert list(table.index) == list(LABELS) and "auroc" in table.columns
+    predictions = evaluate.read_predictions(pipeline["offsite"].predictions_uri)
+    assert list(predictions.columns) == ["id", *LABELS, "p_D", "p_G", "p_A"] and len(predictions) == 12
+
+
+def test_thresholds_and_weights(pipeline: dict) -> None:
+    saved = tracking.read_json(pipeline["tuned"].thresholds_uri)
+    assert set(saved["thresholds"]) == set(LABELS)
+    assert all(t in saved["grid"] for t in saved["thresholds"].values())
+    weights = pipeline["ensemble"].weights
+    assert set(weights) == set(MEMBERS) and sum(weights.values()) == pytest.approx(1.0)
+
+
+def test_submission_matches_the_template(pipeline: dict, tiny_data: Path) -> None:
+    template = pd.read_csv(tiny_data / "onsite_test_submission.csv", dtype={"id": str})
+    written = pd.read_csv(pipeline["submit"].out_path, dtype={"id": str})
+    assert list(written.columns) == ["id", "D", "G", "A"]
+    assert list(written["id"]) == list(template["id"])
+    assert set(np.unique(written[list(LABELS)])) <= {0, 1}
+
+
+def test_a_worse_or_equal_model_stays_challenger(pipeline: dict) -> None:
+    members = pipeline["members"]
+    again = ensemble.run(
+        ensemble.EnsembleConfig(
+            tuple(m.model_uri for m in members),
+            tuple(v.predictions_uri for v in pipeline["val"]),
+            pipeline["ingest"].manifest_uri,
+            weights=(1.0, 0.0),
+            profile="tiny",
+        )
+    )
+    result = promote.run(promote.PromoteConfig(again.model_uri, pipeline["ingest"].manifest_uri))
+    client = MlflowClient()
+    champion = str(client.get_model_version_by_alias(tracking.ENSEMBLE_MODEL, "champion").version)
+    if result.score > result.champion_score:
+        assert result.decision == "champion" and champion == again.version
+    else:
+        assert result.decision == "challenger" and champion == pipeline["ensemble"].version
+        assert str(client.get_model_version_by_alias(tracking.ENSEMBLE_MODEL, "challenger").version) == again.version
+
+
+def test_gate_fails_the_run_and_keeps_what_was_logged(pipeline: dict) -> None:
+    member = pipeline["members"][0].model_uri
+    with pytest.raises(evaluate.GateError, match=r"below the minimum 1\.0100"):
+        evaluate.run(evaluate.EvaluateConfig(member, pipeline["ingest"].manifest_uri, "val", min_f1_macro=1.01))
+    [failed] = mlflow.search_runs(
+        experiment_names=["odir"], filter_string="attributes.status = 'FAILED'", output_format="list"
+    )
+    assert "val_f1_macro" in failed.data.metrics and failed.data.params["split"] == "val"
+
+
+def test_predict_command(pipeline: dict, tiny_data: Path, tmp_path: Path) -> None:
+    from flows.cli import main
+
+    out = tmp_path / "preds.csv"
+    assert main(["predict", "--images", str(tiny_data / "images" / "offsite_test"), "--out", str(out)]) == 0
+    frame = pd.read_csv(out)
+    assert list(frame.columns) == ["id", "D", "G", "A", "p_D", "p_G", "p_A"] and len(frame) == 12
+
+
+def _step(module: str, env: dict[str, str], *args: str) -> dict:
+    done = subprocess.run([sys.executable, "-m", f"steps.{module}", *args], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_steps_as_commands_match_the_in_process_run(
+    pipeline: dict, tiny_data: Path, tiny_profile: Path, tmp_path: Path
+) -> None:
+    env = odir_env(tmp_path / "home")
+    ing = _step("ingest", env, "--data-root", str(tiny_data))
+    assert ing["data_digest"] == pipeline["ingest"].data_digest
+    members = [
+        _step("train", env, "--manifest-uri", ing["manifest_uri"], "--model", m, "--profile", str(tiny_profile))
+        for m in MEMBERS
+    ]
+    for ours, theirs in zip(members, pipeline["members"], strict=True):
+        assert ours["metrics"] == pytest.approx(theirs.metrics, nan_ok=True)
+    val = [
+        _step("evaluate", env, "--model-uri", m["model_uri"], "--manifest-uri", ing["manifest_uri"], "--split", "val")
+        for m in members
+    ]
+    ens = _step(
+        "ensemble", env, "--member-model-uris", *[m["model_uri"] for m in members],
+        "--member-val-predictions", *[v["predictions_uri"] for v in val], "--manifest-uri", ing["manifest_uri"],
+    )  # fmt: skip
+    assert ens["weights"] == pytest.approx(pipeline["ensemble"].weights)
+    assert ens["thresholds"] == pipeline["ensemble"].thresholds
+    offsite = _step(
+        "evaluate",
+        env,
+        "--model-uri",
+        ens["model_uri"],
+        "--manifest-uri",
+        ing["manifest_uri"],
+        "--split",
+        "offsite_test",
+    )
+    assert offsite["metrics"] == pytest.approx(pipeline["offsite"].metrics, nan_ok=True)
+    sub = _step(
+        "submit",
+        env,
+        "--model-uri",
+        ens["model_uri"],
+        "--manifest-uri",
+        ing["manifest_uri"],
+        "--out-path",
+        str(tmp_path / "s.csv"),
+    )
+    assert Path(sub["out_path"]).read_text() == Path(pipeline["submit"].out_path).read_text()
+    decision = _step("promote", env, "--model-uri", ens["model_uri"], "--manifest-uri", ing["manifest_uri"])
+    assert decision["decision"] == "champion"
+
+
+def test_a_corrupt_image_fails_evaluate_with_a_clear_message(
+    pipeline: dict, tiny_data: Path, tiny_profile: Path, tmp_path: Path
+) -> None:
+    data = Path(shutil.copytree(tiny_data, tmp_path / "data"))
+    env = odir_env(tmp_path / "home")
+    ing = _step("ingest", env, "--data-root", str(data))
+    member = _step(
+        "train", env, "--manifest-uri", ing["manifest_uri"], "--model", "tiny-a", "--profile", str(tiny_profile)
+    )
+    broken = sorted((data / "images" / "offsite_test").iterdir())[3]
+    broken.write_bytes(b"not a jpeg")
+    done = subprocess.run(
+        [sys.executable, "-m", "steps.evaluate", "--model-uri", member["model_uri"],
+         "--manifest-uri", ing["manifest_uri"], "--split", "offsite_test"], env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert f"{broken}: cannot be decoded as an image" in done.stderr and "Traceback" not in done.stderr
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'home' / 'mlruns' / 'mlflow.db'}")
+    [experiment] = [e for e in client.search_experiments() if e.name == tracking.DEFAULT_EXPERIMENT]
+    [run] = client.search_runs([experiment.experiment_id], filter_string="tags.`odir.step` = 'evaluate'")
+    assert run.info.status == "FAILED" and run.data.params["split"] == "offsite_test"

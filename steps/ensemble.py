@@ -44,6 +44,7 @@ class EnsembleConfig:
     profile: str = "demo"
     experiment: str = tracking.DEFAULT_EXPERIMENT
     parent_run_id: str | None = None
+    reuse: bool = True
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,15 @@ def _requirements() -> list[str]:
     return [f"{p}=={version(p).split('+')[0]}" for p in ("torch", "torchvision", "timm", "numpy", "pandas", "pillow")]
 
 
+def _reused(run) -> EnsembleResult:
+    """The result of an earlier, finished ensemble run with the same members, predictions and settings."""
+    uri = run.data.tags["registered_model_uri"]
+    weights = tracking.read_json(run.data.tags["weights_uri"])
+    thresholds = tracking.read_json(run.data.tags["thresholds_uri"])["thresholds"]
+    metrics = {k: v for k, v in run.data.metrics.items() if k.startswith("val_")}
+    return EnsembleResult(uri, tracking.split_model_uri(uri)[1], run.info.run_id, weights, thresholds, metrics)
+
+
 def run(config: EnsembleConfig) -> EnsembleResult:
     """Weights, thresholds, metrics and the registered pyfunc; see the module docstring."""
     import mlflow
@@ -118,18 +128,23 @@ def run(config: EnsembleConfig) -> EnsembleResult:
     _, member_probs = align_members(frames)
     labels = labels_of(frames[names[0]])
     digest = load_manifest(config.manifest_uri).digest
-    tags = {"profile": config.profile, "data_digest": digest}
+    key = tracking.content_key(config.member_model_uris, config.member_val_predictions, config.weights, config.views,
+                               config.grid)  # fmt: skip
+    tags = {"profile": config.profile, "data_digest": digest, "ensemble_key": key}
+    if config.reuse and (done := tracking.find_finished_run(config.experiment, "ensemble", tags)):
+        return _reused(done)
     with tracking.step_run("ensemble", config.experiment, config.parent_run_id, "ensemble", tags) as run:
         weights = _weights(config, labels, member_probs)
         probs = weighted_mean(member_probs, weights)
         tuned = tune_thresholds(labels, probs, grid)
         mlflow.log_params({"members": ",".join(names), "tta_views": ",".join(config.views), "grid": config.grid})
-        tracking.log_json(dict(zip(names, weights.tolist(), strict=True)), "weights.json")
-        log_thresholds(tuned, grid)
+        weights_uri = tracking.log_json(dict(zip(names, weights.tolist(), strict=True)), "weights.json")
+        mlflow.set_tags({"weights_uri": weights_uri, "thresholds_uri": log_thresholds(tuned, grid)})
         metrics = tracking.prefixed(multilabel_report(labels, probs, tuned.thresholds), "val_")
         mlflow.log_metrics(metrics)
         version_tags = {**tags, "kind": "ensemble", "members": ",".join(config.member_model_uris)}
         version = _register(config, names, weights, tuned.as_dict(), version_tags)
+        mlflow.set_tag("registered_model_uri", f"models:/{tracking.ENSEMBLE_MODEL}/{version}")
         log.info("registered %s version %s (weights %s)", tracking.ENSEMBLE_MODEL, version, np.round(weights, 3))
         return EnsembleResult(
             f"models:/{tracking.ENSEMBLE_MODEL}/{version}", version, run.info.run_id,

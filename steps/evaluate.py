@@ -46,6 +46,7 @@ class EvaluateConfig:
     min_f1_macro: float | None = None
     experiment: str = tracking.DEFAULT_EXPERIMENT
     parent_run_id: str | None = None
+    reuse: bool = True
 
 
 @dataclass(frozen=True)
@@ -153,11 +154,13 @@ def run(config: EvaluateConfig) -> EvaluateResult:
     manifest = load_manifest(config.manifest_uri)
     name, version = tracking.split_model_uri(config.model_uri)
     views = config.views if config.tta else ("identity",)
-    tags = {
-        "odir.model": name.removeprefix(tracking.MODEL_PREFIX),
-        "split": config.split,
-        "data_digest": manifest.digest,
-    }
+    key = tracking.content_key(f"models:/{name}/{version}", config.split, views, config.thresholds_uri)
+    model = name.removeprefix(tracking.MODEL_PREFIX)
+    tags = {"odir.model": model, "split": config.split, "data_digest": manifest.digest, "evaluate_key": key}
+    if config.reuse and (done := tracking.find_finished_run(config.experiment, "evaluate", tags)):
+        if config.split in LABELLED_SPLITS:
+            _gate(config, done.data.metrics[f"{tracking.split_prefix(config.split)}f1_macro"])
+        return EvaluateResult(done.data.tags["predictions_uri"], done.info.run_id, config.split, done.data.metrics)
     run_name = f"evaluate {name.removeprefix(tracking.MODEL_PREFIX)} {config.split}"
     with tracking.step_run("evaluate", config.experiment, config.parent_run_id, run_name, tags) as run:
         mlflow.log_params(
@@ -173,6 +176,7 @@ def run(config: EvaluateConfig) -> EvaluateResult:
         frame = predictions_frame(list(manifest.split(config.split)["id"]), labels, prediction.probs)
         mlflow.log_text(frame.to_csv(index=False), f"predictions/{config.split}.csv")
         predictions_uri = mlflow.get_artifact_uri(f"predictions/{config.split}.csv")
+        mlflow.set_tag("predictions_uri", predictions_uri)
         metrics: dict[str, float] = {}
         if labelled:
             report = multilabel_report(labels, prediction.probs, thresholds)

@@ -101,6 +101,29 @@ def step_run(
         yield run
 
 
+def content_key(*parts: Any) -> str:
+    """A short, stable hash of JSON-serialisable parts: identifies a step's inputs for reuse."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def find_finished_run(experiment: str, step: str, tags: dict[str, str]) -> Any | None:
+    """The newest FINISHED run of ``step`` whose tags equal ``tags``, or None: how steps skip work already done."""
+    import mlflow
+
+    experiment_id = setup(experiment)
+    conditions = [f"tags.`{STEP_TAG}` = '{step}'", "attributes.status = 'FINISHED'"]
+    conditions += [f"tags.`{key}` = '{value}'" for key, value in tags.items()]
+    runs = mlflow.search_runs(
+        [experiment_id], " and ".join(conditions), order_by=["attributes.start_time DESC"], max_results=1,
+        output_format="list",
+    )  # fmt: skip
+    if runs:
+        log.info("%s: reusing run %s (same inputs)", step, runs[0].info.run_id)
+    return runs[0] if runs else None
+
+
 def log_json(data: Any, artifact_file: str) -> str:
     """Logs ``data`` as a JSON artifact of the active run; returns its artifact URI."""
     import mlflow

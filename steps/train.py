@@ -35,6 +35,7 @@ class TrainStepConfig:
     parent_run_id: str | None = None
     device: str | None = None
     workdir: str | None = None
+    reuse: bool = True
 
 
 @dataclass(frozen=True)
@@ -106,15 +107,41 @@ def _log_model(spec: ModelSpec, checkpoint: Path, tags: dict[str, str]) -> tuple
     return name, version
 
 
+def spec_key(spec: ModelSpec) -> str:
+    """Identifies a spec: the same key means the same training recipe."""
+    return tracking.content_key(spec.model_dump())
+
+
+def _reused(run) -> TrainStepResult:
+    """The result of an earlier, finished training run of the same spec on the same data."""
+    tags, metrics = run.data.tags, run.data.metrics
+    best = {
+        key.removeprefix("best_"): v for key, v in metrics.items() if key.startswith("best_") and key != "best_epoch"
+    }
+    name, version = tracking.split_model_uri(tags["registered_model_uri"])
+    return TrainStepResult(
+        tags["registered_model_uri"], name, version, run.info.run_id, int(metrics["best_epoch"]),
+        tags["checkpoint_uri"], best,
+    )  # fmt: skip
+
+
 def run(config: TrainStepConfig) -> TrainStepResult:
-    """Trains, logs and registers one model; see the module docstring."""
+    """Trains, logs and registers one model (or reuses a finished run of the same spec and data); see the module
+    docstring."""
     import mlflow
 
     profile = load_profile(config.profile)
     spec = profile.model(config.model)
     manifest = load_manifest(config.manifest_uri)
+    tags = {
+        "odir.model": spec.name,
+        "profile": profile.name,
+        "data_digest": manifest.digest,
+        "spec_key": spec_key(spec),
+    }
+    if config.reuse and (done := tracking.find_finished_run(config.experiment, "train", tags)):
+        return _reused(done)
     train_data, val_data = manifest.dataset("train", spec.image_size), manifest.dataset("val", spec.image_size)
-    tags = {"odir.model": spec.name, "profile": profile.name, "data_digest": manifest.digest}
     with tracking.step_run("train", config.experiment, config.parent_run_id, f"train {spec.name}", tags, True) as run:
         mlflow.log_params(tracking.flat_params({**spec.model_dump(), "profile": profile.name}))
         mlflow.log_params({"data_digest": manifest.digest, "manifest_uri": config.manifest_uri})
@@ -124,16 +151,17 @@ def run(config: TrainStepConfig) -> TrainStepResult:
         workdir = work_folder(config, manifest.digest, profile.name, spec.name)
         result = train(spec, train_data, val_data, workdir, callbacks=[MlflowCallback()], device=config.device)
         mlflow.log_metrics({"best_epoch": result.best_epoch, "train_seconds": result.seconds})
-        mlflow.log_metrics(tracking.prefixed(result.best_metrics, "best_"))
+        mlflow.log_metrics(tracking.prefixed(result.best_metrics, "best_"))  # best_val_*: what reuse reads back
         for checkpoint in sorted(workdir.glob("*.pt")):
             mlflow.log_artifact(str(checkpoint), "checkpoints")
         version_tags = {**tags, "kind": "member", "image_size": str(spec.image_size)}
         name, version = _log_model(spec, result.best_checkpoint, version_tags)
         log.info("%s: registered %s version %s (best epoch %d)", spec.name, name, version, result.best_epoch)
+        model_uri, checkpoint_uri = f"models:/{name}/{version}", mlflow.get_artifact_uri("checkpoints/best.pt")
+        mlflow.set_tags({"registered_model_uri": model_uri, "checkpoint_uri": checkpoint_uri})
         return TrainStepResult(
-            f"models:/{name}/{version}", name, version, run.info.run_id, result.best_epoch,
-            mlflow.get_artifact_uri("checkpoints/best.pt"), result.best_metrics,
-        )  # fmt: skip
+            model_uri, name, version, run.info.run_id, result.best_epoch, checkpoint_uri, result.best_metrics
+        )
 
 
 def member_checkpoint(model_uri: str) -> Path:

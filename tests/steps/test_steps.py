@@ -156,11 +156,29 @@ def test_a_worse_or_equal_model_stays_challenger(pipeline: dict) -> None:
 def test_gate_fails_the_run_and_keeps_what_was_logged(pipeline: dict) -> None:
     member = pipeline["members"][0].model_uri
     with pytest.raises(evaluate.GateError, match=r"below the minimum 1\.0100"):
-        evaluate.run(evaluate.EvaluateConfig(member, pipeline["ingest"].manifest_uri, "val", min_f1_macro=1.01))
+        evaluate.run(
+            evaluate.EvaluateConfig(member, pipeline["ingest"].manifest_uri, "val", min_f1_macro=1.01, reuse=False)
+        )
     [failed] = mlflow.search_runs(
         experiment_names=["odir"], filter_string="attributes.status = 'FAILED'", output_format="list"
     )
     assert "val_f1_macro" in failed.data.metrics and failed.data.params["split"] == "val"
+
+
+def test_finished_steps_are_reused_not_repeated(pipeline: dict, tiny_profile: Path) -> None:
+    manifest_uri = pipeline["ingest"].manifest_uri
+    member = pipeline["members"][0]
+    again = train.run(train.TrainStepConfig(manifest_uri, "tiny-a", str(tiny_profile)))
+    assert again.run_id == member.run_id and again.model_uri == member.model_uri
+    assert again.metrics == pytest.approx({k: v for k, v in member.metrics.items() if v == v})  # NaN is not logged
+    evaluated = evaluate.run(evaluate.EvaluateConfig(member.model_uri, manifest_uri, "val"))
+    assert evaluated.run_id == pipeline["val"][0].run_id
+    ens = pipeline["ensemble"]
+    members = tuple(m.model_uri for m in pipeline["members"])
+    predictions = tuple(v.predictions_uri for v in pipeline["val"])
+    assert ensemble.run(ensemble.EnsembleConfig(members, predictions, manifest_uri, profile="tiny")) == ens
+    fresh = train.run(train.TrainStepConfig(manifest_uri, "tiny-a", str(tiny_profile), reuse=False))
+    assert fresh.run_id != member.run_id and int(fresh.version) > int(member.version)
 
 
 def test_predict_command(pipeline: dict, tiny_data: Path, tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ install: $(STAMP)
 demo: install
 	@test -f $(DEMO_DATA)/train.csv || $(BIN)/odir demo-data $(DEMO_DATA)
 	$(BIN)/odir validate $(DEMO_DATA)
-	$(BIN)/odir train --profile demo --data $(DEMO_DATA)
+	$(BIN)/odir full --profile demo --data $(DEMO_DATA)
 
 lint: install
 	$(BIN)/ruff check .

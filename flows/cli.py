@@ -113,6 +113,35 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_full(args: argparse.Namespace) -> int:
+    from flows.odir import odir
+
+    summary = odir(profile=args.profile, data=args.data, out=args.out, force=args.force)
+    _print_summary(summary)
+    return 0
+
+
+def _print_summary(summary: dict) -> None:
+    print("\nodir pipeline finished")
+    for key, value in summary.items():
+        print(f"  {key:<28} {value}")
+    print("\nLook at the runs and models:  .venv/bin/mlflow ui --backend-store-uri " + _tracking_uri_for_humans())
+    print("Or start everything (Prefect UI, MLflow UI, deployments):  make up")
+
+
+def _tracking_uri_for_humans() -> str:
+    from steps import tracking
+
+    return tracking.tracking_uri()
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from flows.deployments import serve_all
+
+    serve_all(limit=args.limit)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
     parser = argparse.ArgumentParser(prog="odir", description=__doc__.splitlines()[0])
@@ -147,6 +176,17 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--images", required=True, help="folder of images")
     predict.add_argument("--out", default="predictions.csv", help="output CSV (default predictions.csv)")
     predict.set_defaults(handler=_cmd_predict)
+
+    full = commands.add_parser("full", help="run the whole pipeline (flow odir) in this process")
+    full.add_argument("--profile", default="demo", help="profile name in configs/ or a YAML path (default demo)")
+    full.add_argument("--data", help="dataset root (default: synthetic demo data, generated on first use)")
+    full.add_argument("--out", help="submission CSV (default outputs/submission-<profile>.csv)")
+    full.add_argument("--force", action="store_true", help="retrain and re-evaluate even if MLflow has the results")
+    full.set_defaults(handler=_cmd_full)
+
+    serve = commands.add_parser("serve", help="serve the deployments odir/full, odir/retrain, odir-train/gpu")
+    serve.add_argument("--limit", type=int, default=4, help="flow runs at once (default 4)")
+    serve.set_defaults(handler=_cmd_serve)
     return parser
 
 
@@ -154,6 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Runs one sub-command; returns its exit status."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    for chatty in ("httpx", "httpcore", "alembic"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     try:
         return args.handler(args)
     except OdirError as error:

@@ -45,6 +45,7 @@ class EnsembleConfig:
     experiment: str = tracking.DEFAULT_EXPERIMENT
     parent_run_id: str | None = None
     reuse: bool = True
+    profile_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,7 @@ def run(config: EnsembleConfig) -> EnsembleResult:
     digest = load_manifest(config.manifest_uri).digest
     key = tracking.content_key(config.member_model_uris, config.member_val_predictions, config.weights, config.views,
                                config.grid)  # fmt: skip
-    tags = {"profile": config.profile, "data_digest": digest, "ensemble_key": key}
+    tags = {"profile": config.profile, "profile_key": config.profile_key, "data_digest": digest, "ensemble_key": key}
     if config.reuse and (done := tracking.find_finished_run(config.experiment, "ensemble", tags)):
         return _reused(done)
     with tracking.step_run("ensemble", config.experiment, config.parent_run_id, "ensemble", tags) as run:

@@ -1,0 +1,34 @@
+"""Deployments served from this checkout without a worker (``odir serve``): ``odir/full`` (manual),
+``odir/retrain`` (nightly; trains only when the data or the profile changed since the champion) and
+``odir-train/gpu`` (one model; what ``odir`` dispatches to with ``dispatch=deployment``).
+
+``prefect.yaml`` declares the same three for work pools; use one mechanism per environment, since serving a
+deployment replaces the one of the same name.
+"""
+
+from __future__ import annotations
+
+import os
+
+from flows.odir import odir, odir_train
+
+RETRAIN_CRON = os.environ.get("ODIR_RETRAIN_CRON", "0 2 * * *")
+
+
+def serve_all(limit: int = 4) -> None:
+    """Serves the three deployments until interrupted."""
+    from prefect import serve
+
+    serve(
+        odir.to_deployment(name="full", description="The whole pipeline, started by hand."),
+        odir.to_deployment(
+            name="retrain",
+            cron=RETRAIN_CRON,
+            parameters={"only_if_changed": True},
+            description="Nightly: retrains only when the data or profile changed, promotes only on improvement.",
+        ),
+        odir_train.to_deployment(
+            name="gpu", description="Trains one model; odir dispatches here with dispatch=deployment."
+        ),
+        limit=limit,
+    )

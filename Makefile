@@ -5,12 +5,13 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-odir
 DEMO_DATA ?= data/demo
 
-.PHONY: install demo test lint format bench clean help
+.PHONY: install demo test lint format bench up down deploy clean help
 
 help:
 	@echo "make demo   install, generate synthetic fundus data, run the pipeline on it"
 	@echo "make test   install, lint, run the test suite"
 	@echo "make bench  install, run the benchmarks (prints ratios)"
+	@echo "make up     start the Prefect server, MLflow UI and the deployments on 127.0.0.1; make down stops them"
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +39,18 @@ test: lint
 
 bench: install
 	$(BIN)/python -m bench
+
+up: install
+	$(BIN)/odir up
+
+down:
+	@test -x $(BIN)/odir && $(BIN)/odir down || true
+
+# Deployments for work pools (prefect.yaml); needs PREFECT_API_URL pointing at a server.
+deploy: install
+	$(BIN)/prefect work-pool inspect local >/dev/null 2>&1 || $(BIN)/prefect work-pool create local --type process
+	$(BIN)/prefect work-pool inspect gpu >/dev/null 2>&1 || $(BIN)/prefect work-pool create gpu --type process
+	ODIR_ROOT=$(CURDIR) $(BIN)/prefect --no-prompt deploy --all
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

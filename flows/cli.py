@@ -142,6 +142,25 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_up(args: argparse.Namespace) -> int:
+    from flows.stack import up
+
+    urls = up(args.prefect_port, args.mlflow_port)
+    print(f"\nPrefect UI  {urls['prefect_ui']}\nMLflow UI   {urls['mlflow_ui']}\n")
+    print(f"Run the pipeline:\n  export PREFECT_API_URL={urls['api']}")
+    print("  .venv/bin/prefect deployment run odir/full --watch")
+    print("Stop everything:  make down")
+    return 0
+
+
+def _cmd_down(args: argparse.Namespace) -> int:
+    from flows.stack import down
+
+    stopped = down()
+    print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
     parser = argparse.ArgumentParser(prog="odir", description=__doc__.splitlines()[0])
@@ -187,6 +206,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve the deployments odir/full, odir/retrain, odir-train/gpu")
     serve.add_argument("--limit", type=int, default=4, help="flow runs at once (default 4)")
     serve.set_defaults(handler=_cmd_serve)
+
+    up = commands.add_parser("up", help="start a local Prefect server, the MLflow UI and odir serve (127.0.0.1)")
+    up.add_argument("--prefect-port", type=int, default=4200)
+    up.add_argument("--mlflow-port", type=int, default=5000)
+    up.set_defaults(handler=_cmd_up)
+
+    down = commands.add_parser("down", help="stop what odir up started")
+    down.set_defaults(handler=_cmd_down)
     return parser
 
 

@@ -34,8 +34,14 @@ def normalise_weights(weights: Sequence[float] | np.ndarray) -> np.ndarray:
 
 
 def weights_from_scores(scores: Sequence[float]) -> np.ndarray:
-    """Weights proportional to each member's validation score (e.g. ``f1_macro``)."""
-    return normalise_weights(scores)
+    """Weights proportional to each member's validation score (e.g. ``f1_macro``).
+
+    When every score is zero (no member finds any positive yet) the scores say nothing: the weights are equal.
+    """
+    array = np.asarray(scores, dtype=np.float64)
+    if array.size and np.isfinite(array).all() and (array == 0).all():
+        return np.full(array.size, 1.0 / array.size)
+    return normalise_weights(array)
 
 
 def weighted_mean(member_probs: Sequence[np.ndarray], weights: Sequence[float] | np.ndarray) -> np.ndarray:

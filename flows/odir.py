@@ -16,7 +16,6 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from components.config import Profile, load_profile, resolve_profile_path
-from components.errors import OdirError
 from steps import ensemble, evaluate, ingest, promote, submit, tracking, train, tune_thresholds
 
 TRAIN_DEPLOYMENT = "odir-train/gpu"
@@ -24,10 +23,10 @@ DEMO_DATA = Path("data") / "demo"
 
 
 def _transient(task_: Any, task_run: Any, state: Any) -> bool:
-    """Retry a failed task unless its error is bad input."""
+    """Retry a failed task unless its error is bad input or a bad setting (``OdirError``, ``ValueError``)."""
     try:
         state.result()
-    except OdirError:
+    except (ValueError, TypeError):  # OdirError is a ValueError
         return False
     except Exception:  # anything else (a server briefly unreachable, a dropped connection) may pass on a retry
         return True

@@ -151,6 +151,8 @@ def run(config: TrainStepConfig) -> TrainStepResult:
         workdir = work_folder(config, manifest.digest, profile.name, spec.name)
         result = train(spec, train_data, val_data, workdir, callbacks=[MlflowCallback()], device=config.device)
         mlflow.log_metrics({"best_epoch": result.best_epoch, "train_seconds": result.seconds})
+        if result.resumed_from:
+            mlflow.set_tag("resumed_from_epoch", str(result.resumed_from))
         mlflow.log_metrics(tracking.prefixed(result.best_metrics, "best_"))  # best_val_*: what reuse reads back
         for checkpoint in sorted(workdir.glob("*.pt")):
             mlflow.log_artifact(str(checkpoint), "checkpoints")

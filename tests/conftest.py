@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 from components.synth import SynthSizes, write_synthetic_dataset
 
@@ -20,3 +21,23 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def dataset_copy(synthetic_root: Path, tmp_path: Path) -> Path:
     """A private copy of the small synthetic dataset that a test may break."""
     return Path(shutil.copytree(synthetic_root, tmp_path / "data"))
+
+
+TINY_PROFILE = {
+    "name": "tiny",
+    "defaults": {"image_size": 32, "batch_size": 8, "epochs": 2, "lr": 0.003, "seed": 1},
+    "models": [{"name": "tiny-a", "backbone": "tiny_cnn"}, {"name": "tiny-b", "backbone": "tiny_cnn", "loss": "focal"}],
+    "tta_views": ["identity", "hflip", "vflip", "rot90", "rot270"],
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_synthetic_dataset(tmp_path_factory.mktemp("tiny-data"), 32, SynthSizes(24, 12, 12, 6), seed=11)
+
+
+@pytest.fixture(scope="session")
+def tiny_profile(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("profiles") / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY_PROFILE, sort_keys=False))
+    return path

@@ -26,6 +26,7 @@ def test_study_weights_and_weights_from_scores() -> None:
     assert normalise_weights([0.5, 0.2, 0.3]).tolist() == pytest.approx([0.5, 0.2, 0.3])
     # validation F1 0.8, 0.6, 0.6 -> 0.8/2.0, 0.6/2.0, 0.6/2.0
     assert weights_from_scores([0.8, 0.6, 0.6]).tolist() == pytest.approx([0.4, 0.3, 0.3])
+    assert weights_from_scores([0.0, 0.0]).tolist() == [0.5, 0.5]  # scores that say nothing: equal weights
 
 
 @pytest.mark.parametrize(

@@ -161,6 +161,20 @@ def _cmd_down(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bucket(args: argparse.Namespace) -> int:
+    from steps.storage import ensure_bucket
+
+    print(f"bucket {args.name}: {'created' if ensure_bucket(args.name) else 'exists'}")
+    return 0
+
+
+def _cmd_upload(args: argparse.Namespace) -> int:
+    from steps.storage import upload_folder
+
+    print(f"{upload_folder(args.folder, args.uri)} files uploaded to {args.uri}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
     parser = argparse.ArgumentParser(prog="odir", description=__doc__.splitlines()[0])
@@ -214,6 +228,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     down = commands.add_parser("down", help="stop what odir up started")
     down.set_defaults(handler=_cmd_down)
+
+    bucket = commands.add_parser("bucket", help="create an S3 bucket unless it exists (AWS_ENDPOINT_URL, AWS_*)")
+    bucket.add_argument("name")
+    bucket.set_defaults(handler=_cmd_bucket)
+
+    upload = commands.add_parser("upload", help="upload a dataset folder to s3://bucket/prefix")
+    upload.add_argument("folder")
+    upload.add_argument("uri", help="s3://bucket/prefix")
+    upload.set_defaults(handler=_cmd_upload)
     return parser
 
 

@@ -9,6 +9,7 @@ transient failures; bad input (``OdirError``) fails at once, since retrying cann
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from prefect.cache_policies import NO_CACHE
 from components.config import Profile, load_profile, resolve_profile_path
 from steps import ensemble, evaluate, ingest, promote, submit, tracking, train, tune_thresholds
 
-TRAIN_DEPLOYMENT = "odir-train/gpu"
+TRAIN_DEPLOYMENT = os.environ.get("ODIR_TRAIN_DEPLOYMENT", "odir-train/gpu")  # odir-train/gpu-k8s on Kubernetes
 DEMO_DATA = Path("data") / "demo"
 
 

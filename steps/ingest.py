@@ -16,6 +16,7 @@ import logging
 import sys
 import warnings
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ import pandas as pd
 from components import LABELS
 from components.data import DatasetReport, FundusDataset, Split, patient_of, validate_dataset
 from components.errors import DataError, Problem
-from steps import cli, tracking
+from steps import cli, storage, tracking
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +55,17 @@ class IngestResult:
 
 @dataclass(frozen=True)
 class Manifest:
-    """A loaded manifest: the rows, the dataset root the paths are relative to, and the digest."""
+    """A loaded manifest: the rows, the dataset root the paths are relative to (a folder or ``s3://`` URI), and
+    the digest."""
 
     frame: pd.DataFrame
-    data_root: Path
+    data_root: str
     digest: str
+
+    @cached_property
+    def local_root(self) -> Path:
+        """A local folder with the images (an ``s3://`` root is mirrored on first use on this host)."""
+        return storage.localize(self.data_root)
 
     def split(self, name: str) -> pd.DataFrame:
         """The rows of one split in CSV order.
@@ -76,7 +83,7 @@ class Manifest:
         return bool((self.frame["split"] == name).any())
 
     def paths(self, name: str) -> list[Path]:
-        return [self.data_root / p for p in self.split(name)["path"]]
+        return [self.local_root / p for p in self.split(name)["path"]]
 
     def labels(self, name: str) -> np.ndarray:
         return self.split(name).loc[:, list(LABELS)].to_numpy(dtype=np.float32)
@@ -147,12 +154,10 @@ def run(config: IngestConfig) -> IngestResult:
     """Validates ``config.data_root``, logs the manifest, dataset and report; raises ``DataError`` when invalid."""
     import mlflow
 
-    root = Path(config.data_root).resolve()
-    with tracking.step_run(
-        "ingest", config.experiment, config.parent_run_id, "ingest", {"data_root": str(root)}
-    ) as run:
-        mlflow.log_param("data_root", str(root))
-        report = validate_dataset(root)
+    root = config.data_root if storage.is_s3(config.data_root) else str(Path(config.data_root).resolve())
+    with tracking.step_run("ingest", config.experiment, config.parent_run_id, "ingest", {"data_root": root}) as run:
+        mlflow.log_param("data_root", root)
+        report = validate_dataset(storage.localize(root))
         if not report.ok:
             mlflow.log_text("\n".join(str(p) for p in report.problems), "validation/problems.txt")
             raise DataError(report.problems)
@@ -162,7 +167,7 @@ def run(config: IngestConfig) -> IngestResult:
         for pair, patients in shared.items():
             log.warning("%d patients have images in both %s (validation scores are optimistic)", len(patients), pair)
         mlflow.log_text(frame.to_csv(index=False), f"{MANIFEST_DIR}/manifest.csv")
-        tracking.log_json({"data_root": str(root), "digest": digest}, f"{MANIFEST_DIR}/manifest.json")
+        tracking.log_json({"data_root": root, "digest": digest}, f"{MANIFEST_DIR}/manifest.json")
         tracking.log_json(validation_report(frame, shared), "validation/report.json")
         log_dataset(Manifest(frame, root, digest), context="ingest")
         counts = {str(k): int(v) for k, v in frame["split"].value_counts(sort=False).items()}
@@ -189,7 +194,7 @@ def load_manifest(manifest_uri: str) -> Manifest:
     local = Path(tracking.download(manifest_uri))
     meta = json.loads((local / "manifest.json").read_text())
     frame = pd.read_csv(local / "manifest.csv", dtype={"id": str, "patient": str, "path": str, "split": str})
-    return Manifest(frame, Path(meta["data_root"]), meta["digest"])
+    return Manifest(frame, meta["data_root"], meta["digest"])
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-odir
 DEMO_DATA ?= data/demo
 
-.PHONY: install demo test lint format bench up down deploy clean help
+.PHONY: install demo test test-integration lint format bench up down deploy clean help
 
 help:
 	@echo "make demo   install, generate synthetic fundus data, run the pipeline on it"
@@ -37,6 +37,10 @@ format: install
 test: lint
 	$(BIN)/python -m pytest
 
+# the scaled-out path against real PostgreSQL, SeaweedFS, MLflow and Prefect servers (processes, no Docker)
+test-integration: install
+	$(BIN)/python -m pytest -m integration
+
 bench: install
 	$(BIN)/python -m bench
 
@@ -50,6 +54,8 @@ down:
 deploy: install
 	$(BIN)/prefect work-pool inspect local >/dev/null 2>&1 || $(BIN)/prefect work-pool create local --type process
 	$(BIN)/prefect work-pool inspect gpu >/dev/null 2>&1 || $(BIN)/prefect work-pool create gpu --type process
+	$(BIN)/prefect work-pool inspect gpu-k8s >/dev/null 2>&1 || $(BIN)/prefect work-pool create gpu-k8s \
+		--type kubernetes --base-job-template infra/k8s/gpu-job-template.json
 	ODIR_ROOT=$(CURDIR) $(BIN)/prefect --no-prompt deploy --all
 
 clean:

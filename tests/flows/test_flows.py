@@ -14,7 +14,8 @@ from mlflow import MlflowClient
 
 from components.synth import SynthSizes, write_synthetic_dataset
 from steps import tracking
-from tests.flows.conftest import BIN, Stack, stop
+from tests.flows.conftest import BIN, Stack
+from tests.servers import stop
 
 pytestmark = pytest.mark.slow
 

@@ -6,37 +6,16 @@ import base64
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from steps import ensemble, evaluate, ingest, promote, tracking, train
+from tests.servers import free_port, port_closed, wait_for
 from tests.steps.conftest import odir_env
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _wait_ready(url: str, server: subprocess.Popen, seconds: float = 180) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise AssertionError(f"the server exited with {server.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(1)
-    raise AssertionError(f"{url} not ready after {seconds} s")
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +29,7 @@ def champion(odir_home: Path, tiny_data: Path, tiny_profile: Path) -> str:
 
 
 def test_served_champion_answers_with_labels(champion: str, odir_home: Path, tiny_data: Path) -> None:
-    port = _free_port()
+    port = free_port()
     bin_dir = str(Path(sys.executable).parent)
     env = {
         **odir_env(odir_home),
@@ -63,7 +42,7 @@ def test_served_champion_answers_with_labels(champion: str, odir_home: Path, tin
         command, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     try:
-        _wait_ready(f"http://127.0.0.1:{port}/ping", server)
+        wait_for(f"http://127.0.0.1:{port}/ping", server)
         images = sorted((tiny_data / "images" / "offsite_test").iterdir())[:2]
         body = {"dataframe_records": [{"image_path": str(images[0])},
                                       {"image_b64": base64.b64encode(images[1].read_bytes()).decode()}]}  # fmt: skip
@@ -83,16 +62,4 @@ def test_served_champion_answers_with_labels(champion: str, odir_home: Path, tin
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
-    assert _port_closes(port), f"port {port} is still listening after the server was stopped"
-
-
-def _port_closes(port: int, seconds: float = 30) -> bool:
-    """Whether nothing listens on ``port`` any more within ``seconds`` (workers exit shortly after the parent)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        except OSError:
-            return True
-        time.sleep(0.5)
-    return False
+    assert port_closed(port), f"port {port} is still listening after the server was stopped"

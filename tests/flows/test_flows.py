@@ -131,15 +131,18 @@ def test_prefect_yaml_deploys_and_a_worker_runs_odir_full(
     stack: Stack, tiny_data: Path, tiny_profile: Path, tmp_path: Path
 ) -> None:
     prefect = str(BIN / "prefect")
-    for pool in ("local", "gpu"):
-        created = stack.run(prefect, "work-pool", "create", pool, "--type", "process", "--overwrite")
+    template = str(Path(__file__).resolve().parents[2] / "infra" / "k8s" / "gpu-job-template.json")
+    pools = {"local": ["--type", "process"], "gpu": ["--type", "process"],
+             "gpu-k8s": ["--type", "kubernetes", "--base-job-template", template]}  # fmt: skip
+    for pool, options in pools.items():
+        created = stack.run(prefect, "work-pool", "create", pool, *options, "--overwrite")
         assert created.returncode == 0, created.stdout + created.stderr
     deployed = subprocess.run(
         [prefect, "--no-prompt", "deploy", "--all"], env={**stack.env, "ODIR_ROOT": str(Path.cwd())},
         cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
-    for name in ("odir/full", "odir/retrain", "odir-train/gpu"):
+    for name in ("odir/full", "odir/retrain", "odir-train/gpu", "odir-train/gpu-k8s"):
         assert stack.run(prefect, "deployment", "inspect", name).returncode == 0, name
     worker = stack.start(
         prefect, "worker", "start", "--pool", "local", "--name", "test-worker", log=tmp_path / "worker.log"

@@ -139,6 +139,72 @@ class Profile(BaseModel):
         raise ConfigError(f"profile {self.name!r} has no model {name!r}; models: {[m.name for m in self.models]}")
 
 
+class Experiment(BaseModel):
+    """One row of an experiment grid: members (one model, or several for an ensemble), TTA and thresholds.
+
+    Attributes:
+        name: the row's label in the results table.
+        task: the study's task it reproduces (1-4).
+        members: model names of the grid; more than one makes an ensemble.
+        weights: ensemble weights in ``members`` order (default: from validation F1).
+        tta: average the test-time views; thresholds: tune per-class thresholds on validation predictions.
+        published: the study's reported numbers for this row (metric name -> value), shown beside ours.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    task: int = Field(ge=1, le=4)
+    members: tuple[str, ...] = Field(min_length=1)
+    weights: tuple[float, ...] | None = None
+    tta: bool = False
+    thresholds: bool = False
+    published: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _weights_fit(self) -> Experiment:
+        if self.weights is not None and len(self.weights) != len(self.members):
+            raise ValueError(f"{len(self.weights)} weights for {len(self.members)} members")
+        return self
+
+
+class ExperimentGrid(Profile):
+    """A profile plus the experiments (rows of the results table) built from its models."""
+
+    experiments: list[Experiment] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _members_known(self) -> ExperimentGrid:
+        names = {model.name for model in self.models}
+        for experiment in self.experiments:
+            unknown = sorted(set(experiment.members) - names)
+            if unknown:
+                raise ValueError(f"experiment {experiment.name!r} names unknown model(s) {', '.join(unknown)}")
+        labels = [e.name for e in self.experiments]
+        if len(set(labels)) != len(labels):
+            raise ValueError("experiment names must be unique")
+        return self
+
+
+def load_grid(name_or_path: str | Path) -> ExperimentGrid:
+    """Loads an experiment grid by name (``configs/experiments/<name>.yaml``) or path.
+
+    Raises:
+        ConfigError: naming the file and each bad field.
+    """
+    candidate = Path(name_or_path)
+    path = (
+        candidate if candidate.suffix in (".yaml", ".yml") else configs_dir() / "experiments" / f"{name_or_path}.yaml"
+    )
+    if not path.is_file():
+        known = sorted(p.stem for p in (configs_dir() / "experiments").glob("*.yaml"))
+        raise ConfigError(f"{path}: experiment grid not found; known grids: {', '.join(known) or 'none'}")
+    try:
+        return ExperimentGrid.model_validate(_read_yaml(path))
+    except ValidationError as error:
+        raise ConfigError(_describe(error, str(path))) from None
+
+
 def _describe(error: ValidationError, source: str) -> str:
     lines = []
     for item in error.errors():
@@ -184,7 +250,7 @@ def resolve_profile_path(name_or_path: str | Path) -> Path:
 
 
 def load_profile(name_or_path: str | Path) -> Profile:
-    """Loads and validates a profile by name or path.
+    """Loads and validates a profile (or an experiment grid, which is one) by name or path.
 
     Raises:
         ConfigError: naming the file and each bad field.
@@ -193,7 +259,9 @@ def load_profile(name_or_path: str | Path) -> Profile:
     if not path.is_file():
         known = sorted(p.stem for p in configs_dir().glob("*.yaml"))
         raise ConfigError(f"{path}: profile not found; known profiles: {', '.join(known) or 'none'}")
+    data = _read_yaml(path)
+    kind = ExperimentGrid if "experiments" in data else Profile  # a grid is a profile with experiments
     try:
-        return Profile.model_validate(_read_yaml(path))
+        return kind.model_validate(data)
     except ValidationError as error:
         raise ConfigError(_describe(error, str(path))) from None

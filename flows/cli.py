@@ -121,6 +121,14 @@ def _cmd_full(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_experiments(args: argparse.Namespace) -> int:
+    from flows.experiments import odir_experiments
+
+    summary = odir_experiments(grid=args.grid, data=args.data, out=args.out, force=args.force)
+    print(f"\n{summary['rows']} experiments; report: {summary['report']}/results.md")
+    return 0
+
+
 def _print_summary(summary: dict) -> None:
     print("\nodir pipeline finished")
     for key, value in summary.items():
@@ -216,6 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
     full.add_argument("--out", help="submission CSV (default outputs/submission-<profile>.csv)")
     full.add_argument("--force", action="store_true", help="retrain and re-evaluate even if MLflow has the results")
     full.set_defaults(handler=_cmd_full)
+
+    experiments = commands.add_parser("experiments", help="run an experiment grid (flow odir-experiments) in-process")
+    experiments.add_argument("--grid", default="seed", help="grid name in configs/experiments/ or a YAML path")
+    experiments.add_argument("--data", help="dataset root (default: synthetic demo data)")
+    experiments.add_argument("--out", help="report folder (default outputs/experiments-<grid>)")
+    experiments.add_argument("--force", action="store_true", help="retrain and re-evaluate everything")
+    experiments.set_defaults(handler=_cmd_experiments)
 
     serve = commands.add_parser("serve", help="serve the deployments odir/full, odir/retrain, odir-train/gpu")
     serve.add_argument("--limit", type=int, default=4, help="flow runs at once (default 4)")

@@ -1,6 +1,7 @@
 """Deployments served from this checkout without a worker (``odir serve``): ``odir/full`` (manual),
 ``odir/retrain`` (nightly; trains only when the data or the profile changed since the champion) and
-``odir-train/gpu`` (one model; what ``odir`` dispatches to with ``dispatch=deployment``).
+``odir-train/gpu`` (one model; what ``odir`` dispatches to with ``dispatch=deployment``) and
+``odir-experiments/seed`` (the study's grid and its results table).
 
 ``prefect.yaml`` declares the same three for work pools; use one mechanism per environment, since serving a
 deployment replaces the one of the same name.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import os
 
+from flows.experiments import odir_experiments
 from flows.odir import odir, odir_train
 
 RETRAIN_CRON = os.environ.get("ODIR_RETRAIN_CRON", "0 2 * * *")
@@ -29,6 +31,9 @@ def serve_all(limit: int = 4) -> None:
         ),
         odir_train.to_deployment(
             name="gpu", description="Trains one model; odir dispatches here with dispatch=deployment."
+        ),
+        odir_experiments.to_deployment(
+            name="seed", parameters={"grid": "seed"}, description="The study's grid (Tasks 1-4) and its results table."
         ),
         limit=limit,
     )

@@ -147,6 +147,11 @@ def _record_score(model_uri: str, split: str, digest: str, metrics: dict[str, fl
     client.set_model_version_tag(name, version, f"score.{split}.digest", digest)
 
 
+def evaluate_key(model_uri: str, split: str, views: tuple[str, ...], thresholds_uri: str | None = None) -> str:
+    """Identifies an evaluation: the same key means the same predictions."""
+    return tracking.content_key(model_uri, split, tuple(views), thresholds_uri)
+
+
 def run(config: EvaluateConfig) -> EvaluateResult:
     """Predicts, logs predictions, metrics, table and figures; enforces the gate. See the module docstring."""
     import mlflow
@@ -154,7 +159,7 @@ def run(config: EvaluateConfig) -> EvaluateResult:
     manifest = load_manifest(config.manifest_uri)
     name, version = tracking.split_model_uri(config.model_uri)
     views = config.views if config.tta else ("identity",)
-    key = tracking.content_key(f"models:/{name}/{version}", config.split, views, config.thresholds_uri)
+    key = evaluate_key(f"models:/{name}/{version}", config.split, views, config.thresholds_uri)
     model = name.removeprefix(tracking.MODEL_PREFIX)
     tags = {"odir.model": model, "split": config.split, "data_digest": manifest.digest, "evaluate_key": key}
     if config.reuse and (done := tracking.find_finished_run(config.experiment, "evaluate", tags)):

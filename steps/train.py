@@ -17,6 +17,7 @@ import numpy as np
 import yaml
 
 from components.config import ModelSpec, load_profile, resolve_profile_path
+from components.models import parameter_count
 from components.training import Callback, load_trained, train
 from steps import cli, tracking
 from steps.ingest import load_manifest, log_dataset
@@ -86,6 +87,7 @@ def _log_model(spec: ModelSpec, checkpoint: Path, tags: dict[str, str]) -> tuple
     import torchvision
 
     model, _ = load_trained(checkpoint, device="cpu")
+    mlflow.log_metric("parameters", parameter_count(model))
     name = registered_name(spec)
     info = mlflow.pytorch.log_model(
         model,

@@ -1,0 +1,181 @@
+"""Report: the results table of an experiment grid, from what MLflow holds for it.
+
+Finds each model's training run (same spec and data digest) and each evaluation the grid needs (same model,
+split and TTA views), combines and scores every experiment with ``components.report``, and writes ``results.md``,
+``results.html``, ``results.csv`` and figures (per-class F1 bars, PR curves of the best experiments, threshold
+curves) to an output folder, to its own run and to the parent run. The same store and grid give the same report.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from components.config import ExperimentGrid, load_grid
+from components.ensemble import PROB_COLUMNS
+from components.errors import OdirError
+from components.report import (
+    ExperimentScores,
+    figure_f1_bars,
+    figure_pr_curves,
+    figure_threshold_curves,
+    results_table,
+    score_experiment,
+    to_html,
+    to_markdown,
+)
+from steps import cli, tracking
+from steps.evaluate import evaluate_key, read_predictions
+from steps.ingest import Manifest, load_manifest
+from steps.train import spec_key
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """Build the results table and figures of an experiment grid from the runs MLflow holds for it."""
+
+    grid: str
+    manifest_uri: str
+    out_dir: str | None = None
+    experiment: str = tracking.DEFAULT_EXPERIMENT
+    parent_run_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    """Where the report went and the table's headline numbers."""
+
+    out_dir: str
+    run_id: str
+    rows: int
+    f1_macro: dict[str, float] = field(default_factory=dict)
+
+
+def evaluation_splits(manifest: Manifest) -> list[str]:
+    """The labelled splits experiments are scored on: val, and offsite_test when the data has it."""
+    return ["val"] + (["offsite_test"] if manifest.has_split("offsite_test") else [])
+
+
+def _member_runs(grid: ExperimentGrid, manifest: Manifest, experiment: str) -> dict[str, object]:
+    runs = {}
+    for spec in grid.models:
+        tags = {
+            "odir.model": spec.name,
+            "profile": grid.name,
+            "data_digest": manifest.digest,
+            "spec_key": spec_key(spec),
+        }
+        run = tracking.find_finished_run(experiment, "train", tags)
+        if run is None:
+            raise OdirError(f"grid {grid.name!r}: model {spec.name!r} has no finished training run on this data")
+        runs[spec.name] = run
+    return runs
+
+
+def _predictions(model_uri: str, split: str, views: tuple[str, ...], experiment: str, ids: list[str]) -> np.ndarray:
+    run = tracking.find_finished_run(experiment, "evaluate", {"evaluate_key": evaluate_key(model_uri, split, views)})
+    if run is None:
+        raise OdirError(f"no evaluation of {model_uri} on {split} with views {','.join(views)}")
+    frame = read_predictions(run.data.tags["predictions_uri"])
+    if list(frame["id"]) != ids:
+        raise OdirError(f"predictions of {model_uri} on {split} do not cover the manifest's ids in order")
+    return frame.loc[:, list(PROB_COLUMNS)].to_numpy(dtype=np.float64)
+
+
+def score_grid(grid: ExperimentGrid, manifest: Manifest, experiment: str) -> list[ExperimentScores]:
+    """Every experiment of the grid, scored from saved predictions."""
+    from components.thresholds import STUDY_GRID, fine_grid
+
+    runs = _member_runs(grid, manifest, experiment)
+    splits = evaluation_splits(manifest)
+    labels = {split: manifest.labels(split) for split in splits}
+    ids = {split: list(manifest.split(split)["id"]) for split in splits}
+    costs = {
+        n: (r.data.metrics.get("train_seconds", 0.0), int(r.data.metrics.get("parameters", 0))) for n, r in runs.items()
+    }
+    thresholds_grid = STUDY_GRID if grid.threshold_grid == "study" else fine_grid()
+    scores = []
+    for row in grid.experiments:
+        views = tuple(grid.tta_views) if row.tta else ("identity",)
+        member_probs = {
+            m: {
+                s: _predictions(runs[m].data.tags["registered_model_uri"], s, views, experiment, ids[s]) for s in splits
+            }
+            for m in row.members
+        }
+        scores.append(score_experiment(row, member_probs, labels, costs, thresholds_grid))
+    return scores
+
+
+def write_report(grid: ExperimentGrid, manifest: Manifest, scores: list[ExperimentScores], folder: Path) -> None:
+    """results.md / .html / .csv and figures/ in ``folder``."""
+    import matplotlib.pyplot as plt
+
+    table = results_table(scores)
+    figures = folder / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    test_split = "offsite_test" if manifest.has_split("offsite_test") else "val"
+    plots = {"f1_by_class.png": figure_f1_bars(scores, test_split),
+             "pr_curves_best.png": figure_pr_curves(scores, manifest.labels(test_split), test_split)}  # fmt: skip
+    tuned = [s for s in scores if any(e.thresholds for e in grid.experiments if e.name == s.name)]
+    if tuned:
+        best = max(tuned, key=lambda s: s.reports["val"]["f1_macro"])
+        plots["threshold_curves.png"] = figure_threshold_curves(best, manifest.labels("val"))
+    for name, figure in plots.items():
+        figure.savefig(figures / name, dpi=110)
+        plt.close(figure)
+    table.to_csv(folder / "results.csv", index=False)
+    title = f"odir experiments: {grid.name}"
+    (folder / "results.html").write_text(to_html(table, title))
+    study = [c for c in table.columns if c.startswith("study_")]
+    lines = [
+        f"# {title}", "", grid.description, "",
+        f"Data: `{manifest.data_root}` (digest `{manifest.digest[:12]}`); "
+        f"scored on {', '.join(evaluation_splits(manifest))}.",
+        "Thresholds are tuned on val and applied unchanged to the test split; val scores of thresholded rows are",
+        "therefore optimistic. `study_*` columns are the study's published numbers (its course scoring, comparable to",
+        "our `f1_course`), not ours." if study else "", "",
+        to_markdown(table), "",
+        *(f"![{name}](figures/{name})" for name in plots), "",
+    ]  # fmt: skip
+    (folder / "results.md").write_text("\n".join(lines))
+
+
+def run(config: ReportConfig) -> ReportResult:
+    """Scores the grid and writes and logs the report; see the module docstring."""
+    import mlflow
+
+    grid = load_grid(config.grid)
+    manifest = load_manifest(config.manifest_uri)
+    folder = (
+        Path(config.out_dir) if config.out_dir else tracking.project_root() / "outputs" / f"experiments-{grid.name}"
+    )
+    tags = {"profile": grid.name, "data_digest": manifest.digest}
+    with tracking.step_run("report", config.experiment, config.parent_run_id, f"report {grid.name}", tags) as run:
+        scores = score_grid(grid, manifest, config.experiment)
+        with tempfile.TemporaryDirectory() as tmp:
+            write_report(grid, manifest, scores, Path(tmp))
+            folder.mkdir(parents=True, exist_ok=True)
+            for path in Path(tmp).rglob("*"):
+                if path.is_file():
+                    target = folder / path.relative_to(tmp)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(path.read_bytes())
+            mlflow.log_artifacts(tmp, "report")
+            if config.parent_run_id:
+                mlflow.MlflowClient().log_artifacts(config.parent_run_id, tmp, "report")
+        f1 = {s.name: s.reports["val"]["f1_macro"] for s in scores}
+        mlflow.log_metric("experiments", len(scores))
+        log.info("report of %s written to %s", grid.name, folder)
+        return ReportResult(str(folder), run.info.run_id, len(scores), f1)
+
+
+if __name__ == "__main__":
+    sys.exit(cli.main(ReportConfig, run))

@@ -106,10 +106,13 @@ class Profile(BaseModel):
     def _apply_defaults(cls, data: Any) -> Any:
         if isinstance(data, dict) and "defaults" in data:
             data = dict(data)
-            defaults = data.pop("defaults") or {}
+            defaults = data.pop("defaults")
+            if defaults is None:
+                defaults = {}
             if not isinstance(defaults, dict):
                 raise ValueError("defaults must be a mapping of model settings")
-            data["models"] = [{**defaults, **m} if isinstance(m, dict) else m for m in data.get("models") or []]
+            if isinstance(data.get("models"), list):  # anything else is refused by the models field itself
+                data["models"] = [{**defaults, **m} if isinstance(m, dict) else m for m in data["models"]]
         return data
 
     @field_validator("tta_views")

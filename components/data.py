@@ -192,10 +192,14 @@ def read_labels_csv(csv_path: Path | str, image_dir: str) -> tuple[LabelRows, li
     except UnicodeDecodeError as error:
         problem = Problem(file, f"is not UTF-8 text ({error.reason})")
         return LabelRows(ids, np.zeros((0, len(LABELS)), np.float32), first_line), [problem]
-    reader = csv.reader(text.splitlines())
+    # newline="" leaves line breaks to the csv module: str.splitlines() would also split on \x85 or \u2028
+    # inside a field and put every later row on the wrong line
+    reader = csv.reader(io.StringIO(text, newline=""))
     columns, problems = _read_header(reader, file)
     if columns is not None:
-        for line, cells in enumerate(reader, start=2):
+        previous = reader.line_num
+        for cells in reader:
+            line, previous = previous + 1, reader.line_num  # the line the row starts on (a quoted field may span more)
             if not any(cell.strip() for cell in cells):
                 continue
             image_id, labels, row_problems = _check_row(cells, columns, image_dir, file, line)

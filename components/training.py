@@ -30,7 +30,7 @@ from components.data import FundusDataset, to_model_input
 from components.errors import OdirError
 from components.losses import build_loss
 from components.metrics import multilabel_report
-from components.models import Classifier, build_model
+from components.models import Classifier, WeightsError, build_model
 
 log = logging.getLogger(__name__)
 
@@ -239,6 +239,25 @@ def _score(metrics: dict[str, float], monitor: str) -> float:
     return metrics["val_f1_macro"] if monitor == "f1_macro" else -metrics["val_loss"]
 
 
+def load_checkpoint(path: Path | str) -> dict:
+    """A checkpoint as plain tensors and numbers; one that would need to run code to load is refused.
+
+    Raises:
+        WeightsError: naming the file, when it is missing, corrupt or not loadable with ``weights_only=True``.
+    """
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise WeightsError(f"checkpoint {path} not found") from None
+    except Exception as error:  # an unpickler that refuses a global, a truncated zip, ...
+        raise WeightsError(
+            f"checkpoint {path} refused: not plain tensors (weights_only load failed: {error})"
+        ) from None
+    if not isinstance(saved, dict) or "model" not in saved or "spec" not in saved:
+        raise WeightsError(f"checkpoint {path} is not an odir checkpoint (no model and spec)")
+    return saved
+
+
 def _save(path: Path, payload: dict) -> None:
     """Writes atomically: a crash mid-write never leaves a truncated checkpoint behind."""
     partial = path.with_suffix(".tmp")
@@ -263,7 +282,7 @@ def _resume(
     path = workdir / LAST_CHECKPOINT
     if not path.exists():
         return None
-    saved = torch.load(path, map_location="cpu", weights_only=True)
+    saved = load_checkpoint(path)
     if saved["spec"] != spec.model_dump():
         raise OdirError(f"{path} was written for another model spec; use an empty working folder or the same spec")
     model.load_state_dict(saved["model"], strict=spec.mode == "full")
@@ -329,7 +348,7 @@ def train(
             log.info("%s: early stop after epoch %d (%d epochs without improvement)", spec.name, epoch, spec.patience)
             stopped_early = True
             break
-    best = torch.load(workdir / BEST_CHECKPOINT, map_location="cpu", weights_only=True)
+    best = load_checkpoint(workdir / BEST_CHECKPOINT)
     return TrainResult(
         spec, best["epoch"], best["metrics"], state.history, workdir / BEST_CHECKPOINT, resumed_from, stopped_early,
         time.perf_counter() - started,
@@ -399,7 +418,7 @@ def predict_proba_dataset(
 
 def load_trained(checkpoint: Path | str, device: str | None = None) -> tuple[Classifier, ModelSpec]:
     """The model and spec of a ``best.pt`` written by :func:`train` (tensors only: ``weights_only=True``)."""
-    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    saved = load_checkpoint(checkpoint)
     spec = ModelSpec.model_validate(saved["spec"])
     model = build_model(spec.backbone, "none")
     model.load_state_dict(saved["model"])

@@ -58,7 +58,7 @@ def odir_experiments(
     grid_path = _grid_path(grid)
     data_root = data or demo_data_task(str(tracking.project_root() / DEMO_DATA))
     experiment_id = tracking.setup(experiment)
-    tags = {tracking.STEP_TAG: "experiments", "profile": config.name}
+    tags = {tracking.STEP_TAG: "experiments", "profile": config.name, **tracking.process_tags()}
     pid = MlflowClient().create_run(experiment_id, run_name=f"experiments {config.name}", tags=tags).info.run_id
     try:
         ing = ingest_task(data_root, pid, experiment)

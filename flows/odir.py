@@ -121,7 +121,8 @@ def _start_pipeline_run(experiment: str, profile: Profile, data_root: str) -> st
     from mlflow import MlflowClient
 
     experiment_id = tracking.setup(experiment)
-    tags = {tracking.STEP_TAG: "pipeline", "profile": profile.name, "odir.git_sha": tracking.git_sha()}
+    tags = {tracking.STEP_TAG: "pipeline", "profile": profile.name, "odir.git_sha": tracking.git_sha(),
+            **tracking.process_tags()}  # fmt: skip
     run = MlflowClient().create_run(experiment_id, run_name=f"pipeline {profile.name}", tags=tags)
     MlflowClient().log_param(run.info.run_id, "data_root", data_root)
     return run.info.run_id

@@ -3,7 +3,9 @@ same data (same dataset digest), or when there is no champion; otherwise it beco
 
 Scores come from the version tags that evaluate writes (``score.<split>.f1_macro`` with ``score.<split>.digest``);
 a model not yet scored on this data is evaluated here first, so both are always compared on the same images. The
-decision and both scores are logged. Aliases are moved last, after everything else succeeded.
+decision and both scores are logged. Aliases are moved last, after everything else succeeded, and under a lock
+held in the registry, so two concurrent promotions compare one after the other and a worse model never replaces
+a better champion.
 """
 
 from __future__ import annotations
@@ -79,9 +81,11 @@ def run(config: PromoteConfig) -> PromoteResult:
 
     manifest = load_manifest(config.manifest_uri)
     name, version = tracking.split_model_uri(config.model_uri)
-    with tracking.step_run(
-        "promote", config.experiment, config.parent_run_id, "promote", {"split": config.split}
-    ) as run:
+    tags = {"split": config.split}
+    with (
+        tracking.step_run("promote", config.experiment, config.parent_run_id, "promote", tags) as run,
+        tracking.registry_lock(f"promote-{name}"),  # concurrent promotions compare one after the other
+    ):
         score = score_on(f"models:/{name}/{version}", manifest, config.split)
         champion = current_champion(name)
         champion_score = score_on(f"models:/{name}/{champion}", manifest, config.split) if champion else None

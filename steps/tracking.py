@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -80,6 +81,92 @@ def git_sha() -> str:
         return "unknown"
 
 
+def process_tags() -> dict[str, str]:
+    """Which process a run belongs to, so a later step can tell a run whose process died from a live one."""
+    return {"odir.host": socket.gethostname(), "odir.pid": str(os.getpid())}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def reap_dead_runs(experiment_id: str) -> list[str]:
+    """Marks FAILED the RUNNING runs of this host whose process is gone (killed, crashed, machine restarted).
+
+    Without this, a killed step's run stays RUNNING forever in the UI. Runs of other hosts are left alone: their
+    processes cannot be checked from here.
+    """
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    host = socket.gethostname()
+    runs = client.search_runs(
+        [experiment_id], f"attributes.status = 'RUNNING' and tags.`odir.host` = '{host}'", max_results=1000
+    )
+    reaped = []
+    for run in runs:
+        pid = run.data.tags.get("odir.pid", "")
+        if pid.isdigit() and not _alive(int(pid)):
+            client.set_terminated(run.info.run_id, "FAILED")
+            client.set_tag(run.info.run_id, "odir.failure", f"process {pid} on {host} died before the run ended")
+            reaped.append(run.info.run_id)
+    if reaped:
+        log.warning("marked %d run(s) of dead processes FAILED: %s", len(reaped), ", ".join(reaped))
+    return reaped
+
+
+@contextmanager
+def registry_lock(name: str, timeout: float = 300, stale_after: float = 900) -> Iterator[None]:
+    """A mutex held in the model registry, shared by every process and host that uses the same tracking store.
+
+    Creating a registered model is atomic in every MLflow backend (the name is unique), so the process that creates
+    ``odir-lock-<name>`` holds the lock until it deletes it. A lock older than ``stale_after`` seconds is taken to
+    belong to a process that died while holding it and is broken.
+
+    Raises:
+        OdirError: when the lock cannot be had within ``timeout`` seconds.
+    """
+    import random
+    import time
+
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from components.errors import OdirError
+
+    client = MlflowClient()
+    lock = f"odir-lock-{name}"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.create_registered_model(lock, description=f"held by {socket.gethostname()}:{os.getpid()}")
+            break
+        except MlflowException as error:
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        try:
+            held_since = client.get_registered_model(lock).creation_timestamp / 1000
+            if time.time() - held_since > stale_after:
+                log.warning("breaking the stale lock %s (held since %s)", lock, held_since)
+                client.delete_registered_model(lock)
+                continue
+        except MlflowException:  # released meanwhile
+            continue
+        if time.monotonic() > deadline:
+            raise OdirError(f"could not acquire the {name} lock within {timeout:.0f} s (registered model {lock})")
+        time.sleep(0.2 + random.random() * 0.3)
+    try:
+        yield
+    finally:
+        client.delete_registered_model(lock)
+
+
 @contextmanager
 def step_run(
     step: str, experiment: str, parent_run_id: str | None, run_name: str, tags: dict[str, str] | None = None,
@@ -92,7 +179,8 @@ def step_run(
     import mlflow
 
     experiment_id = setup(experiment)
-    all_tags = {STEP_TAG: step, "odir.git_sha": git_sha(), **(tags or {})}
+    reap_dead_runs(experiment_id)
+    all_tags = {STEP_TAG: step, "odir.git_sha": git_sha(), **process_tags(), **(tags or {})}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
     with mlflow.start_run(

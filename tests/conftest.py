@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from components.synth import SynthSizes, write_synthetic_dataset
+from tests.store import odir_home  # noqa: F401  (a fixture for every test package)
 
 
 @pytest.fixture(scope="session")

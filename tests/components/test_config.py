@@ -11,7 +11,7 @@ from components.config import ConfigError, load_profile, parse_model_spec
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
-@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.yaml")), ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_every_shipped_profile_loads(path: Path) -> None:
     profile = load_profile(path)
     assert profile.name == path.stem and profile.models
@@ -27,7 +27,7 @@ def test_defaults_apply_and_model_keys_win() -> None:
 def test_profiles_resolve_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(CONFIGS.parent)
     assert load_profile("demo").name == "demo"
-    with pytest.raises(ConfigError, match="profile not found; known profiles: demo"):
+    with pytest.raises(ConfigError, match="profile not found; known profiles: cpu, demo, seed"):
         load_profile("nope")
 
 

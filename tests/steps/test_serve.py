@@ -15,7 +15,7 @@ import pytest
 
 from steps import ensemble, evaluate, ingest, promote, tracking, train
 from tests.servers import free_port, port_closed, wait_for
-from tests.steps.conftest import odir_env
+from tests.store import odir_env
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from mlflow import MlflowClient
 from components import LABELS
 from components.metrics import multilabel_report
 from steps import ensemble, evaluate, ingest, promote, submit, tracking, train, tune_thresholds
-from tests.steps.conftest import odir_env
+from tests.store import odir_env
 
 MEMBERS = ("tiny-a", "tiny-b")
 

@@ -1,4 +1,5 @@
-"""A throwaway embedded MLflow store (``ODIR_HOME`` in a temporary folder) per test module."""
+"""A throwaway embedded MLflow store (``ODIR_HOME`` in a temporary folder) per test module, and the environment
+of subprocesses that use it."""
 
 from __future__ import annotations
 

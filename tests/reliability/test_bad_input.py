@@ -1,0 +1,110 @@
+"""Malformed input, generated: every case ends in the project's own error naming the file and the row or field —
+never a traceback from deep inside a library, never a silent skip."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from components.config import ConfigError, load_profile
+from components.data import load_split, read_labels_csv
+from components.errors import DataError, OdirError
+from steps.ensemble_model import image_sources
+
+CELL = st.one_of(st.sampled_from(["0", "1", "", "nan", "2", "-1", "1.0", "yes", " 1 "]), st.text(max_size=6))
+ROW = st.lists(CELL, min_size=0, max_size=6)
+HEADER = st.one_of(
+    st.just(["id", "D", "G", "A"]), st.lists(st.sampled_from(["id", "D", "G", "A", "X", ""]), max_size=5)
+)
+
+
+def _csv(header: list[str], rows: list[list[str]]) -> str:
+    import csv
+    import io
+
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(header=HEADER, rows=st.lists(ROW, max_size=8))
+def test_any_csv_is_read_or_refused_with_file_and_line(
+    tmp_path: Path, header: list[str], rows: list[list[str]]
+) -> None:
+    path = tmp_path / "train.csv"
+    text = _csv(header, rows)
+    path.write_text(text)
+    valid, problems = read_labels_csv(path, "images/train")
+    physical_lines = len(path.read_bytes().split(b"\n"))
+    for problem in problems:
+        assert problem.file == str(path) and problem.message
+        assert problem.line is None or 1 <= problem.line <= physical_lines
+    if not problems:
+        assert len(valid.ids) == valid.labels.shape[0] > 0
+        assert set(valid.labels.flatten()) <= {0.0, 1.0}
+    (tmp_path / "images" / "train").mkdir(parents=True, exist_ok=True)
+    try:
+        load_split(tmp_path, "train")
+    except DataError as error:
+        assert str(path) in str(error)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=300))
+def test_arbitrary_bytes_as_a_csv(tmp_path: Path, data: bytes) -> None:
+    (tmp_path / "train.csv").write_bytes(data)
+    with pytest.raises(DataError):
+        load_split(tmp_path, "train")  # no image folder, so even a valid CSV ends in a DataError naming the file
+
+
+MODEL_VALUE = st.one_of(st.integers(-5, 5), st.floats(allow_nan=True), st.text(max_size=8), st.none(), st.booleans(),
+                        st.lists(st.integers(), max_size=2))  # fmt: skip
+MODEL = st.dictionaries(
+    st.sampled_from(
+        ["name", "backbone", "lr", "epochs", "mode", "loss", "batch_size", "image_size", "typo", "weights"]
+    ),
+    MODEL_VALUE,
+    max_size=6,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(top=st.dictionaries(st.sampled_from(["name", "models", "tta_views", "threshold_grid", "ensemble_weights",
+                                            "defaults", "extra"]), st.one_of(MODEL_VALUE, st.lists(MODEL, max_size=3),
+                                                                                MODEL), max_size=5))  # fmt: skip
+def test_any_profile_is_loaded_or_refused_naming_the_file(tmp_path: Path, top: dict) -> None:
+    path = tmp_path / "profile.yaml"
+    path.write_text(yaml.safe_dump(top))
+    try:
+        load_profile(path)
+    except ConfigError as error:
+        assert str(error).startswith(str(path))
+
+
+@pytest.mark.parametrize(
+    ("frame", "message"),
+    [
+        (pd.DataFrame({"image_b64": ["%%%not-base64"]}), "row 0: image_b64 is not valid base64"),
+        (pd.DataFrame({"image_path": [None]}), "row 0: needs image_path or image_b64"),
+        (pd.DataFrame({"other": ["x"]}), "row 0: needs image_path or image_b64"),
+    ],
+)
+def test_served_model_input_is_checked(frame: pd.DataFrame, message: str) -> None:
+    with pytest.raises(OdirError, match=message):
+        image_sources(frame)
+
+
+def test_served_bytes_that_are_no_image_are_named(tmp_path: Path) -> None:
+    from components.data import load_image
+
+    with pytest.raises(DataError, match=r"<12 bytes of image data>: cannot be decoded as an image"):
+        load_image(base64.b64decode(base64.b64encode(b"not an image")), 32)

@@ -45,12 +45,8 @@ def is_embedded(uri: str) -> bool:
     return uri.startswith("sqlite:")
 
 
-def setup(experiment: str = DEFAULT_EXPERIMENT) -> str:
-    """Points MLflow at the store and returns the experiment's id, creating the experiment if needed.
-
-    With the embedded store, the experiment's artifacts go to ``mlruns/artifacts`` under the project root (MLflow
-    would otherwise put them under the current directory).
-    """
+def connect() -> str:
+    """Points MLflow at the store (read from the environment now, not at import) and returns its URI."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("DO_NOT_TRACK", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -60,6 +56,18 @@ def setup(experiment: str = DEFAULT_EXPERIMENT) -> str:
     if is_embedded(uri):
         (project_root() / "mlruns").mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def setup(experiment: str = DEFAULT_EXPERIMENT) -> str:
+    """Points MLflow at the store and returns the experiment's id, creating the experiment if needed.
+
+    With the embedded store, the experiment's artifacts go to ``mlruns/artifacts`` under the project root (MLflow
+    would otherwise put them under the current directory).
+    """
+    import mlflow
+
+    uri = connect()
     found = mlflow.get_experiment_by_name(experiment)
     if found is not None:
         return found.experiment_id
@@ -140,6 +148,7 @@ def registry_lock(name: str, timeout: float = 300, stale_after: float = 900) -> 
 
     from components.errors import OdirError
 
+    connect()
     client = MlflowClient()
     lock = f"odir-lock-{name}"
     deadline = time.monotonic() + timeout

@@ -2,7 +2,7 @@
 
 Each step's options are its config dataclass's fields (``--manifest-uri``, ``--split`` ...); the step's typed result
 is printed as one JSON object on stdout, so the next step can read its URIs. Bad input exits 2 with the message on
-stderr; a failure inside the step exits 1.
+stderr; a tracking server still unreachable after MLflow's retries exits 3; any other failure exits 1.
 """
 
 from __future__ import annotations
@@ -51,6 +51,20 @@ def parse_config(config_cls: type, argv: Sequence[str] | None, prog: str) -> Any
     return config_cls(**values)
 
 
+def _unreachable(error: BaseException) -> bool:
+    """Whether ``error`` (or what caused it) is a connection failure to a server."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    while error is not None:
+        if isinstance(error, requests.exceptions.ConnectionError | ConnectionError):
+            return True
+        if isinstance(error, MlflowException) and "Max retries exceeded" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
 def main(config_cls: type, run: Callable[[Any], Any], argv: Sequence[str] | None = None) -> int:
     """Parses the options, runs the step, prints its result as JSON; returns the exit status."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
@@ -61,5 +75,14 @@ def main(config_cls: type, run: Callable[[Any], Any], argv: Sequence[str] | None
     except OdirError as error:
         print(f"{prog}: {error}", file=sys.stderr)
         return 2
+    except Exception as error:
+        if not _unreachable(error):
+            raise
+        from steps.tracking import tracking_uri
+
+        print(
+            f"{prog}: the tracking server {tracking_uri()} stayed unreachable after retrying: {error}", file=sys.stderr
+        )
+        return 3
     print(json.dumps(dataclasses.asdict(result), default=str))
     return 0

@@ -125,6 +125,8 @@ def test_a_killed_run_resumes_without_repeating_finished_steps(stack: Stack, tmp
     resumed = [r for r in slow_runs if r.info.status == "FINISHED"]
     assert len(slow_runs) == 2 and len(resumed) == 1
     assert int(resumed[0].data.tags["resumed_from_epoch"]) >= 1
+    [killed] = [r for r in slow_runs if r.info.status != "FINISHED"]
+    assert killed.info.status == "FAILED" and "died" in killed.data.tags["odir.failure"]  # not RUNNING forever
 
 
 def test_prefect_yaml_deploys_and_a_worker_runs_odir_full(

@@ -108,3 +108,12 @@ def test_served_bytes_that_are_no_image_are_named(tmp_path: Path) -> None:
 
     with pytest.raises(DataError, match=r"<12 bytes of image data>: cannot be decoded as an image"):
         load_image(base64.b64decode(base64.b64encode(b"not an image")), 32)
+
+
+def test_the_local_stack_binds_loopback_only() -> None:
+    from flows.stack import HOST, services
+
+    assert HOST == "127.0.0.1"
+    for service in services(4200, 5000):
+        if "--host" in service.command:
+            assert service.command[service.command.index("--host") + 1] == "127.0.0.1", service.name

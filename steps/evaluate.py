@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -171,7 +172,9 @@ def run(config: EvaluateConfig) -> EvaluateResult:
         mlflow.log_params(
             {"model_uri": f"models:/{name}/{version}", "split": config.split, "tta_views": ",".join(views)}
         )
+        started = time.perf_counter()
         prediction = predict_split(f"models:/{name}/{version}", manifest, config.split, views)
+        mlflow.log_metric("predict_seconds", time.perf_counter() - started)  # model loading included
         thresholds = prediction.thresholds
         if config.thresholds_uri:
             saved = tracking.read_json(config.thresholds_uri)["thresholds"]

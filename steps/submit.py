@@ -7,6 +7,7 @@ ensemble's thresholds. Written to the path the user gives and logged as an artif
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,8 +48,10 @@ def run(config: SubmitConfig) -> SubmitResult:
     template = manifest.split(config.split)
     with tracking.step_run("submit", config.experiment, config.parent_run_id, "submit", {"split": config.split}) as run:
         mlflow.log_params({"model_uri": config.model_uri, "split": config.split})
+        started = time.perf_counter()
         model = mlflow.pyfunc.load_model(config.model_uri)
         output = model.predict(pd.DataFrame({"image_path": [str(p) for p in manifest.paths(config.split)]}))
+        mlflow.log_metric("predict_seconds", time.perf_counter() - started)
         submission = pd.DataFrame({"id": template["id"]})
         for label in LABELS:
             submission[label] = output[label].astype(int).to_numpy()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench import data_cache, head_only
+from bench import data_cache, head_only, inference, pipeline_overhead
 
 
 def test_data_cache_benchmark_runs(synthetic_root: Path) -> None:
@@ -16,3 +16,15 @@ def test_data_cache_benchmark_runs(synthetic_root: Path) -> None:
 def test_head_only_benchmark_runs(synthetic_root: Path) -> None:
     [row] = head_only.run(synthetic_root, backbone="tiny_cnn", weights="none", size=16, epochs=2, limit=8)
     assert row.value > 0 and row.reference > 0 and "val f1" in row.goal
+
+
+def test_inference_benchmark_runs(synthetic_root: Path) -> None:
+    rows = inference.run(synthetic_root, size=32, limit=4, repeats=1)
+    assert len(rows) == 2 and all(row.value > 0 and row.reference > 0 for row in rows)
+
+
+def test_pipeline_overhead_benchmark_runs(synthetic_root: Path, monkeypatch) -> None:
+    monkeypatch.setitem(pipeline_overhead.SPEC, "backbone", "tiny_cnn")
+    monkeypatch.setitem(pipeline_overhead.SPEC, "epochs", 1)
+    [row] = pipeline_overhead.run(synthetic_root, size=32, limit=6, repeats=1)
+    assert row.value > 0 and row.reference > 0

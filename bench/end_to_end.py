@@ -1,0 +1,68 @@
+"""End to end: ``odir full --profile demo`` on fresh synthetic data and a fresh store — wall time, peak resident
+memory of the whole process tree (the ephemeral Prefect server included), and the share of the wall time spent
+outside training and inference (orchestration, tracking, I/O; goal <= 15%, peak <= 2 GB).
+
+Training time is the training loops' own clock (``train_seconds`` of each train run); inference time is each
+evaluation's and the submission's prediction clock (``predict_seconds``, model loading included).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+from bench.common import Row
+
+
+def _tree_rss(process: psutil.Process) -> int:
+    total = 0
+    for member in [process, *process.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):  # a child that exited meanwhile
+            total += member.memory_info().rss
+    return total
+
+
+def measure(profile: str = "demo", data: Path | None = None) -> dict[str, float]:
+    """Runs ``odir full`` once in a fresh home; returns wall, inside (train + predict) seconds and peak RSS."""
+    from mlflow import MlflowClient
+
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp)
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))},
+               "ODIR_HOME": str(home), "PREFECT_HOME": str(home / ".prefect")}  # fmt: skip
+        command = [str(Path(sys.executable).parent / "odir"), "full", "--profile", profile]
+        if data is not None:
+            command += ["--data", str(data)]
+        started = time.perf_counter()
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        watched, peak = psutil.Process(process.pid), 0
+        while process.poll() is None:
+            peak = max(peak, _tree_rss(watched))
+            time.sleep(0.2)
+        wall = time.perf_counter() - started
+        if process.returncode != 0:
+            raise RuntimeError(f"odir full --profile {profile} failed with {process.returncode}")
+        client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlruns' / 'mlflow.db'}")
+        experiment = client.get_experiment_by_name("odir")
+        runs = client.search_runs([experiment.experiment_id], max_results=1000)
+        inside = sum(
+            r.data.metrics.get("train_seconds", 0.0) + r.data.metrics.get("predict_seconds", 0.0) for r in runs
+        )
+    return {"wall": wall, "inside": inside, "peak_mb": peak / 2**20}
+
+
+def run(data: Path | None = None) -> list[Row]:
+    result = measure("demo", data)
+    outside = 1 - result["inside"] / result["wall"]
+    return [
+        Row(f"odir full --profile demo: wall vs train+predict ({outside:.0%} outside)", result["wall"],
+            result["inside"], "s", "<= 1.18x (15% outside)"),
+        Row("odir full --profile demo: peak RSS of the process tree", result["peak_mb"], 2048.0, "MB", "<= 1.00x"),
+    ]  # fmt: skip

@@ -140,8 +140,9 @@ def write_report(grid: ExperimentGrid, manifest: Manifest, scores: list[Experime
         f"Data: `{manifest.data_root}` (digest `{manifest.digest[:12]}`); "
         f"scored on {', '.join(evaluation_splits(manifest))}.",
         "Thresholds are tuned on val and applied unchanged to the test split; val scores of thresholded rows are",
-        "therefore optimistic. `study_*` columns are the study's published numbers (its course scoring, comparable to",
-        "our `f1_course`), not ours." if study else "", "",
+        "therefore optimistic.",
+        "`study_*` columns are the study's published numbers (its course scoring, comparable to our `f1_course`),"
+        " not ours." if study else "", "",
         to_markdown(table), "",
         *(f"![{name}](figures/{name})" for name in plots), "",
     ]  # fmt: skip

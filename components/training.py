@@ -3,7 +3,8 @@
 - Adam on the parameters the fine-tuning mode leaves trainable; frozen parts stay in eval mode (BatchNorm
   statistics untouched).
 - Every epoch is seeded from ``spec.seed + epoch`` (shuffle order, augmentation, dropout), so a run resumed from
-  its last checkpoint ends with the same weights as one that was never interrupted.
+  its last checkpoint ends with the same weights as one that was never interrupted. Checkpoints are written in a
+  background thread while the next epoch computes.
 - ``head`` mode without augmentation computes the frozen backbone's features once and trains the head on them:
   the same batches and the same result as running the backbone every step, at a fraction of the cost.
 - The best checkpoint is chosen on validation ``f1_macro`` (or loss); early stopping after ``patience`` epochs
@@ -14,6 +15,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -276,6 +278,49 @@ def _changing_state(model: Classifier, mode: str) -> dict[str, torch.Tensor]:
     return {f"head.{key}": value for key, value in model.head.state_dict().items()}
 
 
+def _detached(value: object) -> object:
+    """A copy of a checkpoint payload whose tensors training can no longer change in place."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {key: _detached(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_detached(item) for item in value)
+    return value
+
+
+class CheckpointWriter:
+    """Writes checkpoints in a background thread so the next epoch computes while the last one goes to disk.
+
+    One write at a time: :meth:`submit` waits for the previous one, and :meth:`flush` for the pending one (and
+    re-raises its error). The payload is copied first, since the next optimiser step changes tensors in place.
+    """
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, path: Path, payload: dict) -> None:
+        self.flush()
+        copy = _detached(payload)
+        self._thread = threading.Thread(target=self._write, args=(path, copy), name="checkpoint-writer", daemon=True)
+        self._thread.start()
+
+    def _write(self, path: Path, payload: dict) -> None:
+        try:
+            _save(path, payload)
+        except BaseException as error:  # handed to the training thread by flush()
+            self._error = error
+
+    def flush(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+
 def _resume(
     workdir: Path, spec: ModelSpec, model: Classifier, optimiser: torch.optim.Optimizer | None
 ) -> _State | None:
@@ -338,16 +383,20 @@ def train(
         else _image_source(model, train_data, val_data, rt, spec.augment)
     )
     stopped_early = False
-    for epoch in range(state.epoch + 1, spec.epochs + 1):
-        seed_everything(spec.seed * 100_003 + epoch)
-        train_loss = _train_epoch(model, source, loss_fn, optimiser, spec, rt, epoch)
-        metrics = {"train_loss": train_loss, **_validate(model, source, loss_fn, spec, rt)}
-        state.history.append({"epoch": float(epoch), **metrics})
-        _after_epoch(spec, model, optimiser, state, epoch, metrics, workdir, callbacks)
-        if spec.patience is not None and state.bad_epochs >= spec.patience:
-            log.info("%s: early stop after epoch %d (%d epochs without improvement)", spec.name, epoch, spec.patience)
-            stopped_early = True
-            break
+    writer = CheckpointWriter()
+    try:
+        for epoch in range(state.epoch + 1, spec.epochs + 1):
+            seed_everything(spec.seed * 100_003 + epoch)
+            train_loss = _train_epoch(model, source, loss_fn, optimiser, spec, rt, epoch)
+            metrics = {"train_loss": train_loss, **_validate(model, source, loss_fn, spec, rt)}
+            state.history.append({"epoch": float(epoch), **metrics})
+            _after_epoch(spec, model, optimiser, state, epoch, metrics, workdir, callbacks, writer)
+            if spec.patience is not None and state.bad_epochs >= spec.patience:
+                log.info("%s: early stop after epoch %d (no improvement in %d)", spec.name, epoch, spec.patience)
+                stopped_early = True
+                break
+    finally:
+        writer.flush()  # the last checkpoint is on disk before returning or re-raising: a crash resumes from it
     best = load_checkpoint(workdir / BEST_CHECKPOINT)
     return TrainResult(
         spec, best["epoch"], best["metrics"], state.history, workdir / BEST_CHECKPOINT, resumed_from, stopped_early,
@@ -357,7 +406,7 @@ def train(
 
 def _after_epoch(
     spec: ModelSpec, model: Classifier, optimiser: torch.optim.Optimizer, state: _State, epoch: int,
-    metrics: dict[str, float], workdir: Path, callbacks: Iterable[Callback],
+    metrics: dict[str, float], workdir: Path, callbacks: Iterable[Callback], writer: CheckpointWriter,
 ) -> None:  # fmt: skip
     """Best/last checkpoints, early-stopping bookkeeping, the epoch's log line and callbacks."""
     score = _score(metrics, spec.monitor)
@@ -366,7 +415,7 @@ def _after_epoch(
     if improved:
         state.best_score, state.best_epoch, state.bad_epochs = score, epoch, 0
         best = {"model": model.state_dict(), "spec": spec.model_dump(), "epoch": epoch, "metrics": metrics}
-        _save(workdir / BEST_CHECKPOINT, best)
+        writer.submit(workdir / BEST_CHECKPOINT, best)
     else:
         state.bad_epochs += 1
     last = {
@@ -374,12 +423,14 @@ def _after_epoch(
         "epoch": epoch, "best_score": state.best_score, "best_epoch": state.best_epoch,
         "bad_epochs": state.bad_epochs, "history": state.history,
     }  # fmt: skip
-    _save(workdir / LAST_CHECKPOINT, last)
+    writer.submit(workdir / LAST_CHECKPOINT, last)
     log.info(
         "%s epoch %d/%d  train_loss %.4f  val_loss %.4f  val_f1_macro %.4f  val_f1_course %.4f%s",
         spec.name, epoch, spec.epochs, metrics["train_loss"], metrics["val_loss"], metrics["val_f1_macro"],
         metrics["val_f1_course"], "  *best*" if improved else "",
     )  # fmt: skip
+    if any(type(c).on_checkpoint is not Callback.on_checkpoint for c in callbacks):
+        writer.flush()  # a callback that reads the checkpoint needs it on disk
     for callback in callbacks:
         if improved:
             callback.on_checkpoint(workdir / BEST_CHECKPOINT, "best", epoch)

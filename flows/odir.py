@@ -15,6 +15,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from components.config import Profile, load_profile, resolve_profile_path
 from steps import ensemble, evaluate, ingest, promote, submit, tracking, train, tune_thresholds
@@ -144,7 +145,8 @@ def _up_to_date(digest: str, key: str) -> str | None:
     return champion if tags.get("data_digest") == digest and tags.get("profile_key") == key else None
 
 
-@flow(name="odir", flow_run_name="odir {profile}")
+# two models train at a time: on a small machine more only adds memory (each holds its activations), not speed
+@flow(name="odir", flow_run_name="odir {profile}", task_runner=ThreadPoolTaskRunner(max_workers=2))
 def odir(
     profile: str = "demo", data: str | None = None, out: str | None = None, force: bool = False,
     only_if_changed: bool = False, dispatch: str = "local", experiment: str = tracking.DEFAULT_EXPERIMENT,

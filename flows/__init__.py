@@ -11,6 +11,7 @@ from pathlib import Path
 _CHECKOUT = Path(__file__).resolve().parents[1]
 
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "components,steps")
+os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")  # steps also log outside flows
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")

@@ -8,6 +8,7 @@ reads them.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -78,6 +79,7 @@ def setup(experiment: str = DEFAULT_EXPERIMENT) -> str:
         return mlflow.get_experiment_by_name(experiment).experiment_id
 
 
+@functools.cache
 def git_sha() -> str:
     """The checkout's commit, or ``unknown`` outside a git checkout."""
     try:

@@ -25,14 +25,17 @@ def predict_images(
 ) -> np.ndarray:
     """``(N, 3)`` mean sigmoid probabilities over ``views`` for image files (or a dataset), in order.
 
-    All views of a batch go through the network in one forward (``len(views) * batch_size`` images).
+    On a GPU all views of a batch go through the network in one forward (``len(views) * batch_size`` images); on
+    the CPU, where a batch five times larger only falls out of the caches (measured 1.4x slower, ``make bench``)
+    and holds five times the activations, the views go through in forwards of ``batch_size``.
     """
     dataset = images if isinstance(images, FundusDataset) else FundusDataset(list(images), None, image_size, cache)
     device = next(model.parameters()).device
     model.eval()
     chunks = []
     for batch, _ in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        chunks.append(predict_proba(model, to_model_input(batch.to(device)), views).cpu())
+        max_batch = None if device.type == "cuda" else batch_size
+        chunks.append(predict_proba(model, to_model_input(batch.to(device)), views, max_batch).cpu())
     if not chunks:
         return np.zeros((0, 3), dtype=np.float64)
     return torch.cat(chunks).double().numpy()

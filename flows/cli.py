@@ -10,9 +10,13 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from components import LABELS
 from components.errors import OdirError
+
+if TYPE_CHECKING:
+    from components.data import Split
 
 EXIT_INVALID = 2
 
@@ -73,7 +77,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_offsite(checkpoint: Path, offsite: object, size: int) -> None:
+def _print_offsite(checkpoint: Path, offsite: Split, size: int) -> None:
     from components.data import FundusDataset
     from components.metrics import multilabel_report
     from components.training import load_trained, predict_proba_dataset

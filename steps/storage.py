@@ -33,9 +33,13 @@ def split_s3(uri: str) -> tuple[str, str]:
 def client():
     """A boto3 S3 client for the configured endpoint."""
     import boto3
+    from botocore.config import Config
 
     endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("MLFLOW_S3_ENDPOINT_URL")
-    return boto3.client("s3", endpoint_url=endpoint, region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
+    # exponential backoff over about a minute: a store that restarts is waited for, one that stays down is reported
+    retries = Config(retries={"max_attempts": 8, "mode": "standard"}, connect_timeout=5, read_timeout=60)
+    region = os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
+    return boto3.client("s3", endpoint_url=endpoint, region_name=region, config=retries)
 
 
 def mirror_folder(uri: str) -> Path:

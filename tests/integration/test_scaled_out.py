@@ -129,11 +129,11 @@ def _stop_postgres(services: Services) -> None:
 
 
 def _start_s3(services: Services) -> None:
+    (services.tmp / "s3data").mkdir(exist_ok=True)
     credentials = {"accessKey": S3_KEYS["AWS_ACCESS_KEY_ID"], "secretKey": S3_KEYS["AWS_SECRET_ACCESS_KEY"]}
     identity = {"name": "odir", "credentials": [credentials], "actions": ["Admin", "Read", "Write", "List", "Tagging"]}
     (services.tmp / "s3.json").write_text(json.dumps({"identities": [identity]}))
-    (services.tmp / "s3data").mkdir()
-    port = services.ports["s3"] = free_port()
+    port = services.ports.setdefault("s3", free_port())
     services.env["AWS_ENDPOINT_URL"] = services.url("s3")
     services.start("s3", [
         str(BIN / "weed"), "mini", f"-dir={services.tmp / 's3data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
@@ -275,3 +275,26 @@ def test_a_tracking_server_outage_is_ridden_out_or_reported(stack: Services, tin
     assert f"the tracking server {stack.url('mlflow')} stayed unreachable" in failed.stderr
     _start_mlflow(stack)
     assert int(psql(stack, "mlflow", "SELECT count(*) FROM runs")) == runs_before + 1  # nothing lost, nothing half-made
+
+
+def test_an_object_store_outage_is_ridden_out_or_reported(stack: Services, tiny_data: Path) -> None:
+    """The S3 store restarting while a step reads a dataset from it: boto3's backoff waits for it. Stopped for
+    good: the step fails with a message naming the dataset URI."""
+    data = f"s3://{BUCKET}/datasets/outage"
+    assert _run(stack, str(BIN / "odir"), "upload", str(tiny_data), data).returncode == 0
+    shutil.rmtree(stack.tmp / "odir-home" / ".odir" / "s3", ignore_errors=True)  # nothing mirrored yet
+    stop(stack.named["s3"])
+    step = subprocess.Popen([sys.executable, "-m", "steps.ingest", "--data-root", data], env=stack.env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    time.sleep(3)
+    _start_s3(stack)  # back on the same port with the same data
+    out, err = step.communicate(timeout=600)
+    assert step.returncode == 0, err[-3000:]
+    assert json.loads(out.strip().splitlines()[-1])["counts"]["train"] == 24
+
+    stop(stack.named["s3"])
+    shutil.rmtree(stack.tmp / "odir-home" / ".odir" / "s3", ignore_errors=True)
+    failed = _run(stack, sys.executable, "-m", "steps.ingest", "--data-root", data)
+    assert failed.returncode == 2, failed.stderr[-3000:]
+    assert f"{data}: cannot read the dataset from object storage" in failed.stderr
+    _start_s3(stack)

@@ -1,8 +1,9 @@
 """The flow ``odir-experiments``: an experiment grid (the study's Tasks 1-4) as one Prefect run.
 
-Trains every model of the grid (two at a time; a model with the same spec already trained on the same data is
-reused from MLflow), evaluates each on the labelled splits with and without TTA as the rows need, then builds the
-results table and report. Running it again on the same data trains and evaluates nothing and writes the same report.
+Trains every model of the grid (one after the other, so results reproduce; a model with the same spec already
+trained on the same data is reused from MLflow), evaluates each on the labelled splits with and without TTA as the
+rows need, then builds the results table and report. Running it again on the same data trains and evaluates
+nothing and writes the same report.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from prefect import flow, get_run_logger, task
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from components.config import load_grid
-from flows.odir import DEMO_DATA, RETRY, demo_data_task, evaluate_task, ingest_task, train_task
+from flows.odir import DEMO_DATA, RETRY, demo_data_task, evaluate_task, ingest_task, train_all
 from steps import report, tracking
 from steps.ingest import load_manifest
 from steps.report import evaluation_splits
@@ -62,11 +63,8 @@ def odir_experiments(
     pid = MlflowClient().create_run(experiment_id, run_name=f"experiments {config.name}", tags=tags).info.run_id
     try:
         ing = ingest_task(data_root, pid, experiment)
-        futures = [
-            train_task.submit(ing.manifest_uri, m.name, grid_path, pid, experiment, force, "local")
-            for m in config.models
-        ]
-        members = {m.name: future.result() for m, future in zip(config.models, futures, strict=True)}
+        trained = train_all(config.models, ing.manifest_uri, grid_path, pid, experiment, force, "local")
+        members = {m.name: result for m, result in zip(config.models, trained, strict=True)}
         needs = {(member, row.tta) for row in config.experiments for member in row.members}
         splits = evaluation_splits(load_manifest(ing.manifest_uri))
         evaluations = [

@@ -118,6 +118,21 @@ def train_task(
     return train.run(train.TrainStepConfig(manifest_uri, model, profile, experiment, parent_run_id, None, None, True))
 
 
+def train_all(
+    specs: list, manifest_uri: str, profile: str, pid: str, experiment: str, force: bool, dispatch: str
+) -> list[train.TrainStepResult]:
+    """Trains every model: one after the other in this process, all at once as deployment runs.
+
+    In one process, concurrent trainings would share torch's global random generator (dropout, stochastic depth,
+    augmentation draw from it), so their results would depend on thread timing and a re-run would not reproduce
+    them; separate deployment runs are separate processes, each seeded on its own.
+    """
+    if dispatch == "local":
+        return [train_task(manifest_uri, s.name, profile, pid, experiment, force, dispatch) for s in specs]
+    futures = [train_task.submit(manifest_uri, s.name, profile, pid, experiment, force, dispatch) for s in specs]
+    return [future.result() for future in futures]
+
+
 def _start_pipeline_run(experiment: str, profile: Profile, data_root: str) -> str:
     from mlflow import MlflowClient
 
@@ -145,7 +160,7 @@ def _up_to_date(digest: str, key: str) -> str | None:
     return champion if tags.get("data_digest") == digest and tags.get("profile_key") == key else None
 
 
-# two models train at a time: on a small machine more only adds memory (each holds its activations), not speed
+# evaluations run two at a time; on a small machine more only adds memory (each holds its activations), not speed
 @flow(name="odir", flow_run_name="odir {profile}", task_runner=ThreadPoolTaskRunner(max_workers=2))
 def odir(
     profile: str = "demo", data: str | None = None, out: str | None = None, force: bool = False,
@@ -160,7 +175,8 @@ def odir(
         out: the submission CSV; default ``outputs/submission-<profile>.csv``.
         force: retrain and re-evaluate even where MLflow has finished runs with the same inputs.
         only_if_changed: stop after ingest when the champion was built from the same data and profile (retraining).
-        dispatch: ``local`` trains in this process; ``deployment`` runs each model on ``odir-train/gpu``.
+        dispatch: ``local`` trains in this process, one model after the other (reproducibly); ``deployment`` runs
+            every model at once as a run of ``odir-train/gpu`` (each on a worker, in its own process).
         experiment: the MLflow experiment.
     """
     if dispatch not in ("local", "deployment"):
@@ -196,11 +212,7 @@ def _pipeline(
         logger.info("nothing changed since champion version %s (same data and profile): no retraining", champion)
         return {"trained": [], "champion_version": champion, "decision": "up to date", "data_digest": ing.data_digest}
     manifest = ingest.load_manifest(ing.manifest_uri)
-    futures = [
-        train_task.submit(ing.manifest_uri, spec.name, profile_path, pid, experiment, force, dispatch)
-        for spec in config.models
-    ]
-    members = [future.result() for future in futures]
+    members = train_all(config.models, ing.manifest_uri, profile_path, pid, experiment, force, dispatch)
     test_split = "offsite_test" if manifest.has_split("offsite_test") else "val"
     reuse = not force
     val = [

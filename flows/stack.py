@@ -44,17 +44,25 @@ def services(prefect_port: int, mlflow_port: int) -> list[Service]:
     ]  # fmt: skip
 
 
-def _wait(url: str, process: subprocess.Popen, log: Path, seconds: float = 180) -> None:
+def wait_ready(
+    url: str, process: subprocess.Popen | None = None, seconds: float = 180, log: Path | None = None
+) -> None:
+    """Waits until ``url`` answers.
+
+    Raises:
+        RuntimeError: when ``process`` exits first or ``seconds`` pass (naming ``log`` when given).
+    """
+    where = f"; see {log}" if log else ""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"exited with status {process.returncode}; see {log}")
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{process.args[0]} exited with status {process.returncode}{where}")
         try:
             with urllib.request.urlopen(url, timeout=2):
                 return
         except OSError:
             time.sleep(1)
-    raise RuntimeError(f"not ready at {url} after {seconds:.0f} s; see {log}")
+    raise RuntimeError(f"not ready at {url} after {seconds:.0f} s{where}")
 
 
 def _alive(pid: int) -> bool:
@@ -84,7 +92,7 @@ def up(prefect_port: int = 4200, mlflow_port: int = 5000) -> dict[str, str]:
                                        start_new_session=True, cwd=tracking.project_root())  # fmt: skip
         pid_file.write_text(str(process.pid))
         if service.ready_url:
-            _wait(service.ready_url, process, log)
+            wait_ready(service.ready_url, process, log=log)
         print(f"{service.name:<8} started (pid {process.pid}), log {log}")
     return {"prefect_ui": f"http://{HOST}:{prefect_port}", "mlflow_ui": f"http://{HOST}:{mlflow_port}", "api": api}
 

@@ -8,26 +8,14 @@ import signal
 import socket
 import subprocess
 import time
-import urllib.request
+
+from flows.stack import wait_ready as wait_for  # noqa: F401  (the one readiness wait, shared with make up)
 
 
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def wait_for(url: str, process: subprocess.Popen | None, seconds: float = 180) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise AssertionError(f"{process.args} exited with {process.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(1)
-    raise AssertionError(f"{url} not ready after {seconds} s")
 
 
 def stop(process: subprocess.Popen, grace: float = 30) -> None:

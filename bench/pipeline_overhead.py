@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -86,6 +87,5 @@ def run(root: Path, size: int = 128, limit: int = 200, repeats: int = 3) -> list
             pipeline.append(time.perf_counter() - started)
             bare.append(bare_loop(train, val, spec))
         del os.environ["ODIR_HOME"]
-    median = sorted(pipeline)[len(pipeline) // 2], sorted(bare)[len(bare) // 2]
     name = f"odir-train flow + MLflow vs bare loop ({spec['epochs']} ep, {limit} img)"
-    return [Row(name, median[0], median[1], "s", "<= 1.05x")]
+    return [Row(name, statistics.median(pipeline), statistics.median(bare), "s", "<= 1.05x")]

@@ -32,9 +32,9 @@ def predict_images(
     dataset = images if isinstance(images, FundusDataset) else FundusDataset(list(images), None, image_size, cache)
     device = next(model.parameters()).device
     model.eval()
+    max_batch = None if device.type == "cuda" else batch_size
     chunks = []
     for batch, _ in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        max_batch = None if device.type == "cuda" else batch_size
         chunks.append(predict_proba(model, to_model_input(batch.to(device)), views, max_batch).cpu())
     if not chunks:
         return np.zeros((0, 3), dtype=np.float64)

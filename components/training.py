@@ -456,17 +456,6 @@ def _evaluate_frozen(
     return TrainResult(spec, 0, metrics, history, workdir / BEST_CHECKPOINT, None, False, time.perf_counter() - started)
 
 
-@torch.no_grad()
-def predict_proba_dataset(
-    model: Classifier, dataset: FundusDataset, batch_size: int, device: str | None = None
-) -> np.ndarray:
-    """``(N, 3)`` sigmoid probabilities of a trained model over ``dataset``, in order."""
-    rt = _Runtime(ModelSpec(name="predict", backbone="tiny_cnn", amp=False), select_device(device))
-    model.to(rt.device).eval()
-    logits, _ = predict_logits(model, dataset, rt.images, batch_size, rt)
-    return torch.sigmoid(logits).numpy()
-
-
 def load_trained(checkpoint: Path | str, device: str | None = None) -> tuple[Classifier, ModelSpec]:
     """The model and spec of a ``best.pt`` written by :func:`train` (tensors only: ``weights_only=True``)."""
     saved = load_checkpoint(checkpoint)

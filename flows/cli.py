@@ -79,11 +79,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _print_offsite(checkpoint: Path, offsite: Split, size: int) -> None:
     from components.data import FundusDataset
+    from components.inference import predict_images
     from components.metrics import multilabel_report
-    from components.training import load_trained, predict_proba_dataset
+    from components.training import load_trained
 
     model, spec = load_trained(checkpoint)
-    probs = predict_proba_dataset(model, FundusDataset.from_split(offsite, size), spec.batch_size)
+    probs = predict_images(model, FundusDataset.from_split(offsite, size), size, ("identity",), spec.batch_size)
     report = multilabel_report(offsite.labels, probs)
     print(f"{'':<24} offsite f1_macro {report['f1_macro']:.4f}  offsite f1_course {report['f1_course']:.4f}")
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from steps import tracking
+from steps.tracking import process_alive
 
 HOST = "127.0.0.1"
 
@@ -65,14 +66,6 @@ def wait_ready(
     raise RuntimeError(f"not ready at {url} after {seconds:.0f} s{where}")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
-
-
 def up(prefect_port: int = 4200, mlflow_port: int = 5000) -> dict[str, str]:
     """Starts the stack (each service once) and returns the URLs to open."""
     folder = run_folder()
@@ -83,7 +76,7 @@ def up(prefect_port: int = 4200, mlflow_port: int = 5000) -> dict[str, str]:
            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "ODIR_HOME": str(tracking.project_root())}  # fmt: skip
     for service in services(prefect_port, mlflow_port):
         pid_file = folder / f"{service.name}.pid"
-        if pid_file.exists() and _alive(int(pid_file.read_text())):
+        if pid_file.exists() and process_alive(int(pid_file.read_text())):
             print(f"{service.name:<8} already running (pid {pid_file.read_text().strip()})")
             continue
         log = folder / f"{service.name}.log"
@@ -102,12 +95,12 @@ def down(grace_seconds: float = 20) -> list[str]:
     stopped = []
     for pid_file in sorted(run_folder().glob("*.pid")):
         pid = int(pid_file.read_text())
-        if _alive(pid):
+        if process_alive(pid):
             _signal_group(pid, signal.SIGTERM)
             deadline = time.monotonic() + grace_seconds
-            while _alive(pid) and time.monotonic() < deadline:
+            while process_alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.5)
-            if _alive(pid):
+            if process_alive(pid):
                 _signal_group(pid, signal.SIGKILL)
             stopped.append(pid_file.stem)
         pid_file.unlink()

@@ -96,7 +96,8 @@ def process_tags() -> dict[str, str]:
     return {"odir.host": socket.gethostname(), "odir.pid": str(os.getpid())}
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this host."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -122,7 +123,7 @@ def reap_dead_runs(experiment_id: str) -> list[str]:
     reaped = []
     for run in runs:
         pid = run.data.tags.get("odir.pid", "")
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             client.set_terminated(run.info.run_id, "FAILED")
             client.set_tag(run.info.run_id, "odir.failure", f"process {pid} on {host} died before the run ended")
             reaped.append(run.info.run_id)

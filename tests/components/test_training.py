@@ -10,8 +10,9 @@ import torch
 from components.config import parse_model_spec
 from components.data import FundusDataset, ImageCache, load_split
 from components.errors import OdirError
+from components.inference import predict_images
 from components.models import build_model
-from components.training import Callback, load_trained, predict_proba_dataset, select_device, train
+from components.training import Callback, load_trained, select_device, train
 
 SIZE = 32
 
@@ -101,7 +102,7 @@ def test_callbacks_and_best_checkpoint(datasets, tmp_path: Path) -> None:
     assert result.best_metrics["val_f1_macro"] == best_f1
     model, spec = load_trained(result.best_checkpoint)
     assert spec == _spec(epochs=3)
-    probs = predict_proba_dataset(model, datasets[1], batch_size=5)
+    probs = predict_images(model, datasets[1], SIZE, ("identity",), batch_size=5)
     assert probs.shape == (len(datasets[1]), 3) and ((probs >= 0) & (probs <= 1)).all()
 
 

@@ -4,7 +4,9 @@
   statistics untouched).
 - Every epoch is seeded from ``spec.seed + epoch`` (shuffle order, augmentation, dropout), so a run resumed from
   its last checkpoint ends with the same weights as one that was never interrupted. Checkpoints are written in a
-  background thread while the next epoch computes.
+  background thread while the next epoch computes, and only what a resume needs: ``last.pt`` (weights and
+  optimiser) after every epoch but the final one, which leaves only the run's state; ``best.pt`` once the best
+  weights are about to leave ``last.pt`` (an epoch that did not improve, or the end).
 - ``head`` mode without augmentation computes the frozen backbone's features once and trains the head on them:
   the same batches and the same result as running the backbone every step, at a fraction of the cost.
 - The best checkpoint is chosen on validation ``f1_macro`` (or loss); early stopping after ``patience`` epochs
@@ -61,6 +63,7 @@ class TrainResult:
         best_checkpoint: ``{"model", "spec", "epoch", "metrics"}``, loadable with ``weights_only=True``.
         resumed_from: the epoch a resumed run continued after, or None.
         stopped_early: whether early stopping ended the run.
+        model: the best checkpoint's model, on the CPU in eval mode.
     """
 
     spec: ModelSpec
@@ -71,6 +74,7 @@ class TrainResult:
     resumed_from: int | None
     stopped_early: bool
     seconds: float
+    model: Classifier = field(repr=False)
 
 
 @dataclass
@@ -82,6 +86,13 @@ class _State:
     best_epoch: int = 0
     bad_epochs: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
+    finished: bool = False
+    best: dict | None = None  # the best checkpoint's payload, kept from the epoch it was made (None after a resume)
+    best_on_disk: bool = True  # whether best.pt holds it yet (while epochs improve, last.pt holds its weights)
+
+    def metrics_of(self, epoch: int) -> dict[str, float]:
+        [entry] = [h for h in self.history if h["epoch"] == epoch]
+        return {key: value for key, value in entry.items() if key != "epoch"}
 
 
 def select_device(preferred: str | None = None) -> torch.device:
@@ -292,23 +303,24 @@ def _detached(value: object) -> object:
 class CheckpointWriter:
     """Writes checkpoints in a background thread so the next epoch computes while the last one goes to disk.
 
-    One write at a time: :meth:`submit` waits for the previous one, and :meth:`flush` for the pending one (and
-    re-raises its error). The payload is copied first, since the next optimiser step changes tensors in place.
+    One job at a time, its files in order: :meth:`submit` waits for the previous job, and :meth:`flush` for the
+    pending one (and re-raises its error). Payloads must be copies (:func:`_detached`) that training no longer
+    changes in place.
     """
 
     def __init__(self) -> None:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
-    def submit(self, path: Path, payload: dict) -> None:
+    def submit(self, writes: list[tuple[Path, dict]]) -> None:
         self.flush()
-        copy = _detached(payload)
-        self._thread = threading.Thread(target=self._write, args=(path, copy), name="checkpoint-writer", daemon=True)
+        self._thread = threading.Thread(target=self._write, args=(writes,), name="checkpoint-writer", daemon=True)
         self._thread.start()
 
-    def _write(self, path: Path, payload: dict) -> None:
+    def _write(self, writes: list[tuple[Path, dict]]) -> None:
         try:
-            _save(path, payload)
+            for path, payload in writes:
+                _save(path, payload)
         except BaseException as error:  # handed to the training thread by flush()
             self._error = error
 
@@ -330,11 +342,17 @@ def _resume(
     saved = load_checkpoint(path)
     if saved["spec"] != spec.model_dump():
         raise OdirError(f"{path} was written for another model spec; use an empty working folder or the same spec")
+    state = _State(saved["epoch"], saved["best_score"], saved["best_epoch"], saved["bad_epochs"], saved["history"])
+    state.finished = saved.get("finished", False)
+    if state.finished:  # best.pt holds the result; nothing is left to train
+        return state
     model.load_state_dict(saved["model"], strict=spec.mode == "full")
     if optimiser is not None and saved["optimizer"] is not None:
         optimiser.load_state_dict(saved["optimizer"])
+    if state.best_epoch == state.epoch:  # the best weights are these, not yet in best.pt
+        state.best, state.best_on_disk = _best_payload(model, spec, state), False
     log.info("%s: resuming after epoch %d from %s", spec.name, saved["epoch"], path)
-    return _State(saved["epoch"], saved["best_score"], saved["best_epoch"], saved["bad_epochs"], saved["history"])
+    return state
 
 
 def train(
@@ -377,12 +395,29 @@ def train(
         raise OdirError(f"cached features need mode 'head' (the backbone must be frozen), not {spec.mode!r}")
     if spec.mode == "frozen":
         return _evaluate_frozen(spec, model, train_data, val_data, loss_fn, rt, workdir, callbacks, started)
-    source = (
-        _feature_source(model, train_data, val_data, spec.batch_size, rt)
-        if use_features
-        else _image_source(model, train_data, val_data, rt, spec.augment)
-    )
-    stopped_early = False
+    if not state.finished:  # a resumed run that had finished trains nothing
+        source = (
+            _feature_source(model, train_data, val_data, spec.batch_size, rt)
+            if use_features
+            else _image_source(model, train_data, val_data, rt, spec.augment)
+        )
+        _run_epochs(spec, model, source, loss_fn, optimiser, rt, state, workdir, callbacks)
+    stopped_early = spec.patience is not None and state.bad_epochs >= spec.patience
+    if stopped_early:
+        log.info("%s: stopped early after epoch %d (no improvement in %d)", spec.name, state.epoch, spec.patience)
+    best = state.best or load_checkpoint(workdir / BEST_CHECKPOINT)
+    model.load_state_dict(best["model"])
+    return TrainResult(
+        spec, state.best_epoch, state.metrics_of(state.best_epoch), state.history, workdir / BEST_CHECKPOINT,
+        resumed_from, stopped_early, time.perf_counter() - started, model.to("cpu").eval(),
+    )  # fmt: skip
+
+
+def _run_epochs(
+    spec: ModelSpec, model: Classifier, source: _Source, loss_fn: nn.Module, optimiser: torch.optim.Optimizer,
+    rt: _Runtime, state: _State, workdir: Path, callbacks: Iterable[Callback],
+) -> None:  # fmt: skip
+    """The epochs after ``state.epoch``, until the last one or early stopping."""
     writer = CheckpointWriter()
     try:
         for epoch in range(state.epoch + 1, spec.epochs + 1):
@@ -391,39 +426,56 @@ def train(
             metrics = {"train_loss": train_loss, **_validate(model, source, loss_fn, spec, rt)}
             state.history.append({"epoch": float(epoch), **metrics})
             _after_epoch(spec, model, optimiser, state, epoch, metrics, workdir, callbacks, writer)
-            if spec.patience is not None and state.bad_epochs >= spec.patience:
-                log.info("%s: early stop after epoch %d (no improvement in %d)", spec.name, epoch, spec.patience)
-                stopped_early = True
+            if state.finished:
                 break
     finally:
         writer.flush()  # the last checkpoint is on disk before returning or re-raising: a crash resumes from it
-    best = load_checkpoint(workdir / BEST_CHECKPOINT)
-    return TrainResult(
-        spec, best["epoch"], best["metrics"], state.history, workdir / BEST_CHECKPOINT, resumed_from, stopped_early,
-        time.perf_counter() - started,
-    )  # fmt: skip
+
+
+def _best_payload(model: Classifier, spec: ModelSpec, state: _State) -> dict:
+    """``best.pt`` of the current weights, the best epoch's (a copy: training goes on changing the weights)."""
+    return _detached({
+        "model": model.state_dict(), "spec": spec.model_dump(), "epoch": state.best_epoch,
+        "metrics": state.metrics_of(state.best_epoch),
+    })  # fmt: skip
+
+
+def _last_payload(model: Classifier, optimiser: torch.optim.Optimizer, spec: ModelSpec, state: _State) -> dict:
+    """``last.pt``: what a resume needs; after the final epoch only the run's state (best.pt holds the result)."""
+    weights = None if state.finished else _detached(_changing_state(model, spec.mode))
+    optimiser_state = None if state.finished else _detached(optimiser.state_dict())
+    return {
+        "model": weights, "optimizer": optimiser_state, "spec": spec.model_dump(), "epoch": state.epoch,
+        "best_score": state.best_score, "best_epoch": state.best_epoch, "bad_epochs": state.bad_epochs,
+        "history": state.history, "finished": state.finished,
+    }  # fmt: skip
 
 
 def _after_epoch(
     spec: ModelSpec, model: Classifier, optimiser: torch.optim.Optimizer, state: _State, epoch: int,
     metrics: dict[str, float], workdir: Path, callbacks: Iterable[Callback], writer: CheckpointWriter,
 ) -> None:  # fmt: skip
-    """Best/last checkpoints, early-stopping bookkeeping, the epoch's log line and callbacks."""
+    """Best/last checkpoints, early-stopping bookkeeping, the epoch's log line and callbacks.
+
+    While epochs improve, the best weights are the ones ``last.pt`` holds, so ``best.pt`` waits (in memory) until
+    an epoch does not improve or the run ends; then it is written before ``last.pt``, so that a crash at any point
+    finds the best weights in one of the two.
+    """
     score = _score(metrics, spec.monitor)
     improved = state.best_score is None or score > state.best_score
     state.epoch = epoch
     if improved:
         state.best_score, state.best_epoch, state.bad_epochs = score, epoch, 0
-        best = {"model": model.state_dict(), "spec": spec.model_dump(), "epoch": epoch, "metrics": metrics}
-        writer.submit(workdir / BEST_CHECKPOINT, best)
+        state.best, state.best_on_disk = _best_payload(model, spec, state), False
     else:
         state.bad_epochs += 1
-    last = {
-        "model": _changing_state(model, spec.mode), "optimizer": optimiser.state_dict(), "spec": spec.model_dump(),
-        "epoch": epoch, "best_score": state.best_score, "best_epoch": state.best_epoch,
-        "bad_epochs": state.bad_epochs, "history": state.history,
-    }  # fmt: skip
-    writer.submit(workdir / LAST_CHECKPOINT, last)
+    state.finished = epoch == spec.epochs or (spec.patience is not None and state.bad_epochs >= spec.patience)
+    writes = []
+    if not state.best_on_disk and (state.finished or not improved):
+        writes.append((workdir / BEST_CHECKPOINT, state.best))
+        state.best_on_disk = True
+    writes.append((workdir / LAST_CHECKPOINT, _last_payload(model, optimiser, spec, state)))
+    writer.submit(writes)
     log.info(
         "%s epoch %d/%d  train_loss %.4f  val_loss %.4f  val_f1_macro %.4f  val_f1_course %.4f%s",
         spec.name, epoch, spec.epochs, metrics["train_loss"], metrics["val_loss"], metrics["val_f1_macro"],
@@ -432,9 +484,8 @@ def _after_epoch(
     if any(type(c).on_checkpoint is not Callback.on_checkpoint for c in callbacks):
         writer.flush()  # a callback that reads the checkpoint needs it on disk
     for callback in callbacks:
-        if improved:
-            callback.on_checkpoint(workdir / BEST_CHECKPOINT, "best", epoch)
-        callback.on_checkpoint(workdir / LAST_CHECKPOINT, "last", epoch)
+        for path, payload in writes:
+            callback.on_checkpoint(path, "best" if path.name == BEST_CHECKPOINT else "last", payload["epoch"])
         callback.on_epoch_end(epoch, metrics)
 
 
@@ -453,7 +504,8 @@ def _evaluate_frozen(
         callback.on_checkpoint(workdir / BEST_CHECKPOINT, "best", 0)
         callback.on_epoch_end(0, metrics)
     history = [{"epoch": 0.0, **metrics}]
-    return TrainResult(spec, 0, metrics, history, workdir / BEST_CHECKPOINT, None, False, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    return TrainResult(spec, 0, metrics, history, workdir / BEST_CHECKPOINT, None, False, seconds, model.to("cpu"))
 
 
 def load_trained(checkpoint: Path | str, device: str | None = None) -> tuple[Classifier, ModelSpec]:

@@ -119,17 +119,21 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_full(args: argparse.Namespace) -> int:
+    from flows import without_heartbeats
     from flows.odir import odir
 
-    summary = odir(profile=args.profile, data=args.data, out=args.out, force=args.force)
+    with without_heartbeats():
+        summary = odir(profile=args.profile, data=args.data, out=args.out, force=args.force)
     _print_summary(summary)
     return 0
 
 
 def _cmd_experiments(args: argparse.Namespace) -> int:
+    from flows import without_heartbeats
     from flows.experiments import odir_experiments
 
-    summary = odir_experiments(grid=args.grid, data=args.data, out=args.out, force=args.force)
+    with without_heartbeats():
+        summary = odir_experiments(grid=args.grid, data=args.data, out=args.out, force=args.force)
     print(f"\n{summary['rows']} experiments; report: {summary['report']}/results.md")
     return 0
 

@@ -18,6 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from components.config import Profile, load_profile, resolve_profile_path
+from flows import without_heartbeats
 from steps import ensemble, evaluate, ingest, promote, submit, tracking, train, tune_thresholds
 
 TRAIN_DEPLOYMENT = os.environ.get("ODIR_TRAIN_DEPLOYMENT", "odir-train/gpu")  # odir-train/gpu-k8s on Kubernetes
@@ -106,7 +107,9 @@ def train_task(
 ) -> train.TrainStepResult:
     """Runs ``odir-train`` for one model: in this process, or as a run of the ``odir-train/gpu`` deployment."""
     if dispatch == "local":
-        return train.TrainStepResult(**odir_train(manifest_uri, model, profile, parent_run_id, experiment, None, force))
+        with without_heartbeats():  # the parent flow's heartbeats cover this process
+            result = odir_train(manifest_uri, model, profile, parent_run_id, experiment, None, force)
+        return train.TrainStepResult(**result)
     from prefect.deployments import run_deployment
 
     parameters = {"manifest_uri": manifest_uri, "model": model, "profile": profile, "parent_run_id": parent_run_id,

@@ -91,14 +91,9 @@ def _register(config: EnsembleConfig, names: list[str], weights: np.ndarray, thr
                 artifacts=artifacts,
                 code_paths=[str(code / "components"), str(code / "steps")],
                 signature=mlflow.models.ModelSignature(inputs=input_schema(), outputs=output_schema()),
-                registered_model_name=tracking.ENSEMBLE_MODEL,
                 pip_requirements=_requirements(),
             )
-    version = str(info.registered_model_version)
-    client = mlflow.MlflowClient()
-    for key, value in tags.items():
-        client.set_model_version_tag(tracking.ENSEMBLE_MODEL, version, key, value)
-    return version
+    return str(mlflow.register_model(info.model_uri, tracking.ENSEMBLE_MODEL, tags=tags).version)  # with its tags
 
 
 def _requirements() -> list[str]:

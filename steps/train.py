@@ -1,9 +1,9 @@
 """Train: one model spec of a profile -> one MLflow run -> one registered model version ``odir-<name>``.
 
 The run holds every spec field as a param, per-epoch ``train_loss``, ``val_loss`` and validation metrics (both
-F1s, per-class F1, AUROC), system metrics, the dataset input, the checkpoints (``checkpoints/best.pt`` and
-``last.pt``, tensors only) and the best model logged with ``mlflow.pytorch``. The version is tagged with the
-dataset digest and the profile. An interrupted run resumes from its local checkpoint folder.
+F1s, per-class F1, AUROC), system metrics, the dataset input, the best checkpoint (``checkpoints/best.pt``, tensors
+only) and the best model logged with ``mlflow.pytorch``. The version is tagged with the dataset digest and the
+profile. An interrupted run resumes from its local checkpoint folder (``last.pt`` stays there: resume state only).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import numpy as np
 import yaml
 
 from components.config import ModelSpec, load_profile, resolve_profile_path
-from components.models import parameter_count
-from components.training import Callback, load_trained, train
+from components.models import Classifier, parameter_count
+from components.training import Callback, train
 from steps import cli, tracking
 from steps.ingest import load_manifest, log_dataset
 
@@ -80,21 +80,19 @@ def _signature(spec: ModelSpec):
     return ModelSignature(inputs=inputs, outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3), "logits")]))
 
 
-def _log_model(spec: ModelSpec, checkpoint: Path, tags: dict[str, str]) -> tuple[str, str]:
-    """Logs the best checkpoint's model with ``mlflow.pytorch`` and registers it; returns (name, version)."""
+def _log_model(spec: ModelSpec, model: Classifier, tags: dict[str, str]) -> tuple[str, str]:
+    """Logs the best checkpoint's model with ``mlflow.pytorch`` and registers it with ``tags``; returns (name,
+    version)."""
     import mlflow
     import torch
     import torchvision
 
-    model, _ = load_trained(checkpoint, device="cpu")
     mlflow.log_metric("parameters", parameter_count(model))
-    name = registered_name(spec)
     info = mlflow.pytorch.log_model(
         model,
         name="model",
         signature=_signature(spec),
         serialization_format="pickle",  # the pt2 default needs a full-resolution input example (tens of MB)
-        registered_model_name=name,
         code_paths=[str(Path(__file__).resolve().parents[1] / "components")],
         pip_requirements=[
             f"torch=={torch.__version__.split('+')[0]}",
@@ -102,11 +100,8 @@ def _log_model(spec: ModelSpec, checkpoint: Path, tags: dict[str, str]) -> tuple
         ],
         metadata={"odir_spec": spec.model_dump()},
     )
-    version = str(info.registered_model_version)
-    client = mlflow.MlflowClient()
-    for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, value)
-    return name, version
+    version = mlflow.register_model(info.model_uri, registered_name(spec), tags=tags)  # the version with its tags
+    return version.name, str(version.version)
 
 
 def spec_key(spec: ModelSpec) -> str:
@@ -156,10 +151,9 @@ def run(config: TrainStepConfig) -> TrainStepResult:
         if result.resumed_from:
             mlflow.set_tag("resumed_from_epoch", str(result.resumed_from))
         mlflow.log_metrics(tracking.prefixed(result.best_metrics, "best_"))  # best_val_*: what reuse reads back
-        for checkpoint in sorted(workdir.glob("*.pt")):
-            mlflow.log_artifact(str(checkpoint), "checkpoints")
+        mlflow.log_artifact(str(result.best_checkpoint), "checkpoints")
         version_tags = {**tags, "kind": "member", "image_size": str(spec.image_size)}
-        name, version = _log_model(spec, result.best_checkpoint, version_tags)
+        name, version = _log_model(spec, result.model, version_tags)
         log.info("%s: registered %s version %s (best epoch %d)", spec.name, name, version, result.best_epoch)
         model_uri, checkpoint_uri = f"models:/{name}/{version}", mlflow.get_artifact_uri("checkpoints/best.pt")
         mlflow.set_tags({"registered_model_uri": model_uri, "checkpoint_uri": checkpoint_uri})

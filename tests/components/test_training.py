@@ -69,11 +69,39 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(datasets, tmp_path: P
     resumed = train(spec, train_data, val_data, tmp_path / "b", callbacks=[recorder])
     assert resumed.resumed_from == 2 and recorder.epochs == [3, 4]
     assert [h["epoch"] for h in resumed.history] == [1.0, 2.0, 3.0, 4.0]
-    for name in ("last.pt", "best.pt"):
-        a, b = _weights(tmp_path / "a" / name), _weights(tmp_path / "b" / name)
-        assert all(torch.equal(a[k], b[k]) for k in a), name
+    a, b = _weights(tmp_path / "a" / "best.pt"), _weights(tmp_path / "b" / "best.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
     assert resumed.best_epoch == uninterrupted.best_epoch
     assert resumed.history == uninterrupted.history
+
+
+def test_the_best_weights_survive_a_crash_after_an_epoch_that_did_not_improve(datasets, tmp_path: Path) -> None:
+    # as in test_early_stopping: nothing beats epoch 1, so best.pt must be written by epoch 2 at the latest
+    spec = _spec(epochs=4, lr=1e-9, mode="head", augment=False)
+    uninterrupted = train(spec, *datasets, tmp_path / "a")
+    with pytest.raises(KeyboardInterrupt):
+        train(spec, *datasets, tmp_path / "b", callbacks=[_Crash(after_epoch=2)])
+    assert torch.load(tmp_path / "b" / "best.pt", weights_only=True)["epoch"] == 1
+    resumed = train(spec, *datasets, tmp_path / "b")
+    assert resumed.best_epoch == uninterrupted.best_epoch == 1
+    a, b = _weights(tmp_path / "a" / "best.pt"), _weights(tmp_path / "b" / "best.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_finished_run_keeps_only_its_state_in_last_pt_and_resumes_to_the_same_result(
+    datasets, tmp_path: Path
+) -> None:
+    spec = _spec(epochs=2)
+    first = train(spec, *datasets, tmp_path)
+    last = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert last["finished"] and last["model"] is None and last["optimizer"] is None and last["epoch"] == 2
+    recorder = _Recorder()
+    again = train(spec, *datasets, tmp_path, callbacks=[recorder])
+    assert recorder.epochs == [] and again.resumed_from == 2
+    assert again.best_epoch == first.best_epoch and again.best_metrics == first.best_metrics
+    assert again.history == first.history
+    first_weights, again_weights = first.model.state_dict(), again.model.state_dict()
+    assert all(torch.equal(first_weights[k], again_weights[k]) for k in first_weights)
 
 
 def test_cached_features_give_the_naive_result(datasets, tmp_path: Path) -> None:
@@ -97,7 +125,7 @@ def test_callbacks_and_best_checkpoint(datasets, tmp_path: Path) -> None:
     result = train(_spec(epochs=3), *datasets, tmp_path, callbacks=[recorder])
     assert recorder.epochs == [1, 2, 3]
     assert [e for kind, e in recorder.checkpoints if kind == "last"] == [1, 2, 3]
-    assert ("best", result.best_epoch) in recorder.checkpoints
+    assert [e for kind, e in recorder.checkpoints if kind == "best"][-1] == result.best_epoch
     best_f1 = max(h["val_f1_macro"] for h in result.history)
     assert result.best_metrics["val_f1_macro"] == best_f1
     model, spec = load_trained(result.best_checkpoint)

@@ -163,8 +163,8 @@ def _up_to_date(digest: str, key: str) -> str | None:
     return champion if tags.get("data_digest") == digest and tags.get("profile_key") == key else None
 
 
-# evaluations run two at a time; on a small machine more only adds memory (each holds its activations), not speed
-@flow(name="odir", flow_run_name="odir {profile}", task_runner=ThreadPoolTaskRunner(max_workers=2))
+# the threads only wait: with dispatch=deployment each model's training is a run on a worker (see train_all)
+@flow(name="odir", flow_run_name="odir {profile}", task_runner=ThreadPoolTaskRunner(max_workers=8))
 def odir(
     profile: str = "demo", data: str | None = None, out: str | None = None, force: bool = False,
     only_if_changed: bool = False, dispatch: str = "local", experiment: str = tracking.DEFAULT_EXPERIMENT,

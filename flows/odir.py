@@ -18,7 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from components.config import Profile, load_profile, resolve_profile_path
-from flows import without_heartbeats
+from flows import freeze_startup_objects, without_heartbeats
 from steps import ensemble, evaluate, ingest, promote, submit, tracking, train, tune_thresholds
 
 TRAIN_DEPLOYMENT = os.environ.get("ODIR_TRAIN_DEPLOYMENT", "odir-train/gpu")  # odir-train/gpu-k8s on Kubernetes
@@ -97,6 +97,7 @@ def odir_train(
     experiment: str = tracking.DEFAULT_EXPERIMENT, device: str | None = None, force: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
     """Trains one model spec of a profile: one MLflow run, one registered version (reused when already trained)."""
+    freeze_startup_objects()  # a worker's run process comes here first
     config = train.TrainStepConfig(manifest_uri, model, profile, experiment, parent_run_id, device, None, not force)
     return dataclasses.asdict(train.run(config))
 

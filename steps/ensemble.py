@@ -91,15 +91,11 @@ def _register(config: EnsembleConfig, names: list[str], weights: np.ndarray, thr
                 artifacts=artifacts,
                 code_paths=[str(code / "components"), str(code / "steps")],
                 signature=mlflow.models.ModelSignature(inputs=input_schema(), outputs=output_schema()),
-                pip_requirements=_requirements(),
+                pip_requirements=tracking.pinned_requirements(
+                    "torch", "torchvision", "timm", "numpy", "pandas", "pillow"
+                ),
             )
     return str(mlflow.register_model(info.model_uri, tracking.ENSEMBLE_MODEL, tags=tags).version)  # with its tags
-
-
-def _requirements() -> list[str]:
-    from importlib.metadata import version
-
-    return [f"{p}=={version(p).split('+')[0]}" for p in ("torch", "torchvision", "timm", "numpy", "pandas", "pillow")]
 
 
 def _reused(run) -> EnsembleResult:

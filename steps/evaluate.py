@@ -116,11 +116,15 @@ def _per_class_table(report: dict[str, float]) -> pd.DataFrame:
     return pd.DataFrame({m: [report[f"{m}_{label}"] for label in LABELS] for m in rows}, index=list(LABELS))
 
 
+TICKS = (0.0, 0.25, 0.5, 0.75, 1.0)  # fixed: matplotlib's tick locators cost a third of drawing the figure
+
+
 def _log_figures(labels: np.ndarray, probs: np.ndarray, thresholds: np.ndarray, split: str) -> None:
     """``figures/<split>.png``: a row per class, its precision-recall curve and its confusion matrix at the threshold.
 
-    One figure drawn with matplotlib's object API and a fixed layout: a third of the time of a figure per class
-    laid out by ``tight_layout`` (which draws twice), and no pyplot state shared between threads.
+    One figure drawn with matplotlib's object API, a fixed layout and fixed ticks: a quarter of the time of a figure
+    per class laid out by ``tight_layout`` (which draws twice) with located ticks, and no pyplot state shared between
+    threads.
     """
     import mlflow
     from matplotlib.figure import Figure
@@ -136,7 +140,8 @@ def _log_figures(labels: np.ndarray, probs: np.ndarray, thresholds: np.ndarray, 
             precision, recall, _ = precision_recall_curve(truth, probs[:, column])
             pr_axis.step(recall, precision, where="post")
             title += f", AP {average_precision_score(truth, probs[:, column]):.3f}"
-        pr_axis.set(xlim=(0, 1), ylim=(0, 1.05), xlabel="recall", ylabel="precision", title=title)
+        pr_axis.set(xlim=(0, 1), ylim=(0, 1.05), xticks=TICKS, yticks=TICKS, xlabel="recall", ylabel="precision",
+                    title=title)  # fmt: skip
         matrix = confusion_matrix(truth, predicted[:, column], labels=[0, 1])
         cm_axis.imshow(matrix, cmap="Blues")
         for (row, col), count in np.ndenumerate(matrix):

@@ -84,8 +84,6 @@ def _log_model(spec: ModelSpec, model: Classifier, tags: dict[str, str]) -> tupl
     """Logs the best checkpoint's model with ``mlflow.pytorch`` and registers it with ``tags``; returns (name,
     version)."""
     import mlflow
-    import torch
-    import torchvision
 
     mlflow.log_metric("parameters", parameter_count(model))
     info = mlflow.pytorch.log_model(
@@ -94,10 +92,7 @@ def _log_model(spec: ModelSpec, model: Classifier, tags: dict[str, str]) -> tupl
         signature=_signature(spec),
         serialization_format="pickle",  # the pt2 default needs a full-resolution input example (tens of MB)
         code_paths=[str(Path(__file__).resolve().parents[1] / "components")],
-        pip_requirements=[
-            f"torch=={torch.__version__.split('+')[0]}",
-            f"torchvision=={torchvision.__version__.split('+')[0]}",
-        ],
+        pip_requirements=tracking.pinned_requirements("torch", "torchvision"),
         metadata={"odir_spec": spec.model_dump()},
     )
     version = mlflow.register_model(info.model_uri, registered_name(spec), tags=tags)  # the version with its tags

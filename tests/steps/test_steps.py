@@ -89,6 +89,16 @@ def test_registry_versions_tags_and_champion(pipeline: dict) -> None:
     assert pipeline["promote"].decision == "champion" and pipeline["promote"].champion_version is None
 
 
+def test_logged_models_pin_the_installed_torch_without_its_build_tag(pipeline: dict) -> None:
+    import torch
+
+    torch_pin = f"torch=={torch.__version__.split('+')[0]}"  # 2.14.1+cpu installs as 2.14.1 from PyPI
+    for model_uri in (pipeline["members"][0].model_uri, pipeline["ensemble"].model_uri):
+        requirements = Path(mlflow.artifacts.download_artifacts(f"{model_uri}/requirements.txt")).read_text()
+        assert torch_pin in requirements.splitlines(), requirements
+        assert any(line.startswith("torchvision==") and "+" not in line for line in requirements.splitlines())
+
+
 def test_champion_reproduces_the_logged_offsite_metrics(pipeline: dict) -> None:
     manifest = ingest.load_manifest(pipeline["ingest"].manifest_uri)
     model = mlflow.pyfunc.load_model(f"models:/{tracking.ENSEMBLE_MODEL}@champion")

@@ -2,7 +2,7 @@
 
 Works for members (their checkpoint, with or without 5-view TTA) and for the ensemble pyfunc (TTA and
 thresholds inside). Logs ``<prefix>f1_macro``, ``<prefix>f1_course``, per-class precision/recall/F1/AUROC
-(``val_``, ``offsite_``), the per-class table, a figure of each class's PR curve and confusion matrix, and
+(``val_``, ``offsite_``), the per-class table, a figure of the classes' PR curves and confusion matrices, and
 ``predictions/<split>.csv`` (id, true labels, ``p_D``, ``p_G``, ``p_A``), which later steps read instead of
 running the network again. With ``min_f1_macro`` set it is a gate: below it the step fails after logging.
 """
@@ -120,28 +120,25 @@ TICKS = (0.0, 0.25, 0.5, 0.75, 1.0)  # fixed: matplotlib's tick locators cost a 
 
 
 def _log_figures(labels: np.ndarray, probs: np.ndarray, thresholds: np.ndarray, split: str) -> None:
-    """``figures/<split>.png``: a row per class, its precision-recall curve and its confusion matrix at the threshold.
+    """``figures/<split>.png``: the classes' precision-recall curves (with average precision) on one axis, then
+    each class's confusion matrix at its threshold.
 
-    One figure drawn with matplotlib's object API, a fixed layout and fixed ticks: a quarter of the time of a figure
-    per class laid out by ``tight_layout`` (which draws twice) with located ticks, and no pyplot state shared between
-    threads.
+    Four axes drawn with matplotlib's object API, a fixed layout and fixed ticks: 0.08 s, against 0.5 s for a
+    figure per class laid out by ``tight_layout`` (which draws twice); and no pyplot state shared between threads.
     """
     import mlflow
     from matplotlib.figure import Figure
-    from sklearn.metrics import average_precision_score, confusion_matrix, precision_recall_curve
+    from sklearn.metrics import confusion_matrix, precision_recall_curve
 
     predicted = binarize(probs, thresholds)
-    figure = Figure(figsize=(8, 3 * len(LABELS)))
-    rows = figure.subplots(len(LABELS), 2, gridspec_kw={"width_ratios": [3, 2]})
-    for column, (label, (pr_axis, cm_axis)) in enumerate(zip(LABELS, rows, strict=True)):
+    figure = Figure(figsize=(13, 3.4))
+    pr_axis, *cm_axes = figure.subplots(1, 1 + len(LABELS), gridspec_kw={"width_ratios": [1.6] + [1] * len(LABELS)})
+    for column, (label, cm_axis) in enumerate(zip(LABELS, cm_axes, strict=True)):
         truth = labels[:, column]
-        title = f"{label} precision-recall ({split})"
-        if 0 < truth.sum() < len(truth):
+        if 0 < truth.sum() < len(truth):  # a curve needs both classes
             precision, recall, _ = precision_recall_curve(truth, probs[:, column])
-            pr_axis.step(recall, precision, where="post")
-            title += f", AP {average_precision_score(truth, probs[:, column]):.3f}"
-        pr_axis.set(xlim=(0, 1), ylim=(0, 1.05), xticks=TICKS, yticks=TICKS, xlabel="recall", ylabel="precision",
-                    title=title)  # fmt: skip
+            average_precision = -np.sum(np.diff(recall) * precision[:-1])  # sklearn's average_precision_score
+            pr_axis.step(recall, precision, where="post", label=f"{label}  AP {average_precision:.3f}")
         matrix = confusion_matrix(truth, predicted[:, column], labels=[0, 1])
         cm_axis.imshow(matrix, cmap="Blues")
         for (row, col), count in np.ndenumerate(matrix):
@@ -149,7 +146,11 @@ def _log_figures(labels: np.ndarray, probs: np.ndarray, thresholds: np.ndarray, 
             cm_axis.text(col, row, str(count), ha="center", va="center", color=colour)
         cm_axis.set(xticks=[0, 1], yticks=[0, 1], xlabel="predicted", ylabel="true",
                     title=f"{label} at threshold {thresholds[column]:.2f}")  # fmt: skip
-    figure.subplots_adjust(left=0.08, right=0.97, bottom=0.06, top=0.95, hspace=0.5, wspace=0.35)
+    pr_axis.set(xlim=(0, 1), ylim=(0, 1.05), xticks=TICKS, yticks=TICKS, xlabel="recall", ylabel="precision",
+                title=f"precision-recall ({split})")  # fmt: skip
+    if pr_axis.lines:
+        pr_axis.legend(loc="lower left")
+    figure.subplots_adjust(left=0.05, right=0.98, bottom=0.17, top=0.88, wspace=0.35)
     mlflow.log_figure(figure, f"figures/{split}.png")
 
 

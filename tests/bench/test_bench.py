@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench import data_cache, head_only, inference, pipeline_overhead
+from bench import data_cache, end_to_end, head_only, inference, pipeline_overhead
 
 
 def test_data_cache_benchmark_runs(synthetic_root: Path) -> None:
@@ -28,3 +28,8 @@ def test_pipeline_overhead_benchmark_runs(synthetic_root: Path, monkeypatch) -> 
     monkeypatch.setitem(pipeline_overhead.SPEC, "epochs", 1)
     [row] = pipeline_overhead.run(synthetic_root, size=32, limit=6, repeats=1)
     assert row.value > 0 and row.reference > 0
+
+
+def test_end_to_end_benchmark_measures_a_pipeline_run(tiny_data: Path, tiny_profile: Path) -> None:
+    result = end_to_end.measure(str(tiny_profile), tiny_data)
+    assert result["wall"] > result["span"] > result["inside"] > 0 and result["peak_mb"] > 0

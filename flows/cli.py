@@ -127,8 +127,8 @@ def _warm_start() -> None:
     torchvision, matplotlib: 5 s), saves a throw-away model (MLflow's first model save in a process scans every
     installed package: 1 s), opens, on first use creates, the MLflow store (1.3 s) and freezes what start-up left
     (``flows.freeze_startup_objects``), with the garbage collector off until then: start-up only allocates what
-    lives as long as the process, and the collector's full passes over it took 2 s. Errors are left to the flow
-    run, which reports them in Prefect's words.
+    lives as long as the process, and the collector's full passes over it took 2 s. Nothing here is needed: a
+    Prefect API or tracking store that fails is left to the flow run and its steps, which retry and report it.
     """
     import gc
     import threading
@@ -150,8 +150,11 @@ def _warm_start() -> None:
         from flows import freeze_startup_objects
         from steps import tracking
 
-        _save_a_throwaway_model()
-        tracking.setup(tracking.DEFAULT_EXPERIMENT)
+        try:
+            _save_a_throwaway_model()
+            tracking.setup(tracking.DEFAULT_EXPERIMENT)
+        except Exception as error:  # the steps meet it again, with their retries and messages
+            logging.getLogger(__name__).debug("warm start: %s", error)
         freeze_startup_objects()
     finally:
         gc.enable()

@@ -33,3 +33,15 @@ def test_pipeline_overhead_benchmark_runs(synthetic_root: Path, monkeypatch) -> 
 def test_end_to_end_benchmark_measures_a_pipeline_run(tiny_data: Path, tiny_profile: Path) -> None:
     result = end_to_end.measure(str(tiny_profile), tiny_data)
     assert result["wall"] > result["span"] > result["inside"] > 0 and result["peak_mb"] > 0
+
+
+def test_end_to_end_rows_come_from_the_median_run(tmp_path: Path, monkeypatch) -> None:
+    runs = iter([
+        {"wall": 30.0, "span": 10.0, "inside": 9.0, "peak_mb": 1500.0},  # 10% outside
+        {"wall": 40.0, "span": 20.0, "inside": 10.0, "peak_mb": 1900.0},  # 50%
+        {"wall": 25.0, "span": 10.0, "inside": 8.0, "peak_mb": 1700.0},  # 20%: the median
+    ])  # fmt: skip
+    monkeypatch.setattr(end_to_end, "measure", lambda profile, root: next(runs))
+    share, wall, memory = end_to_end.run(tmp_path)
+    assert "(20% outside)" in share.name and (share.value, share.reference) == (10.0, 8.0)
+    assert (wall.value, wall.reference) == (25.0, 10.0) and memory.value == 1900.0

@@ -505,7 +505,9 @@ def _evaluate_frozen(
         callback.on_epoch_end(0, metrics)
     history = [{"epoch": 0.0, **metrics}]
     seconds = time.perf_counter() - started
-    return TrainResult(spec, 0, metrics, history, workdir / BEST_CHECKPOINT, None, False, seconds, model.to("cpu"))
+    return TrainResult(
+        spec, 0, metrics, history, workdir / BEST_CHECKPOINT, None, False, seconds, model.to("cpu").eval()
+    )
 
 
 def load_trained(checkpoint: Path | str, device: str | None = None) -> tuple[Classifier, ModelSpec]:

@@ -225,7 +225,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_up(args: argparse.Namespace) -> int:
     from flows.stack import up
 
-    urls = up(args.prefect_port, args.mlflow_port)
+    try:
+        urls = up(args.prefect_port, args.mlflow_port)
+    except RuntimeError as error:  # a service that did not come up: the message names it and its log
+        print(f"odir up: {error}", file=sys.stderr)
+        return 1
     print(f"\nPrefect UI  {urls['prefect_ui']}\nMLflow UI   {urls['mlflow_ui']}\n")
     print(f"Run the pipeline:\n  export PREFECT_API_URL={urls['api']}")
     print("  .venv/bin/prefect deployment run odir/full --watch")

@@ -3,23 +3,26 @@
 ``odir-train/gpu`` (one model; what ``odir`` dispatches to with ``dispatch=deployment``) and
 ``odir-experiments/seed`` (the study's grid and its results table).
 
-``prefect.yaml`` declares the same three for work pools; use one mechanism per environment, since serving a
-deployment replaces the one of the same name.
+``prefect.yaml`` declares the same four (and ``odir-train/gpu-k8s``) for work pools; use one mechanism per
+environment, since serving a deployment replaces the one of the same name.
 """
 
 from __future__ import annotations
 
 import os
 
-from flows.experiments import odir_experiments
-from flows.odir import odir, odir_train
-
 RETRAIN_CRON = os.environ.get("ODIR_RETRAIN_CRON", "0 2 * * *")
+
+# what ``odir serve`` registers, as ``flow/deployment``: ``odir up`` waits until each of them answers
+SERVED = ("odir/full", "odir/retrain", "odir-train/gpu", "odir-experiments/seed")
 
 
 def serve_all(limit: int = 4) -> None:
-    """Serves the three deployments until interrupted."""
+    """Serves the four deployments of :data:`SERVED` until interrupted."""
     from prefect import serve
+
+    from flows.experiments import odir_experiments
+    from flows.odir import odir, odir_train
 
     serve(
         odir.to_deployment(name="full", description="The whole pipeline, started by hand."),

@@ -14,6 +14,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from flows.deployments import SERVED
 from steps import tracking
 from steps.tracking import process_alive
 
@@ -22,11 +23,11 @@ HOST = "127.0.0.1"
 
 @dataclass(frozen=True)
 class Service:
-    """One process of the stack: how to start it and the URL that says it is ready."""
+    """One process of the stack: how to start it and the URLs that must all answer before it is usable."""
 
     name: str
     command: list[str]
-    ready_url: str
+    ready_urls: tuple[str, ...]
 
 
 def run_folder() -> Path:
@@ -35,35 +36,44 @@ def run_folder() -> Path:
 
 def services(prefect_port: int, mlflow_port: int) -> list[Service]:
     bin_dir = Path(sys.executable).parent
+    api = f"http://{HOST}:{prefect_port}/api"
+    # `odir serve` is usable once the Prefect API knows each of its deployments (404 until it registers them)
+    deployments = tuple(f"{api}/deployments/name/{name}" for name in SERVED)
     return [
         Service("prefect", [str(bin_dir / "prefect"), "server", "start", "--host", HOST, "--port", str(prefect_port)],
-                f"http://{HOST}:{prefect_port}/api/health"),
+                (f"{api}/health",)),
         Service("mlflow", [str(bin_dir / "mlflow"), "server", "--backend-store-uri", tracking.tracking_uri(),
                            "--host", HOST, "--port", str(mlflow_port), "--workers", "1"],
-                f"http://{HOST}:{mlflow_port}/health"),
-        Service("serve", [str(bin_dir / "odir"), "serve"], ""),
+                (f"http://{HOST}:{mlflow_port}/health",)),
+        Service("serve", [str(bin_dir / "odir"), "serve"], deployments),
     ]  # fmt: skip
 
 
 def wait_ready(
-    url: str, process: subprocess.Popen | None = None, seconds: float = 180, log: Path | None = None
+    url: str | tuple[str, ...], process: subprocess.Popen | None = None, seconds: float = 180, log: Path | None = None
 ) -> None:
-    """Waits until ``url`` answers.
+    """Waits until ``url`` (each of them, for a tuple) answers with a success status.
 
     Raises:
-        RuntimeError: when ``process`` exits first or ``seconds`` pass (naming ``log`` when given).
+        RuntimeError: when ``process`` exits first or ``seconds`` pass (naming the URL not yet ready, and ``log``).
     """
     where = f"; see {log}" if log else ""
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"{process.args[0]} exited with status {process.returncode}{where}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
+    for one in (url,) if isinstance(url, str) else url:
+        while not _answers(one):
+            if process is not None and process.poll() is not None:
+                raise RuntimeError(f"{process.args[0]} exited with status {process.returncode}{where}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"not ready at {one} after {seconds:.0f} s{where}")
             time.sleep(1)
-    raise RuntimeError(f"not ready at {url} after {seconds:.0f} s{where}")
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except OSError:  # refused, timed out, or an HTTP error status such as 404
+        return False
 
 
 def up(prefect_port: int = 4200, mlflow_port: int = 5000) -> dict[str, str]:
@@ -76,16 +86,16 @@ def up(prefect_port: int = 4200, mlflow_port: int = 5000) -> dict[str, str]:
            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "ODIR_HOME": str(tracking.project_root())}  # fmt: skip
     for service in services(prefect_port, mlflow_port):
         pid_file = folder / f"{service.name}.pid"
+        log = folder / f"{service.name}.log"
         if pid_file.exists() and process_alive(int(pid_file.read_text())):
+            wait_ready(service.ready_urls, log=log)  # an earlier `up` may have returned before it was ready
             print(f"{service.name:<8} already running (pid {pid_file.read_text().strip()})")
             continue
-        log = folder / f"{service.name}.log"
         with log.open("ab") as out:
             process = subprocess.Popen(service.command, env=env, stdout=out, stderr=subprocess.STDOUT,
                                        start_new_session=True, cwd=tracking.project_root())  # fmt: skip
         pid_file.write_text(str(process.pid))
-        if service.ready_url:
-            wait_ready(service.ready_url, process, log=log)
+        wait_ready(service.ready_urls, process, log=log)
         print(f"{service.name:<8} started (pid {process.pid}), log {log}")
     return {"prefect_ui": f"http://{HOST}:{prefect_port}", "mlflow_ui": f"http://{HOST}:{mlflow_port}", "api": api}
 

@@ -19,7 +19,8 @@ def test_up_returns_when_every_served_deployment_exists(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_TRACKING_URI"))}
     env.update({"ODIR_HOME": str(tmp_path), "PREFECT_HOME": str(tmp_path / ".prefect"), "DO_NOT_TRACK": "true",
                 "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
-                "PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api", "PATH": f"{BIN}:{os.environ['PATH']}"})  # fmt: skip
+                "PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api",
+                "PATH": f"{BIN}:{os.environ['PATH']}"})  # fmt: skip
 
     def odir(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([str(BIN / "odir"), *args], env=env, cwd=CHECKOUT, capture_output=True, text=True,

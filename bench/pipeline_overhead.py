@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from bench.common import Row
 from components.data import FundusDataset, load_split, to_model_input
 from components.models import build_model
+from components.training import epoch_seed
 
 SPEC = {"name": "bench-overhead", "backbone": "resnet18", "epochs": 4, "lr": 1e-4, "batch_size": 32, "seed": 0}
 
@@ -49,9 +50,9 @@ def bare_loop(train: FundusDataset, val: FundusDataset, spec: dict) -> float:
     model = build_model(spec["backbone"])
     optimiser = torch.optim.Adam(model.parameters(), lr=spec["lr"])
     for epoch in range(1, spec["epochs"] + 1):
-        torch.manual_seed(spec["seed"] * 100_003 + epoch)
+        torch.manual_seed(epoch_seed(spec["seed"], epoch))
         model.train()
-        generator = torch.Generator().manual_seed(spec["seed"] * 100_003 + epoch)
+        generator = torch.Generator().manual_seed(epoch_seed(spec["seed"], epoch))
         for images, labels in DataLoader(train, batch_size=spec["batch_size"], shuffle=True, generator=generator):
             loss = torch.nn.functional.binary_cross_entropy_with_logits(model(to_model_input(images)), labels)
             optimiser.zero_grad()
@@ -77,7 +78,7 @@ def run(root: Path, size: int = 128, limit: int = 200, repeats: int = 5) -> list
         from flows.odir import odir_train
         from steps import ingest
 
-        manifest = ingest.run(ingest.IngestConfig(str(data))).manifest_uri
+        manifest = ingest.run(ingest.IngestConfig(data_root=str(data))).manifest_uri
         loaded = ingest.load_manifest(manifest)
         train, val = loaded.dataset("train", size), loaded.dataset("val", size)
         for dataset in (train, val):  # both sides start with a warm image cache

@@ -12,7 +12,7 @@ from components.data import FundusDataset, ImageCache, load_split
 from components.errors import OdirError
 from components.inference import predict_images
 from components.models import build_model
-from components.training import Callback, load_trained, select_device, train
+from components.training import Callback, epoch_seed, load_trained, select_device, train
 
 SIZE = 32
 
@@ -159,6 +159,22 @@ def test_cached_features_need_head_mode(datasets, tmp_path: Path) -> None:
         train(_spec(epochs=1), *datasets, tmp_path, cache_features=True)
 
 
-def test_device_selection() -> None:
-    assert select_device("cpu").type == "cpu"
-    assert select_device().type in ("cuda", "mps", "cpu")
+def test_device_selection(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a device asked for is the device given, whatever is available
+    assert select_device("cpu") == torch.device("cpu")
+    assert select_device("meta") == torch.device("meta")
+    assert select_device("cuda:1") == torch.device("cuda", 1)
+    # otherwise CUDA, then MPS, then the CPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert select_device() == torch.device("cpu")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert select_device() == torch.device("mps")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert select_device() == torch.device("cuda")
+
+
+def test_epoch_seed() -> None:
+    assert epoch_seed(7, 3) == 700_024  # 7 * 100_003 + 3
+    assert epoch_seed(0, 1) == 1
+    assert len({epoch_seed(seed, epoch) for seed in range(5) for epoch in range(1, 50)}) == 5 * 49

@@ -1,12 +1,15 @@
-"""Untrusted checkpoints: anything that would run code when loaded is refused, and nothing runs."""
+"""Checkpoints on disk: untrusted ones that would run code when loaded are refused (and nothing runs); concurrent
+writers to one folder never collide."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
 import torch
 
+from components.checkpoints import load_checkpoint, save_checkpoint
 from components.config import parse_model_spec
 from components.data import FundusDataset, ImageCache, load_split
 from components.models import WeightsError, build_model
@@ -53,3 +56,29 @@ def test_a_truncated_checkpoint_is_named(tmp_path: Path) -> None:
     (tmp_path / "best.pt").write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(WeightsError, match=r"best\.pt refused"):
         load_trained(tmp_path / "best.pt")
+
+
+def test_concurrent_writers_to_one_checkpoint_never_collide(tmp_path: Path) -> None:
+    # two processes training into one folder: each write goes through its own temporary file, so neither loses
+    # its file to the other's rename, and the checkpoint is always one writer's whole payload
+    path = tmp_path / "last.pt"
+    errors: list[BaseException] = []
+    start = threading.Barrier(2)
+
+    def write(writer: int) -> None:
+        start.wait()
+        try:
+            for step in range(40):
+                save_checkpoint(path, {"model": {"w": torch.full((64,), float(writer))}, "spec": {}, "epoch": step})
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=write, args=(writer,)) for writer in (1, 2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    saved = load_checkpoint(path)
+    assert saved["epoch"] == 39 and saved["model"]["w"].unique().tolist() in ([1.0], [2.0])
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind

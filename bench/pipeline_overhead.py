@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 from torch.utils.data import DataLoader
 
 from bench.common import Row
@@ -72,14 +71,14 @@ def run(root: Path, size: int = 128, limit: int = 200, repeats: int = 5) -> list
         data = _subset(root, Path(tmp) / "data", limit)
         os.environ["ODIR_HOME"] = str(Path(tmp) / "home")
         (Path(tmp) / "home").mkdir()
-        profile = Path(tmp) / "bench.yaml"
-        profile.write_text(yaml.safe_dump({"name": "bench", "models": [spec]}))
+        from components.config import ModelSpec
         from flows import without_heartbeats
         from flows.odir import odir_train
-        from steps import ingest
+        from steps import contracts, ingest
 
+        model_spec = ModelSpec.model_validate(spec)
         manifest = ingest.run(ingest.IngestConfig(data_root=str(data))).manifest_uri
-        loaded = ingest.load_manifest(manifest)
+        loaded = contracts.load_manifest(manifest)
         train, val = loaded.dataset("train", size), loaded.dataset("val", size)
         for dataset in (train, val):  # both sides start with a warm image cache
             [dataset[i] for i in range(len(dataset))]
@@ -88,7 +87,7 @@ def run(root: Path, size: int = 128, limit: int = 200, repeats: int = 5) -> list
             shutil.rmtree(Path(tmp) / "home" / ".odir" / "work", ignore_errors=True)  # train afresh, no resume
             started = time.perf_counter()
             with without_heartbeats():
-                odir_train(manifest, spec["name"], str(profile), force=True)
+                odir_train(manifest, model_spec, "bench", force=True)
             return time.perf_counter() - started
 
         through_the_pipeline()  # warm-up

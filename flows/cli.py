@@ -100,7 +100,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from components.errors import DataError, Problem
     from components.metrics import binarize
     from steps import tracking
-    from steps.evaluate import predict_paths
+    from steps.contracts import predict_paths
 
     folder = Path(args.images)
     images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
@@ -185,7 +185,7 @@ def _cmd_full(args: argparse.Namespace) -> int:
     from flows.odir import odir
 
     with without_heartbeats():
-        summary = odir(profile=args.profile, data=args.data, out=args.out, force=args.force)
+        summary = odir(profile=args.profile, data=args.data, out=args.out, force=args.force, dispatch=args.dispatch)
     _print_summary(summary)
     return 0
 
@@ -299,6 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
     full.add_argument("--data", help="dataset root (default: synthetic demo data, generated on first use)")
     full.add_argument("--out", help="submission CSV (default outputs/submission-<profile>.csv)")
     full.add_argument("--force", action="store_true", help="retrain and re-evaluate even if MLflow has the results")
+    full.add_argument(
+        "--dispatch", choices=("local", "deployment"), default="local",
+        help="train here one model after the other (default), or all at once as runs of the odir-train deployment "
+        "($ODIR_TRAIN_DEPLOYMENT, default odir-train/gpu) on its pool's workers",
+    )  # fmt: skip
     full.set_defaults(handler=_cmd_full)
 
     experiments = commands.add_parser("experiments", help="run an experiment grid (flow odir-experiments) in-process")

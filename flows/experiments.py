@@ -10,32 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from components.config import load_grid
-from flows.odir import DEMO_DATA, RETRY, demo_data_task, evaluate_task, ingest_task, train_all
-from steps import report, tracking
-from steps.ingest import load_manifest
+from flows.odir import DEMO_DATA, demo_data_task, step_task, train_all
+from steps import evaluate, ingest, report, tracking
+from steps.contracts import load_manifest
 from steps.report import evaluation_splits
-
-
-@task(name="report", **RETRY)
-def report_task(
-    grid: str, manifest_uri: str, out: str | None, parent_run_id: str, experiment: str
-) -> report.ReportResult:
-    return report.run(report.ReportConfig(grid, manifest_uri, out, experiment, parent_run_id))
-
-
-def _grid_path(grid: str) -> str:
-    from pathlib import Path
-
-    from components.config import configs_dir
-
-    candidate = Path(grid)
-    return str(
-        candidate.resolve() if candidate.suffix in (".yaml", ".yml") else configs_dir() / "experiments" / f"{grid}.yaml"
-    )
 
 
 @flow(name="odir-experiments", flow_run_name="experiments {grid}", task_runner=ThreadPoolTaskRunner(max_workers=2))
@@ -56,25 +38,27 @@ def odir_experiments(
 
     logger = get_run_logger()
     config = load_grid(grid)
-    grid_path = _grid_path(grid)
     data_root = data or demo_data_task(str(tracking.project_root() / DEMO_DATA))
     experiment_id = tracking.setup(experiment)
     tags = {tracking.STEP_TAG: "experiments", "profile": config.name, **tracking.process_tags()}
     pid = MlflowClient().create_run(experiment_id, run_name=f"experiments {config.name}", tags=tags).info.run_id
     try:
-        ing = ingest_task(data_root, pid, experiment)
-        trained = train_all(config.models, ing.manifest_uri, grid_path, pid, experiment, force, "local")
+        common = {"experiment": experiment, "parent_run_id": pid, "reuse": not force}
+        ing = step_task("ingest", ingest.run, ingest.IngestConfig(data_root=data_root, **common))
+        trained = train_all(config.models, ing.manifest_uri, config.name, pid, experiment, force, "local")
         members = {m.name: result for m, result in zip(config.models, trained, strict=True)}
         needs = {(member, row.tta) for row in config.experiments for member in row.members}
         splits = evaluation_splits(load_manifest(ing.manifest_uri))
         evaluations = [
-            evaluate_task.submit(members[name].model_uri, ing.manifest_uri, split,
-                                 tuple(config.tta_views) if tta else ("identity",), pid, experiment, not force)
+            step_task.submit(f"evaluate {members[name].model_uri} on {split}", evaluate.run, evaluate.EvaluateConfig(
+                model_uri=members[name].model_uri, manifest_uri=ing.manifest_uri, split=split,
+                views=tuple(config.tta_views) if tta else ("identity",), **common))
             for name, tta in sorted(needs) for split in splits
         ]  # fmt: skip
         for evaluation in evaluations:
             evaluation.result()
-        result = report_task(grid_path, ing.manifest_uri, out, pid, experiment)
+        report_config = report.ReportConfig(grid=config, manifest_uri=ing.manifest_uri, out_dir=out, **common)
+        result = step_task("report", report.run, report_config)
     except BaseException:
         MlflowClient().set_terminated(pid, "FAILED")
         raise

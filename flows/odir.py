@@ -1,25 +1,32 @@
 """The Prefect flows: ``odir`` (the whole pipeline) and ``odir-train`` (one model, one MLflow run, one version).
 
-Flows only orchestrate: every task calls a step's ``run`` and passes URIs on. Work already done is found in MLflow
-(same spec and data digest, same model and split) and reused, so a re-run after a crash repeats nothing that
-finished, and an interrupted training resumes from its checkpoint. Steps that talk to the tracking store retry
-transient failures; bad input (``OdirError``) fails at once, since retrying cannot fix it.
+Flows only orchestrate: every task calls a step's ``run`` with its config (one generic task, :func:`step_task`) and
+passes URIs on; the profile is read here only, and each model's spec travels to ``odir-train`` as data. Work
+already done is found in MLflow (same inputs and code fingerprint) and reused, so a re-run after a crash repeats
+nothing that finished, and an interrupted training resumes from its checkpoint. Steps that talk to the tracking
+store retry transient failures; bad input (``OdirError``) fails at once, since retrying cannot fix it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import yaml
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from components.config import Profile, load_profile, resolve_profile_path
+from components.config import ModelSpec, Profile, load_profile
 from flows import freeze_startup_objects, without_heartbeats
 from steps import ensemble, evaluate, ingest, promote, submit, tracking, train, tune_thresholds
+from steps.base import StepConfig
+from steps.contracts import load_manifest
+
+Result = TypeVar("Result")
 
 TRAIN_DEPLOYMENT = os.environ.get("ODIR_TRAIN_DEPLOYMENT", "odir-train/gpu")  # odir-train/gpu-k8s on Kubernetes
 DEMO_DATA = Path("data") / "demo"
@@ -49,81 +56,54 @@ def demo_data_task(root: str) -> str:
     return root
 
 
-@task(name="ingest", **RETRY)
-def ingest_task(data_root: str, parent_run_id: str, experiment: str) -> ingest.IngestResult:
-    return ingest.run(ingest.IngestConfig(data_root, experiment, parent_run_id))
+@task(name="step", task_run_name="{label}", **RETRY)
+def step_task(label: str, run: Callable[[StepConfig], Result], config: StepConfig) -> Result:
+    """Runs one step (``run`` is a step module's ``run``) as a Prefect task named ``label``."""
+    return run(config)
 
 
-@task(name="evaluate", task_run_name="evaluate {model_uri} on {split}", **RETRY)
-def evaluate_task(
-    model_uri: str, manifest_uri: str, split: str, views: tuple[str, ...], parent_run_id: str, experiment: str,
-    reuse: bool,
-) -> evaluate.EvaluateResult:  # fmt: skip
-    config = evaluate.EvaluateConfig(
-        model_uri, manifest_uri, split, True, views, None, None, experiment, parent_run_id, reuse
-    )
-    return evaluate.run(config)
-
-
-@task(name="tune thresholds", task_run_name="tune thresholds {name}", **RETRY)
-def tune_task(
-    predictions_uri: str, grid: str, name: str, parent_run_id: str, experiment: str
-) -> tune_thresholds.TuneResult:
-    return tune_thresholds.run(tune_thresholds.TuneConfig(predictions_uri, grid, name, experiment, parent_run_id))
-
-
-@task(name="ensemble", **RETRY)
-def ensemble_task(config: ensemble.EnsembleConfig) -> ensemble.EnsembleResult:
-    return ensemble.run(config)
-
-
-@task(name="submit", **RETRY)
-def submit_task(
-    model_uri: str, manifest_uri: str, out: str, parent_run_id: str, experiment: str
-) -> submit.SubmitResult:
-    return submit.run(submit.SubmitConfig(model_uri, manifest_uri, out, "onsite_test", experiment, parent_run_id))
-
-
-@task(name="promote", **RETRY)
-def promote_task(
-    model_uri: str, manifest_uri: str, split: str, parent_run_id: str, experiment: str
-) -> promote.PromoteResult:
-    return promote.run(promote.PromoteConfig(model_uri, manifest_uri, split, experiment, parent_run_id))
-
-
-@flow(name="odir-train", flow_run_name="train {model}")
+@flow(name="odir-train", flow_run_name="train {spec.name}")
 def odir_train(
-    manifest_uri: str, model: str, profile: str = "demo", parent_run_id: str | None = None,
+    manifest_uri: str, spec: ModelSpec, profile: str = "adhoc", parent_run_id: str | None = None,
     experiment: str = tracking.DEFAULT_EXPERIMENT, device: str | None = None, force: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
-    """Trains one model spec of a profile: one MLflow run, one registered version (reused when already trained)."""
+    """Trains one model spec: one MLflow run, one registered version (reused when already trained).
+
+    Everything it needs travels as parameters (the spec itself, the manifest URI), so a worker on any host runs it
+    with nothing but the tracking server and the data in common with the flow that dispatched it.
+    """
     freeze_startup_objects()  # a worker's run process comes here first
-    config = train.TrainStepConfig(manifest_uri, model, profile, experiment, parent_run_id, device, None, not force)
+    config = train.TrainStepConfig(manifest_uri=manifest_uri, spec=spec, profile=profile, experiment=experiment,
+                                   parent_run_id=parent_run_id, device=device, reuse=not force)  # fmt: skip
     return dataclasses.asdict(train.run(config))
 
 
-@task(name="train", task_run_name="train {model}", cache_policy=NO_CACHE)
+@task(name="train", task_run_name="train {spec.name}", cache_policy=NO_CACHE)
 def train_task(
-    manifest_uri: str, model: str, profile: str, parent_run_id: str, experiment: str, force: bool, dispatch: str
+    manifest_uri: str, spec: ModelSpec, profile: str, parent_run_id: str, experiment: str, force: bool, dispatch: str
 ) -> train.TrainStepResult:
     """Runs ``odir-train`` for one model: in this process, or as a run of the ``odir-train/gpu`` deployment."""
     if dispatch == "local":
         with without_heartbeats():  # the parent flow's heartbeats cover this process
-            result = odir_train(manifest_uri, model, profile, parent_run_id, experiment, None, force)
+            result = odir_train(manifest_uri, spec, profile, parent_run_id, experiment, None, force)
         return train.TrainStepResult(**result)
     from prefect.deployments import run_deployment
 
-    parameters = {"manifest_uri": manifest_uri, "model": model, "profile": profile, "parent_run_id": parent_run_id,
-                  "experiment": experiment, "force": force}  # fmt: skip
+    parameters = {"manifest_uri": manifest_uri, "spec": spec.model_dump(mode="json"), "profile": profile,
+                  "parent_run_id": parent_run_id, "experiment": experiment, "force": force}  # fmt: skip
     child = run_deployment(TRAIN_DEPLOYMENT, parameters=parameters, timeout=None, poll_interval=5)
     if not child.state or not child.state.is_completed():
-        raise RuntimeError(f"{TRAIN_DEPLOYMENT} run {child.name} for {model} ended {child.state and child.state.name}")
+        raise RuntimeError(
+            f"{TRAIN_DEPLOYMENT} run {child.name} for {spec.name} ended {child.state and child.state.name}"
+        )
     # the child registered the model in MLflow; read its result from there rather than from Prefect's result storage
-    return train.run(train.TrainStepConfig(manifest_uri, model, profile, experiment, parent_run_id, None, None, True))
+    config = train.TrainStepConfig(manifest_uri=manifest_uri, spec=spec, profile=profile, experiment=experiment,
+                                   parent_run_id=parent_run_id)  # fmt: skip
+    return train.run(config)
 
 
 def train_all(
-    specs: list, manifest_uri: str, profile: str, pid: str, experiment: str, force: bool, dispatch: str
+    specs: list[ModelSpec], manifest_uri: str, profile: str, pid: str, experiment: str, force: bool, dispatch: str
 ) -> list[train.TrainStepResult]:
     """Trains every model: one after the other in this process, all at once as deployment runs.
 
@@ -132,19 +112,23 @@ def train_all(
     them; separate deployment runs are separate processes, each seeded on its own.
     """
     if dispatch == "local":
-        return [train_task(manifest_uri, s.name, profile, pid, experiment, force, dispatch) for s in specs]
-    futures = [train_task.submit(manifest_uri, s.name, profile, pid, experiment, force, dispatch) for s in specs]
+        return [train_task(manifest_uri, s, profile, pid, experiment, force, dispatch) for s in specs]
+    futures = [train_task.submit(manifest_uri, s, profile, pid, experiment, force, dispatch) for s in specs]
     return [future.result() for future in futures]
 
 
 def _start_pipeline_run(experiment: str, profile: Profile, data_root: str) -> str:
+    """The pipeline's parent run, with the resolved profile as its artifact (the only place the profile goes)."""
     from mlflow import MlflowClient
 
     experiment_id = tracking.setup(experiment)
-    tags = {tracking.STEP_TAG: "pipeline", "profile": profile.name, "odir.git_sha": tracking.git_sha(),
-            **tracking.process_tags()}  # fmt: skip
-    run = MlflowClient().create_run(experiment_id, run_name=f"pipeline {profile.name}", tags=tags)
-    MlflowClient().log_param(run.info.run_id, "data_root", data_root)
+    tags = {tracking.STEP_TAG: "pipeline", "profile": profile.name, "profile_key": profile_key(profile),
+            "odir.git_sha": tracking.git_sha(), **tracking.process_tags()}  # fmt: skip
+    client = MlflowClient()
+    run = client.create_run(experiment_id, run_name=f"pipeline {profile.name}", tags=tags)
+    client.log_param(run.info.run_id, "data_root", data_root)
+    client.log_text(run.info.run_id, yaml.safe_dump(profile.model_dump(mode="json"), sort_keys=False),
+                    "config/profile.yaml")  # fmt: skip
     return run.info.run_id
 
 
@@ -186,13 +170,12 @@ def odir(
     if dispatch not in ("local", "deployment"):
         raise ValueError(f"dispatch must be 'local' or 'deployment', got {dispatch!r}")
     logger = get_run_logger()
-    root = tracking.project_root()
     config = load_profile(profile)
-    profile_path = str(resolve_profile_path(profile).resolve())
-    data_root = data or demo_data_task(str(root / DEMO_DATA))
+    data_root = data or demo_data_task(str(tracking.project_root() / DEMO_DATA))
     pid = _start_pipeline_run(experiment, config, data_root)
+    run = PipelineRun(config, {"experiment": experiment, "parent_run_id": pid, "reuse": not force}, dispatch)
     try:
-        summary = _pipeline(config, profile_path, data_root, out, force, only_if_changed, dispatch, experiment, pid)
+        summary = _pipeline(run, data_root, out, only_if_changed)
     except BaseException:
         from mlflow import MlflowClient
 
@@ -205,51 +188,66 @@ def odir(
     return summary
 
 
-def _pipeline(
-    config: Profile, profile_path: str, data_root: str, out: str | None, force: bool, only_if_changed: bool,
-    dispatch: str, experiment: str, pid: str,
-) -> dict[str, Any]:  # fmt: skip
-    logger = get_run_logger()
-    ing = ingest_task(data_root, pid, experiment)
+@dataclasses.dataclass(frozen=True)
+class PipelineRun:
+    """What every step of one pipeline run shares: the profile, the steps' common fields, how training runs."""
+
+    profile: Profile
+    common: dict[str, Any]  # experiment, parent_run_id, reuse: the fields of every StepConfig
+    dispatch: str
+
+    def evaluate(self, model_uri: str, manifest_uri: str, split: str) -> evaluate.EvaluateResult:
+        config = evaluate.EvaluateConfig(model_uri=model_uri, manifest_uri=manifest_uri, split=split,
+                                         views=self.profile.tta_views, **self.common)  # fmt: skip
+        return step_task(f"evaluate {model_uri} on {split}", evaluate.run, config)
+
+    def ensemble(
+        self, members: list[train.TrainStepResult], val: list[evaluate.EvaluateResult], manifest_uri: str
+    ) -> ensemble.EnsembleResult:
+        weights = self.profile.ensemble_weights
+        config = ensemble.EnsembleConfig(
+            member_model_uris=tuple(m.model_uri for m in members),
+            member_val_predictions=tuple(v.predictions_uri for v in val), manifest_uri=manifest_uri,
+            weights=tuple(weights.get(m.name, 0.0) for m in self.profile.models) if weights else None,
+            views=self.profile.tta_views, grid=self.profile.threshold_grid, profile=self.profile.name,
+            profile_key=profile_key(self.profile), **self.common,
+        )  # fmt: skip
+        return step_task("ensemble", ensemble.run, config)
+
+    def train(self, manifest_uri: str) -> list[train.TrainStepResult]:
+        force, common = not self.common["reuse"], self.common
+        return train_all(self.profile.models, manifest_uri, self.profile.name, common["parent_run_id"],
+                         common["experiment"], force, self.dispatch)  # fmt: skip
+
+
+def _pipeline(run: PipelineRun, data_root: str, out: str | None, only_if_changed: bool) -> dict[str, Any]:
+    config, common = run.profile, run.common
+    ing = step_task("ingest", ingest.run, ingest.IngestConfig(data_root=data_root, **common))
     key = profile_key(config)
-    if only_if_changed and not force and (champion := _up_to_date(ing.data_digest, key)):
-        logger.info("nothing changed since champion version %s (same data and profile): no retraining", champion)
+    if only_if_changed and common["reuse"] and (champion := _up_to_date(ing.data_digest, key)):
+        get_run_logger().info("nothing changed since champion version %s (same data and profile)", champion)
         return {"trained": [], "champion_version": champion, "decision": "up to date", "data_digest": ing.data_digest}
-    manifest = ingest.load_manifest(ing.manifest_uri)
-    members = train_all(config.models, ing.manifest_uri, profile_path, pid, experiment, force, dispatch)
+    manifest = load_manifest(ing.manifest_uri)
+    members = run.train(ing.manifest_uri)
     test_split = "offsite_test" if manifest.has_split("offsite_test") else "val"
-    reuse = not force
-    val = [
-        evaluate_task(m.model_uri, ing.manifest_uri, "val", config.tta_views, pid, experiment, reuse) for m in members
-    ]
+    val = [run.evaluate(m.model_uri, ing.manifest_uri, "val") for m in members]
     for member, evaluation in zip(members, val, strict=True):
-        tune_task(evaluation.predictions_uri, config.threshold_grid, member.registered_model, pid, experiment)
+        tune = tune_thresholds.TuneConfig(predictions_uri=evaluation.predictions_uri, grid=config.threshold_grid,
+                                          name=member.registered_model, **common)  # fmt: skip
+        step_task(f"tune thresholds {member.registered_model}", tune_thresholds.run, tune)
         if test_split != "val":
-            evaluate_task(member.model_uri, ing.manifest_uri, test_split, config.tta_views, pid, experiment, reuse)
-    weights = (
-        tuple(config.ensemble_weights.get(m.name, 0.0) for m in config.models) if config.ensemble_weights else None
-    )
-    ens = ensemble_task(
-        ensemble.EnsembleConfig(
-            tuple(m.model_uri for m in members),
-            tuple(v.predictions_uri for v in val),
-            ing.manifest_uri,
-            weights,
-            config.tta_views,
-            config.threshold_grid,
-            config.name,
-            experiment,
-            pid,
-            reuse,
-            key,
-        )
-    )
-    scored = evaluate_task(ens.model_uri, ing.manifest_uri, test_split, config.tta_views, pid, experiment, reuse)
+            run.evaluate(member.model_uri, ing.manifest_uri, test_split)
+    ens = run.ensemble(members, val, ing.manifest_uri)
+    scored = run.evaluate(ens.model_uri, ing.manifest_uri, test_split)
     submission = None
     if manifest.has_split("onsite_test"):
         target = out or str(tracking.project_root() / "outputs" / f"submission-{config.name}.csv")
-        submission = submit_task(ens.model_uri, ing.manifest_uri, target, pid, experiment).out_path
-    decision = promote_task(ens.model_uri, ing.manifest_uri, test_split, pid, experiment)
+        submit_config = submit.SubmitConfig(model_uri=ens.model_uri, manifest_uri=ing.manifest_uri, out_path=target,
+                                            **common)  # fmt: skip
+        submission = step_task("submit", submit.run, submit_config).out_path
+    promote_config = promote.PromoteConfig(model_uri=ens.model_uri, manifest_uri=ing.manifest_uri, split=test_split,
+                                           **common)  # fmt: skip
+    decision = step_task("promote", promote.run, promote_config)
     prefix = tracking.split_prefix(test_split)
     return {
         "profile": config.name, "data_digest": ing.data_digest, "trained": [m.model_uri for m in members],
@@ -258,5 +256,5 @@ def _pipeline(
         f"ensemble_{prefix}f1_macro": scored.metrics.get(f"{prefix}f1_macro"),
         f"ensemble_{prefix}f1_course": scored.metrics.get(f"{prefix}f1_course"),
         "decision": decision.decision, "champion_version": decision.version if decision.decision == "champion"
-        else decision.champion_version, "submission": submission, "pipeline_run_id": pid,
+        else decision.champion_version, "submission": submission, "pipeline_run_id": common["parent_run_id"],
     }  # fmt: skip

@@ -8,6 +8,7 @@ member checkpoints, the weights, the TTA views and the thresholds, and predicts 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sys
@@ -23,16 +24,22 @@ from components.metrics import f1_macro, multilabel_report
 from components.thresholds import tune_thresholds
 from components.tta import STUDY_VIEWS, check_views
 from steps import cli, tracking
-from steps.evaluate import labels_of, read_predictions
-from steps.ingest import load_manifest
-from steps.train import member_checkpoint
-from steps.tune_thresholds import grid_of, log_thresholds
+from steps.base import StepConfig, code_fingerprint, run_step
+from steps.contracts import (
+    grid_of,
+    labels_of,
+    load_manifest,
+    log_thresholds,
+    member_checkpoint,
+    read_predictions,
+    read_thresholds,
+)
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class EnsembleConfig:
+@dataclass(frozen=True, kw_only=True)
+class EnsembleConfig(StepConfig):
     """Combine registered members into the registered odir-ensemble pyfunc."""
 
     member_model_uris: tuple[str, ...]
@@ -42,9 +49,6 @@ class EnsembleConfig:
     views: tuple[str, ...] = STUDY_VIEWS
     grid: str = "study"
     profile: str = "demo"
-    experiment: str = tracking.DEFAULT_EXPERIMENT
-    parent_run_id: str | None = None
-    reuse: bool = True
     profile_key: str = ""
 
 
@@ -102,46 +106,52 @@ def _reused(run) -> EnsembleResult:
     """The result of an earlier, finished ensemble run with the same members, predictions and settings."""
     uri = run.data.tags["registered_model_uri"]
     weights = tracking.read_json(run.data.tags["weights_uri"])
-    thresholds = tracking.read_json(run.data.tags["thresholds_uri"])["thresholds"]
+    thresholds = read_thresholds(run.data.tags["thresholds_uri"])
     metrics = {k: v for k, v in run.data.metrics.items() if k.startswith("val_")}
     return EnsembleResult(uri, tracking.split_model_uri(uri)[1], run.info.run_id, weights, thresholds, metrics)
 
 
 def run(config: EnsembleConfig) -> EnsembleResult:
     """Weights, thresholds, metrics and the registered pyfunc; see the module docstring."""
-    import mlflow
-
     if len(config.member_model_uris) != len(config.member_val_predictions):
         raise ValueError("one validation predictions artifact is needed per member")
     check_views(config.views)
-    grid = grid_of(config.grid)
+    grid_of(config.grid)  # an unknown grid fails before any work
     names = [tracking.split_model_uri(uri)[0].removeprefix(tracking.MODEL_PREFIX) for uri in config.member_model_uris]
     frames = {name: read_predictions(uri) for name, uri in zip(names, config.member_val_predictions, strict=True)}
     _, member_probs = align_members(frames)
     labels = labels_of(frames[names[0]])
     digest = load_manifest(config.manifest_uri).digest
     key = tracking.content_key(config.member_model_uris, config.member_val_predictions, config.weights, config.views,
-                               config.grid)  # fmt: skip
+                               config.grid, code_fingerprint("ensemble"))  # fmt: skip
     tags = {"profile": config.profile, "profile_key": config.profile_key, "data_digest": digest, "ensemble_key": key}
-    if config.reuse and (done := tracking.find_finished_run(config.experiment, "ensemble", tags)):
-        return _reused(done)
-    with tracking.step_run("ensemble", config.experiment, config.parent_run_id, "ensemble", tags) as run:
-        weights = _weights(config, labels, member_probs)
-        probs = weighted_mean(member_probs, weights)
-        tuned = tune_thresholds(labels, probs, grid)
-        mlflow.log_params({"members": ",".join(names), "tta_views": ",".join(config.views), "grid": config.grid})
-        weights_uri = tracking.log_json(dict(zip(names, weights.tolist(), strict=True)), "weights.json")
-        mlflow.set_tags({"weights_uri": weights_uri, "thresholds_uri": log_thresholds(tuned, grid)})
-        metrics = tracking.prefixed(multilabel_report(labels, probs, tuned.thresholds), "val_")
-        mlflow.log_metrics(metrics)
-        version_tags = {**tags, "kind": "ensemble", "members": ",".join(config.member_model_uris)}
-        version = _register(config, names, weights, tuned.as_dict(), version_tags)
-        mlflow.set_tag("registered_model_uri", f"models:/{tracking.ENSEMBLE_MODEL}/{version}")
-        log.info("registered %s version %s (weights %s)", tracking.ENSEMBLE_MODEL, version, np.round(weights, 3))
-        return EnsembleResult(
-            f"models:/{tracking.ENSEMBLE_MODEL}/{version}", version, run.info.run_id,
-            dict(zip(names, weights.tolist(), strict=True)), tuned.as_dict(), metrics,
-        )  # fmt: skip
+    work = functools.partial(_combine, config, names, labels, member_probs, tags)
+    return run_step(config, "ensemble", tags, "ensemble", work, _reused)
+
+
+def _combine(
+    config: EnsembleConfig, names: list[str], labels: np.ndarray, member_probs: list[np.ndarray],
+    tags: dict[str, str], run,
+) -> EnsembleResult:  # fmt: skip
+    import mlflow
+
+    grid = grid_of(config.grid)
+    weights = _weights(config, labels, member_probs)
+    probs = weighted_mean(member_probs, weights)
+    tuned = tune_thresholds(labels, probs, grid)
+    mlflow.log_params({"members": ",".join(names), "tta_views": ",".join(config.views), "grid": config.grid})
+    weights_uri = tracking.log_json(dict(zip(names, weights.tolist(), strict=True)), "weights.json")
+    mlflow.set_tags({"weights_uri": weights_uri, "thresholds_uri": log_thresholds(tuned, grid)})
+    metrics = tracking.prefixed(multilabel_report(labels, probs, tuned.thresholds), "val_")
+    mlflow.log_metrics(metrics)
+    version_tags = {**tags, "kind": "ensemble", "members": ",".join(config.member_model_uris)}
+    version = _register(config, names, weights, tuned.as_dict(), version_tags)
+    mlflow.set_tag("registered_model_uri", f"models:/{tracking.ENSEMBLE_MODEL}/{version}")
+    log.info("registered %s version %s (weights %s)", tracking.ENSEMBLE_MODEL, version, np.round(weights, 3))
+    return EnsembleResult(
+        f"models:/{tracking.ENSEMBLE_MODEL}/{version}", version, run.info.run_id,
+        dict(zip(names, weights.tolist(), strict=True)), tuned.as_dict(), metrics,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -11,35 +11,28 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import logging
 import sys
-import warnings
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from components import LABELS
-from components.data import DatasetReport, FundusDataset, Split, patient_of, validate_dataset
-from components.errors import DataError, Problem
+from components.data import DatasetReport, Split, patient_of, validate_dataset
+from components.errors import DataError
 from steps import cli, storage, tracking
+from steps.base import StepConfig, run_step
+from steps.contracts import LABELLED_SPLITS, Manifest, log_dataset, log_manifest
 
 log = logging.getLogger(__name__)
 
-MANIFEST_DIR = "manifest"
-LABELLED_SPLITS = ("train", "val", "offsite_test")
 
-
-@dataclass(frozen=True)
-class IngestConfig:
+@dataclass(frozen=True, kw_only=True)
+class IngestConfig(StepConfig):
     """Validate a dataset root and log its manifest."""
 
     data_root: str
-    experiment: str = tracking.DEFAULT_EXPERIMENT
-    parent_run_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -51,45 +44,6 @@ class IngestResult:
     run_id: str
     counts: dict[str, int]
     shared_patients: dict[str, list[str]] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """A loaded manifest: the rows, the dataset root the paths are relative to (a folder or ``s3://`` URI), and
-    the digest."""
-
-    frame: pd.DataFrame
-    data_root: str
-    digest: str
-
-    @cached_property
-    def local_root(self) -> Path:
-        """A local folder with the images (an ``s3://`` root is mirrored on first use on this host)."""
-        return storage.localize(self.data_root)
-
-    def split(self, name: str) -> pd.DataFrame:
-        """The rows of one split in CSV order.
-
-        Raises:
-            DataError: when the dataset has no such split.
-        """
-        rows = self.frame[self.frame["split"] == name]
-        if rows.empty:
-            present = ", ".join(self.frame["split"].unique())
-            raise DataError([Problem(str(self.data_root), f"the dataset has no {name} split (present: {present})")])
-        return rows.reset_index(drop=True)
-
-    def has_split(self, name: str) -> bool:
-        return bool((self.frame["split"] == name).any())
-
-    def paths(self, name: str) -> list[Path]:
-        return [self.local_root / p for p in self.split(name)["path"]]
-
-    def labels(self, name: str) -> np.ndarray:
-        return self.split(name).loc[:, list(LABELS)].to_numpy(dtype=np.float32)
-
-    def dataset(self, name: str, image_size: int) -> FundusDataset:
-        return FundusDataset(self.paths(name), self.labels(name), image_size)
 
 
 def _sha256(path: Path) -> str:
@@ -151,50 +105,51 @@ def validation_report(frame: pd.DataFrame, shared: dict[str, list[str]]) -> dict
 
 
 def run(config: IngestConfig) -> IngestResult:
-    """Validates ``config.data_root``, logs the manifest, dataset and report; raises ``DataError`` when invalid."""
-    import mlflow
+    """Validates ``config.data_root`` and logs the manifest, dataset and report; raises ``DataError`` when invalid.
 
+    The data is read and hashed every time; with ``reuse``, a finished ingest of the same root and digest is
+    returned instead of logging the same manifest again.
+    """
     root = config.data_root if storage.is_s3(config.data_root) else str(Path(config.data_root).resolve())
-    with tracking.step_run("ingest", config.experiment, config.parent_run_id, "ingest", {"data_root": root}) as run:
-        mlflow.log_param("data_root", root)
-        report = validate_dataset(storage.localize(root))
-        if not report.ok:
-            mlflow.log_text("\n".join(str(p) for p in report.problems), "validation/problems.txt")
-            raise DataError(report.problems)
-        frame = build_manifest(report)
-        digest = manifest_digest(frame)
-        shared = shared_patients(frame)
-        for pair, patients in shared.items():
-            log.warning("%d patients have images in both %s (validation scores are optimistic)", len(patients), pair)
-        mlflow.log_text(frame.to_csv(index=False), f"{MANIFEST_DIR}/manifest.csv")
-        tracking.log_json({"data_root": root, "digest": digest}, f"{MANIFEST_DIR}/manifest.json")
-        tracking.log_json(validation_report(frame, shared), "validation/report.json")
-        log_dataset(Manifest(frame, root, digest), context="ingest")
-        counts = {str(k): int(v) for k, v in frame["split"].value_counts(sort=False).items()}
-        mlflow.log_metrics({f"images_{k}": v for k, v in counts.items()})
-        mlflow.set_tags({"data_digest": digest})
-        manifest_uri = mlflow.get_artifact_uri(MANIFEST_DIR)
-        return IngestResult(manifest_uri, digest, run.info.run_id, counts, shared)
+    report = validate_dataset(storage.localize(root))
+    frame = build_manifest(report) if report.ok else None
+    digest = manifest_digest(frame) if frame is not None else "invalid"
+    tags = {"data_root": root, "data_digest": digest}
+    return run_step(config, "ingest", tags, "ingest", lambda run: _log(run, root, report, frame), _reused)
 
 
-def log_dataset(manifest: Manifest, context: str) -> None:
-    """Logs the manifest as the active run's MLflow dataset input (name ``odir``, source the dataset root)."""
+def _log(run, root: str, report: DatasetReport, frame: pd.DataFrame | None) -> IngestResult:
     import mlflow
 
-    with warnings.catch_warnings():  # a local path as source is "ambiguous" and integer columns get a hint: both moot
-        warnings.simplefilter("ignore", UserWarning)
-        dataset = mlflow.data.from_pandas(
-            manifest.frame, source=str(manifest.data_root), name="odir", digest=manifest.digest[:20]
-        )
-        mlflow.log_input(dataset, context=context)
+    mlflow.log_param("data_root", root)
+    if frame is None:
+        mlflow.log_text("\n".join(str(p) for p in report.problems), "validation/problems.txt")
+        raise DataError(report.problems)
+    manifest = Manifest(frame, root, manifest_digest(frame))
+    shared = shared_patients(frame)
+    for pair, patients in shared.items():
+        log.warning("%d patients have images in both %s (validation scores are optimistic)", len(patients), pair)
+    manifest_uri = log_manifest(manifest)
+    tracking.log_json(validation_report(frame, shared), "validation/report.json")
+    log_dataset(manifest, context="ingest")
+    counts = _counts(frame)
+    mlflow.log_metrics({f"images_{k}": v for k, v in counts.items()})
+    mlflow.set_tag("manifest_uri", manifest_uri)
+    return IngestResult(manifest_uri, manifest.digest, run.info.run_id, counts, shared)
 
 
-def load_manifest(manifest_uri: str) -> Manifest:
-    """Downloads and reads a manifest logged by :func:`run`."""
-    local = Path(tracking.download(manifest_uri))
-    meta = json.loads((local / "manifest.json").read_text())
-    frame = pd.read_csv(local / "manifest.csv", dtype={"id": str, "patient": str, "path": str, "split": str})
-    return Manifest(frame, meta["data_root"], meta["digest"])
+def _counts(frame: pd.DataFrame) -> dict[str, int]:
+    return {str(k): int(v) for k, v in frame["split"].value_counts(sort=False).items()}
+
+
+def _reused(run) -> IngestResult:
+    """The result of an earlier ingest of the same root and data."""
+    from steps.contracts import load_manifest
+
+    manifest = load_manifest(run.data.tags["manifest_uri"])
+    frame = manifest.frame
+    return IngestResult(run.data.tags["manifest_uri"], manifest.digest, run.info.run_id, _counts(frame),
+                        shared_patients(frame))  # fmt: skip
 
 
 if __name__ == "__main__":

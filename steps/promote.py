@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 from components.metrics import multilabel_report
 from steps import cli, tracking
-from steps.evaluate import predict_split
-from steps.ingest import Manifest, load_manifest
+from steps.base import StepConfig
+from steps.contracts import Manifest, load_manifest, predict_split, record_score, recorded_score
 
 log = logging.getLogger(__name__)
 
@@ -25,15 +25,14 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 
 
-@dataclass(frozen=True)
-class PromoteConfig:
-    """Compare a new registered version with the champion and move the aliases."""
+@dataclass(frozen=True, kw_only=True)
+class PromoteConfig(StepConfig):
+    """Compare a new registered version with the champion and move the aliases (``reuse`` does not apply: the
+    champion may have changed since)."""
 
     model_uri: str
     manifest_uri: str
     split: str = "offsite_test"
-    experiment: str = tracking.DEFAULT_EXPERIMENT
-    parent_run_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -53,14 +52,12 @@ def score_on(model_uri: str, manifest: Manifest, split: str) -> float:
     from mlflow import MlflowClient
 
     name, version = tracking.split_model_uri(model_uri)
-    tags = MlflowClient().get_model_version(name, version).tags
-    if tags.get(f"score.{split}.digest") == manifest.digest:
-        return float(tags[f"score.{split}.f1_macro"])
+    recorded = recorded_score(MlflowClient().get_model_version(name, version).tags, split, manifest.digest)
+    if recorded is not None:
+        return recorded
     prediction = predict_split(f"models:/{name}/{version}", manifest, split, views=("identity",))
     score = multilabel_report(manifest.labels(split), prediction.probs, prediction.thresholds)["f1_macro"]
-    client = MlflowClient()
-    client.set_model_version_tag(name, version, f"score.{split}.f1_macro", f"{score:.6f}")
-    client.set_model_version_tag(name, version, f"score.{split}.digest", manifest.digest)
+    record_score(f"models:/{name}/{version}", split, manifest.digest, score)
     return score
 
 

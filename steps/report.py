@@ -16,8 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from components.config import ExperimentGrid, load_grid
-from components.ensemble import PROB_COLUMNS
+from components.config import ExperimentGrid
 from components.errors import OdirError
 from components.report import (
     ExperimentScores,
@@ -30,22 +29,20 @@ from components.report import (
     to_markdown,
 )
 from steps import cli, tracking
-from steps.evaluate import evaluate_key, read_predictions
-from steps.ingest import Manifest, load_manifest
-from steps.train import spec_key
+from steps.base import StepConfig
+from steps.contracts import Manifest, evaluate_key, load_manifest, probabilities_of, read_predictions, train_tags
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class ReportConfig:
-    """Build the results table and figures of an experiment grid from the runs MLflow holds for it."""
+@dataclass(frozen=True, kw_only=True)
+class ReportConfig(StepConfig):
+    """Build the results table and figures of an experiment grid from the runs MLflow holds for it (``--grid``
+    takes the grid's YAML file or its JSON; ``reuse`` does not apply: the report is always written)."""
 
-    grid: str
+    grid: ExperimentGrid
     manifest_uri: str
     out_dir: str | None = None
-    experiment: str = tracking.DEFAULT_EXPERIMENT
-    parent_run_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -66,13 +63,7 @@ def evaluation_splits(manifest: Manifest) -> list[str]:
 def _member_runs(grid: ExperimentGrid, manifest: Manifest, experiment: str) -> dict[str, object]:
     runs = {}
     for spec in grid.models:
-        tags = {
-            "odir.model": spec.name,
-            "profile": grid.name,
-            "data_digest": manifest.digest,
-            "spec_key": spec_key(spec),
-        }
-        run = tracking.find_finished_run(experiment, "train", tags)
+        run = tracking.find_finished_run(experiment, "train", train_tags(spec, grid.name, manifest.digest))
         if run is None:
             raise OdirError(f"grid {grid.name!r}: model {spec.name!r} has no finished training run on this data")
         runs[spec.name] = run
@@ -86,7 +77,7 @@ def _predictions(model_uri: str, split: str, views: tuple[str, ...], experiment:
     frame = read_predictions(run.data.tags["predictions_uri"])
     if list(frame["id"]) != ids:
         raise OdirError(f"predictions of {model_uri} on {split} do not cover the manifest's ids in order")
-    return frame.loc[:, list(PROB_COLUMNS)].to_numpy(dtype=np.float64)
+    return probabilities_of(frame)
 
 
 def score_grid(grid: ExperimentGrid, manifest: Manifest, experiment: str) -> list[ExperimentScores]:
@@ -153,7 +144,7 @@ def run(config: ReportConfig) -> ReportResult:
     """Scores the grid and writes and logs the report; see the module docstring."""
     import mlflow
 
-    grid = load_grid(config.grid)
+    grid = config.grid
     manifest = load_manifest(config.manifest_uri)
     folder = (
         Path(config.out_dir) if config.out_dir else tracking.project_root() / "outputs" / f"experiments-{grid.name}"

@@ -1,4 +1,7 @@
-"""Train: one model spec of a profile -> one MLflow run -> one registered model version ``odir-<name>``.
+"""Train: one model spec -> one MLflow run -> one registered model version ``odir-<name>``.
+
+The spec arrives as data (a :class:`~components.config.ModelSpec`, JSON on the command line), never as a profile
+path, so a worker on another host needs nothing of the flow's files: only the tracking server and the data.
 
 The run holds every spec field as a param, per-epoch ``train_loss``, ``val_loss`` and validation metrics (both
 F1s, per-class F1, AUROC), system metrics, the dataset input, the best checkpoint (``checkpoints/best.pt``, tensors
@@ -16,27 +19,30 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from components.config import ModelSpec, load_profile, resolve_profile_path
+from components.config import ModelSpec
 from components.models import Classifier, parameter_count
 from components.training import Callback, train
 from steps import cli, tracking
-from steps.ingest import load_manifest, log_dataset
+from steps.base import StepConfig, run_step
+from steps.contracts import CHECKPOINT_ARTIFACT, Manifest, load_manifest, log_dataset, registered_name, train_tags
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class TrainStepConfig:
-    """Train one model of a profile on a manifest's train split (best epoch chosen on val) and register it."""
+@dataclass(frozen=True, kw_only=True)
+class TrainStepConfig(StepConfig):
+    """Train one model spec on a manifest's train split (best epoch chosen on val) and register it.
+
+    Attributes:
+        spec: the resolved model spec (``--spec`` takes its JSON, or a YAML/JSON file holding one spec).
+        profile: the name of the profile the spec comes from, a label for tags and the checkpoint folder.
+    """
 
     manifest_uri: str
-    model: str
-    profile: str = "demo"
-    experiment: str = tracking.DEFAULT_EXPERIMENT
-    parent_run_id: str | None = None
+    spec: ModelSpec
+    profile: str = "adhoc"
     device: str | None = None
     workdir: str | None = None
-    reuse: bool = True
 
 
 @dataclass(frozen=True)
@@ -61,15 +67,11 @@ class MlflowCallback(Callback):
         mlflow.log_metrics(tracking.prefixed(metrics, ""), step=epoch)
 
 
-def registered_name(spec: ModelSpec) -> str:
-    return f"{tracking.MODEL_PREFIX}{spec.name}"
-
-
-def work_folder(config: TrainStepConfig, digest: str, profile: str, model: str) -> Path:
+def work_folder(config: TrainStepConfig, digest: str) -> Path:
     """Where checkpoints are kept for resuming: per dataset digest, profile and model."""
     if config.workdir:
         return Path(config.workdir)
-    return tracking.project_root() / ".odir" / "work" / digest[:12] / profile / model
+    return tracking.project_root() / ".odir" / "work" / digest[:12] / config.profile / config.spec.name
 
 
 def _signature(spec: ModelSpec):
@@ -99,11 +101,6 @@ def _log_model(spec: ModelSpec, model: Classifier, tags: dict[str, str]) -> tupl
     return version.name, str(version.version)
 
 
-def spec_key(spec: ModelSpec) -> str:
-    """Identifies a spec: the same key means the same training recipe."""
-    return tracking.content_key(spec.model_dump())
-
-
 def _reused(run) -> TrainStepResult:
     """The result of an earlier, finished training run of the same spec on the same data."""
     tags, metrics = run.data.tags, run.data.metrics
@@ -118,51 +115,40 @@ def _reused(run) -> TrainStepResult:
 
 
 def run(config: TrainStepConfig) -> TrainStepResult:
-    """Trains, logs and registers one model (or reuses a finished run of the same spec and data); see the module
-    docstring."""
-    import mlflow
-
-    profile = load_profile(config.profile)
-    spec = profile.model(config.model)
+    """Trains, logs and registers one model (or reuses a finished run of the same spec, data and training code);
+    see the module docstring."""
     manifest = load_manifest(config.manifest_uri)
-    tags = {
-        "odir.model": spec.name,
-        "profile": profile.name,
-        "data_digest": manifest.digest,
-        "spec_key": spec_key(spec),
-    }
-    if config.reuse and (done := tracking.find_finished_run(config.experiment, "train", tags)):
-        return _reused(done)
-    train_data, val_data = manifest.dataset("train", spec.image_size), manifest.dataset("val", spec.image_size)
-    with tracking.step_run("train", config.experiment, config.parent_run_id, f"train {spec.name}", tags, True) as run:
-        mlflow.log_params(tracking.flat_params({**spec.model_dump(), "profile": profile.name}))
-        mlflow.log_params({"data_digest": manifest.digest, "manifest_uri": config.manifest_uri})
-        mlflow.log_text(yaml.safe_dump(spec.model_dump(), sort_keys=False), "config/spec.yaml")
-        mlflow.log_artifact(str(resolve_profile_path(config.profile)), "config")
-        log_dataset(manifest, context="training")
-        workdir = work_folder(config, manifest.digest, profile.name, spec.name)
-        result = train(spec, train_data, val_data, workdir, callbacks=[MlflowCallback()], device=config.device)
-        mlflow.log_metrics({"best_epoch": result.best_epoch, "train_seconds": result.seconds})
-        if result.resumed_from:
-            mlflow.set_tag("resumed_from_epoch", str(result.resumed_from))
-        mlflow.log_metrics(tracking.prefixed(result.best_metrics, "best_"))  # best_val_*: what reuse reads back
-        mlflow.log_artifact(str(result.best_checkpoint), "checkpoints")
-        version_tags = {**tags, "kind": "member", "image_size": str(spec.image_size)}
-        name, version = _log_model(spec, result.model, version_tags)
-        log.info("%s: registered %s version %s (best epoch %d)", spec.name, name, version, result.best_epoch)
-        model_uri, checkpoint_uri = f"models:/{name}/{version}", mlflow.get_artifact_uri("checkpoints/best.pt")
-        mlflow.set_tags({"registered_model_uri": model_uri, "checkpoint_uri": checkpoint_uri})
-        return TrainStepResult(
-            model_uri, name, version, run.info.run_id, result.best_epoch, checkpoint_uri, result.best_metrics
-        )
+    tags = train_tags(config.spec, config.profile, manifest.digest)
+    return run_step(
+        config, "train", tags, f"train {config.spec.name}", lambda run: _train(config, manifest, tags, run), _reused,
+        system_metrics=True,
+    )  # fmt: skip
 
 
-def member_checkpoint(model_uri: str) -> Path:
-    """The local ``best.pt`` of a registered member model (tensors only, loadable with ``weights_only=True``)."""
+def _train(config: TrainStepConfig, manifest: Manifest, tags: dict[str, str], run) -> TrainStepResult:
     import mlflow
 
-    _, _, run_id = tracking.model_version_run(model_uri)
-    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoints/best.pt"))
+    spec = config.spec
+    train_data, val_data = manifest.dataset("train", spec.image_size), manifest.dataset("val", spec.image_size)
+    mlflow.log_params(tracking.flat_params({**spec.model_dump(), "profile": config.profile}))
+    mlflow.log_params({"data_digest": manifest.digest, "manifest_uri": config.manifest_uri})
+    mlflow.log_text(yaml.safe_dump(spec.model_dump(), sort_keys=False), "config/spec.yaml")
+    log_dataset(manifest, context="training")
+    result = train(spec, train_data, val_data, work_folder(config, manifest.digest), callbacks=[MlflowCallback()],
+                   device=config.device)  # fmt: skip
+    mlflow.log_metrics({"best_epoch": result.best_epoch, "train_seconds": result.seconds})
+    if result.resumed_from:
+        mlflow.set_tag("resumed_from_epoch", str(result.resumed_from))
+    mlflow.log_metrics(tracking.prefixed(result.best_metrics, "best_"))  # best_val_*: what reuse reads back
+    mlflow.log_artifact(str(result.best_checkpoint), CHECKPOINT_ARTIFACT.rpartition("/")[0])
+    version_tags = {**tags, "kind": "member", "image_size": str(spec.image_size)}
+    name, version = _log_model(spec, result.model, version_tags)
+    log.info("%s: registered %s version %s (best epoch %d)", spec.name, name, version, result.best_epoch)
+    model_uri, checkpoint_uri = f"models:/{name}/{version}", mlflow.get_artifact_uri(CHECKPOINT_ARTIFACT)
+    mlflow.set_tags({"registered_model_uri": model_uri, "checkpoint_uri": checkpoint_uri})
+    return TrainStepResult(
+        model_uri, name, version, run.info.run_id, result.best_epoch, checkpoint_uri, result.best_metrics
+    )
 
 
 if __name__ == "__main__":

@@ -28,9 +28,11 @@ class Stack:
     def run(self, *command: str, timeout: float = 600) -> subprocess.CompletedProcess:
         return subprocess.run(command, env=self.env, cwd=CHECKOUT, capture_output=True, text=True, timeout=timeout)
 
-    def start(self, *command: str, log: Path) -> subprocess.Popen:
+    def start(
+        self, *command: str, log: Path, env: dict[str, str] | None = None, cwd: Path = CHECKOUT
+    ) -> subprocess.Popen:
         with log.open("wb") as out:
-            return subprocess.Popen(command, env=self.env, cwd=CHECKOUT, stdout=out, stderr=subprocess.STDOUT,
+            return subprocess.Popen(command, env=env or self.env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
                                     start_new_session=True)  # fmt: skip
 
 

@@ -13,7 +13,8 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from steps import ensemble, evaluate, ingest, promote, tracking, train
+from components.config import load_profile
+from steps import contracts, ensemble, evaluate, ingest, promote, tracking, train
 from tests.store import odir_env
 
 WEIGHTS = ((1.0, 0.0), (0.0, 1.0), (0.5, 0.5))
@@ -22,15 +23,20 @@ WEIGHTS = ((1.0, 0.0), (0.0, 1.0), (0.5, 0.5))
 @pytest.fixture(scope="module")
 def versions(odir_home: Path, tiny_data: Path, tiny_profile: Path) -> dict:
     """Three ensemble versions from two tiny members, scored on offsite, none promoted yet."""
-    ing = ingest.run(ingest.IngestConfig(str(tiny_data)))
-    members = [train.run(train.TrainStepConfig(ing.manifest_uri, m, str(tiny_profile))) for m in ("tiny-a", "tiny-b")]
-    val = [evaluate.run(evaluate.EvaluateConfig(m.model_uri, ing.manifest_uri, "val")) for m in members]
+    ing = ingest.run(ingest.IngestConfig(data_root=str(tiny_data)))
+    profile = load_profile(tiny_profile)
+    members = [
+        train.run(train.TrainStepConfig(manifest_uri=ing.manifest_uri, spec=profile.model(m), profile="tiny"))
+        for m in ("tiny-a", "tiny-b")
+    ]
+    val = [evaluate.run(evaluate.EvaluateConfig(model_uri=m.model_uri, manifest_uri=ing.manifest_uri)) for m in members]
     uris = []
     for weights in WEIGHTS:
-        config = ensemble.EnsembleConfig(tuple(m.model_uri for m in members), tuple(v.predictions_uri for v in val),
-                                         ing.manifest_uri, weights=weights)  # fmt: skip
+        config = ensemble.EnsembleConfig(member_model_uris=tuple(m.model_uri for m in members),
+                                         member_val_predictions=tuple(v.predictions_uri for v in val),
+                                         manifest_uri=ing.manifest_uri, weights=weights)  # fmt: skip
         uri = ensemble.run(config).model_uri
-        evaluate.run(evaluate.EvaluateConfig(uri, ing.manifest_uri, "offsite_test"))
+        evaluate.run(evaluate.EvaluateConfig(model_uri=uri, manifest_uri=ing.manifest_uri, split="offsite_test"))
         uris.append(uri)
     client = MlflowClient()
     scores = {
@@ -46,7 +52,7 @@ def _champion() -> str | None:
 
 def test_a_crash_before_the_alias_moves_keeps_the_champion(versions: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     first, second = versions["uris"][0], versions["uris"][1]
-    promote.run(promote.PromoteConfig(first, versions["manifest_uri"]))
+    promote.run(promote.PromoteConfig(model_uri=first, manifest_uri=versions["manifest_uri"]))
     before = _champion()
 
     def crash(*args: object) -> None:
@@ -54,7 +60,7 @@ def test_a_crash_before_the_alias_moves_keeps_the_champion(versions: dict, monke
 
     monkeypatch.setattr(MlflowClient, "set_registered_model_alias", crash)
     with pytest.raises(ConnectionError):
-        promote.run(promote.PromoteConfig(second, versions["manifest_uri"]))
+        promote.run(promote.PromoteConfig(model_uri=second, manifest_uri=versions["manifest_uri"]))
     monkeypatch.undo()
     assert _champion() == before
     failed = mlflow.search_runs(
@@ -115,7 +121,9 @@ def test_a_killed_step_is_marked_failed_by_the_next_one(versions: dict, odir_hom
         experiment_names=["odir"], filter_string="tags.`odir.model` = 'doomed'", output_format="list"
     )
     assert running.info.status == "RUNNING"
-    evaluate.run(evaluate.EvaluateConfig(versions["uris"][0], versions["manifest_uri"], "val", reuse=False))
+    evaluate.run(
+        evaluate.EvaluateConfig(model_uri=versions["uris"][0], manifest_uri=versions["manifest_uri"], reuse=False)
+    )
     after = MlflowClient().get_run(running.info.run_id)
     assert after.info.status == "FAILED"
     assert f"process {doomed.pid}" in after.data.tags["odir.failure"]
@@ -125,7 +133,8 @@ def test_runs_never_hold_secret_values(versions: dict, monkeypatch: pytest.Monke
     secrets = {"AWS_SECRET_ACCESS_KEY": "s3cr3t-value-1234", "POSTGRES_PASSWORD": "pg-pass-98765"}
     for key, value in secrets.items():
         monkeypatch.setenv(key, value)
-    ingest.run(ingest.IngestConfig(str(Path(ingest.load_manifest(versions["manifest_uri"]).data_root))))
+    root = str(Path(contracts.load_manifest(versions["manifest_uri"]).data_root))
+    ingest.run(ingest.IngestConfig(data_root=root, reuse=False))
     client = MlflowClient()
     experiment = client.get_experiment_by_name("odir")
     for run in client.search_runs([experiment.experiment_id], max_results=1000):

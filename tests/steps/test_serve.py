@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from components.config import load_profile
 from steps import ensemble, evaluate, ingest, promote, tracking, train
 from tests.servers import free_port, port_closed, wait_for
 from tests.store import odir_env
@@ -20,11 +21,16 @@ from tests.store import odir_env
 
 @pytest.fixture(scope="module")
 def champion(odir_home: Path, tiny_data: Path, tiny_profile: Path) -> str:
-    ing = ingest.run(ingest.IngestConfig(str(tiny_data)))
-    member = train.run(train.TrainStepConfig(ing.manifest_uri, "tiny-a", str(tiny_profile)))
-    val = evaluate.run(evaluate.EvaluateConfig(member.model_uri, ing.manifest_uri, "val"))
-    ens = ensemble.run(ensemble.EnsembleConfig((member.model_uri,), (val.predictions_uri,), ing.manifest_uri))
-    promote.run(promote.PromoteConfig(ens.model_uri, ing.manifest_uri))
+    manifest = ingest.run(ingest.IngestConfig(data_root=str(tiny_data))).manifest_uri
+    spec = load_profile(tiny_profile).model("tiny-a")
+    member = train.run(train.TrainStepConfig(manifest_uri=manifest, spec=spec, profile="tiny"))
+    val = evaluate.run(evaluate.EvaluateConfig(model_uri=member.model_uri, manifest_uri=manifest))
+    ens = ensemble.run(
+        ensemble.EnsembleConfig(
+            member_model_uris=(member.model_uri,), member_val_predictions=(val.predictions_uri,), manifest_uri=manifest
+        )
+    )
+    promote.run(promote.PromoteConfig(model_uri=ens.model_uri, manifest_uri=manifest))
     return f"models:/{tracking.ENSEMBLE_MODEL}@champion"
 
 

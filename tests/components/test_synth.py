@@ -11,6 +11,7 @@ from torch import nn
 
 from components.data import FundusDataset, ImageCache, decode_image, load_split, patient_of, to_model_input
 from components.metrics import f1_macro
+from components.models import build_model
 from components.synth import SynthSizes, render_fundus, sample_labels, write_synthetic_dataset
 
 
@@ -74,14 +75,6 @@ def test_written_images_decode(tmp_path: Path) -> None:
         write_synthetic_dataset(tmp_path, 8)
 
 
-def _tiny_cnn() -> nn.Module:
-    def block(cin: int, cout: int) -> nn.Module:
-        return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
-
-    return nn.Sequential(block(3, 16), block(16, 32), block(32, 64), block(64, 64), nn.AdaptiveAvgPool2d(1),
-                         nn.Flatten(), nn.Linear(64, 3))  # fmt: skip
-
-
 def test_a_small_cnn_learns_the_synthetic_data(tmp_path: Path) -> None:
     """About 200 images at 64x64, a few epochs on the CPU: well above chance on the held-out offsite split."""
     root = write_synthetic_dataset(tmp_path, 64, SynthSizes(200, 0, 80, 0), seed=1)
@@ -89,7 +82,7 @@ def test_a_small_cnn_learns_the_synthetic_data(tmp_path: Path) -> None:
     train = FundusDataset.from_split(load_split(root, "train"), 64, ImageCache())
     test_split = load_split(root, "offsite_test")
     test_images = torch.stack([image for image, _ in FundusDataset.from_split(test_split, 64, ImageCache())])
-    model = _tiny_cnn()
+    model = build_model("tiny_cnn")  # normalises its uint8 input itself
     optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
     loader = torch.utils.data.DataLoader(train, batch_size=32, shuffle=True)
     for _ in range(14):

@@ -19,7 +19,7 @@ every caller (training, cached features, TTA, the ensemble, a logged model) hand
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,6 +75,11 @@ class Normalisation:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     source: str
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, object]) -> Normalisation:
+        """The normalisation a :func:`preprocessing_config` dict describes (as logged or saved with a model)."""
+        return cls(tuple(config["mean"]), tuple(config["std"]), str(config.get("source", "")))
 
 
 IMAGENET = Normalisation(
@@ -341,12 +346,14 @@ register_backbone("efficientnet_lite0", _lite0, _lite0_imagenet, 0.2, TF_EFFICIE
 register_backbone("tiny_cnn", _tiny_cnn, None, 0.0, IMAGENET)
 
 
-def build_model(backbone: str, weights: str = "none") -> Classifier:
+def build_model(backbone: str, weights: str = "none", normalisation: Normalisation | None = None) -> Classifier:
     """A classifier with three outputs on the registered ``backbone``, normalising its input as registered.
 
     Args:
         backbone: a registered name (see :data:`BACKBONES`).
         weights: ``none`` (random init), ``imagenet`` or the path of a checkpoint (full model or backbone only).
+        normalisation: overrides the registration's, for weights trained under another one (a checkpoint that
+            recorded its :func:`preprocessing_config`, or one written before Lite0's changed: :data:`IMAGENET`).
 
     Raises:
         ValueError: for an unknown backbone.
@@ -354,7 +361,7 @@ def build_model(backbone: str, weights: str = "none") -> Classifier:
     """
     entry = BACKBONES.get(backbone)
     features, width = entry.build()
-    model = Classifier(features, width, entry.dropout, normalisation=entry.normalisation)
+    model = Classifier(features, width, entry.dropout, normalisation=normalisation or entry.normalisation)
     if weights == "imagenet":
         if entry.imagenet is None:
             raise WeightsError(f"backbone {backbone!r} has no ImageNet weights; use weights: none or a checkpoint")

@@ -13,6 +13,7 @@ from components.attention import SpatialSelfAttention, SqueezeExcitation
 from components.models import (
     BACKBONES,
     IMAGENET,
+    Normalisation,
     WeightsError,
     build_model,
     lite0_checkpoint,
@@ -209,6 +210,14 @@ def test_normalisation_stays_out_of_the_state_dict(name: str) -> None:
     config = preprocessing_config(name)
     assert json.loads(json.dumps(config)) == config
     assert "uint8 in [0, 255] or float in [0, 1]" in config["input"] and config["source"]
+
+
+def test_a_recorded_normalisation_overrides_the_registration() -> None:
+    config = preprocessing_config("efficientnet_lite0")
+    assert Normalisation.from_config(config) == BACKBONES.get("efficientnet_lite0").normalisation
+    old = build_model("efficientnet_lite0", normalisation=Normalisation.from_config(preprocessing_config("resnet18")))
+    assert old.normalisation == IMAGENET  # e.g. a Lite0 checkpoint trained before its registration changed
+    torch.testing.assert_close(old.normalise(_CRAFTED), build_model("resnet18").normalise(_CRAFTED))
 
 
 def test_normalise_rejects_integer_batches_other_than_uint8() -> None:

@@ -28,7 +28,7 @@ import torch
 
 from components.config import ModelSpec
 from components.errors import OdirError
-from components.models import Classifier, WeightsError
+from components.models import Classifier, WeightsError, preprocessing_config
 
 log = logging.getLogger(__name__)
 
@@ -115,13 +115,14 @@ def best_payload(model: Classifier, spec: ModelSpec, state: RunState) -> dict:
     """``best.pt`` of the current weights, the best epoch's (a copy: training goes on changing the weights)."""
     return _detached({
         "model": model.state_dict(), "spec": spec.model_dump(), "epoch": state.best_epoch,
-        "metrics": state.metrics_of(state.best_epoch),
+        "metrics": state.metrics_of(state.best_epoch), "preprocessing": preprocessing_config(spec.backbone),
     })  # fmt: skip
 
 
 def frozen_payload(model: Classifier, spec: ModelSpec, metrics: dict[str, float]) -> dict:
     """``best.pt`` of a ``frozen`` run: the loaded weights, epoch 0."""
-    return {"model": model.state_dict(), "spec": spec.model_dump(), "epoch": 0, "metrics": metrics}
+    return {"model": model.state_dict(), "spec": spec.model_dump(), "epoch": 0, "metrics": metrics,
+            "preprocessing": preprocessing_config(spec.backbone)}  # fmt: skip
 
 
 def last_payload(model: Classifier, optimiser: torch.optim.Optimizer | None, spec: ModelSpec, state: RunState) -> dict:

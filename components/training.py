@@ -50,7 +50,7 @@ from components.data import FundusDataset, to_model_input
 from components.errors import OdirError
 from components.losses import build_loss
 from components.metrics import multilabel_report
-from components.models import Classifier, build_model
+from components.models import IMAGENET, Classifier, Normalisation, build_model
 
 log = logging.getLogger(__name__)
 
@@ -421,9 +421,13 @@ def train(
 
 
 def load_trained(checkpoint: Path | str, device: str | None = None) -> tuple[Classifier, ModelSpec]:
-    """The model and spec of a ``best.pt`` written by :func:`train` (tensors only: ``weights_only=True``)."""
+    """The model and spec of a ``best.pt`` written by :func:`train` (tensors only: ``weights_only=True``), normalising
+    its input as it was trained to."""
     saved = load_checkpoint(checkpoint)
     spec = ModelSpec.model_validate(saved["spec"])
-    model = build_model(spec.backbone, "none")
+    # the normalisation the weights were trained under: recorded since it became part of the backbone's
+    # registration; every checkpoint written before that was trained on ImageNet statistics
+    recorded = saved.get("preprocessing")
+    model = build_model(spec.backbone, "none", Normalisation.from_config(recorded) if recorded else IMAGENET)
     model.load_state_dict(saved["model"])
     return model.to(select_device(device)).eval(), spec

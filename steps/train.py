@@ -20,7 +20,7 @@ import numpy as np
 import yaml
 
 from components.config import ModelSpec
-from components.models import Classifier, parameter_count
+from components.models import Classifier, parameter_count, preprocessing_config
 from components.training import Callback, train
 from steps import cli, tracking
 from steps.base import StepConfig, run_step
@@ -95,7 +95,7 @@ def _log_model(spec: ModelSpec, model: Classifier, tags: dict[str, str]) -> tupl
         serialization_format="pickle",  # the pt2 default needs a full-resolution input example (tens of MB)
         code_paths=[str(Path(__file__).resolve().parents[1] / "components")],
         pip_requirements=tracking.pinned_requirements("torch", "torchvision"),
-        metadata={"odir_spec": spec.model_dump()},
+        metadata={"odir_spec": spec.model_dump(), "preprocessing": preprocessing_config(spec.backbone)},
     )
     version = mlflow.register_model(info.model_uri, registered_name(spec), tags=tags)  # the version with its tags
     return version.name, str(version.version)
@@ -133,6 +133,8 @@ def _train(config: TrainStepConfig, manifest: Manifest, tags: dict[str, str], ru
     mlflow.log_params(tracking.flat_params({**spec.model_dump(), "profile": config.profile}))
     mlflow.log_params({"data_digest": manifest.digest, "manifest_uri": config.manifest_uri})
     mlflow.log_text(yaml.safe_dump(spec.model_dump(), sort_keys=False), "config/spec.yaml")
+    preprocessing = preprocessing_config(spec.backbone)  # applied by the model itself, recorded in best.pt too
+    mlflow.log_params({"preprocessing_mean": preprocessing["mean"], "preprocessing_std": preprocessing["std"]})
     log_dataset(manifest, context="training")
     result = train(spec, train_data, val_data, work_folder(config, manifest.digest), callbacks=[MlflowCallback()],
                    device=config.device)  # fmt: skip

@@ -11,7 +11,7 @@ from components.config import parse_model_spec
 from components.data import FundusDataset, ImageCache, load_split
 from components.errors import OdirError
 from components.inference import predict_images
-from components.models import build_model
+from components.models import IMAGENET, build_model, preprocessing_config
 from components.training import Callback, epoch_seed, load_trained, select_device, train
 
 SIZE = 32
@@ -178,3 +178,18 @@ def test_epoch_seed() -> None:
     assert epoch_seed(7, 3) == 700_024  # 7 * 100_003 + 3
     assert epoch_seed(0, 1) == 1
     assert len({epoch_seed(seed, epoch) for seed in range(5) for epoch in range(1, 50)}) == 5 * 49
+
+
+def test_checkpoints_record_the_normalisation_their_weights_were_trained_under(datasets, tmp_path: Path) -> None:
+    result = train(_spec(epochs=1), *datasets, tmp_path)
+    saved = torch.load(result.best_checkpoint, map_location="cpu", weights_only=True)
+    assert saved["preprocessing"] == preprocessing_config("tiny_cnn")
+    saved["preprocessing"] = {**saved["preprocessing"], "mean": [0.5] * 3, "std": [0.25] * 3}
+    torch.save(saved, tmp_path / "recorded.pt")
+    model, _ = load_trained(tmp_path / "recorded.pt")
+    assert torch.allclose(model.input_scale, torch.full_like(model.input_scale, 4.0))  # 1 / std
+    assert torch.allclose(model.input_shift, torch.full_like(model.input_shift, -2.0))  # -mean / std
+    del saved["preprocessing"]  # written before normalisation was recorded: trained on ImageNet statistics
+    torch.save(saved, tmp_path / "older.pt")
+    model, _ = load_trained(tmp_path / "older.pt")
+    assert torch.allclose(model.input_shift.flatten(), -torch.tensor(IMAGENET.mean) / torch.tensor(IMAGENET.std))

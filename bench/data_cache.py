@@ -3,8 +3,9 @@
 Both variants iterate the same batches (one seeded order) through the same DataLoader, up to the uint8 batch that
 is handed to the training device. The cached variant's first epoch decodes and fills the cache; the ratio is
 reported for the epochs after it (steady state, what every epoch but the first costs) and, separately, over all
-epochs including the first. Batch normalisation (uint8 -> float, on the device in training) is reported on its
-own row, per image, since it costs the same in both variants.
+epochs including the first. Batch normalisation (uint8 -> normalised float, done by the model itself on the
+training device, :meth:`components.models.Classifier.normalise`) is reported on its own row, per image, since it
+costs the same in both variants.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from bench.common import HEADER, Row, dataset_root
-from components.data import FundusDataset, ImageCache, load_split, to_model_input
+from components.data import FundusDataset, ImageCache, load_split
+from components.models import build_model
 
 
 def _epoch_seconds(dataset: FundusDataset, batch_size: int, seed: int) -> float:
@@ -30,9 +32,10 @@ def _epoch_seconds(dataset: FundusDataset, batch_size: int, seed: int) -> float:
 
 def _normalise_seconds_per_image(dataset: FundusDataset, batch_size: int, repeats: int = 10) -> float:
     batch = torch.stack([dataset[i][0] for i in range(min(batch_size, len(dataset)))])
+    model = build_model("tiny_cnn")
     started = time.perf_counter()
     for _ in range(repeats):
-        to_model_input(batch)
+        model.normalise(batch)
     return (time.perf_counter() - started) / (repeats * batch.shape[0])
 
 

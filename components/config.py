@@ -21,9 +21,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from components import LABELS
 from components.errors import OdirError
+from components.folds import CVSpec
 from components.losses import LOSSES
 from components.models import BACKBONES
+from components.thresholds import parse_objective
 from components.tta import STUDY_VIEWS, check_views
 
 
@@ -89,8 +92,33 @@ class ModelSpec(BaseModel):
         return self
 
 
+class PromotionSpec(BaseModel):
+    """When a new ensemble replaces the champion: a paired bootstrap over patients on the same images.
+
+    Attributes:
+        metric: the metric compared (a key of ``multilabel_report``: ``f1_macro``, ``f1_course``, ``auroc_G`` ...).
+        min_probability: promote only when the challenger beats the champion in at least this share of the
+            patient resamples (ties count half): a marginal win is noise on ~200 images.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    metric: str = "f1_macro"
+    min_probability: float = Field(default=0.9, gt=0.5, lt=1)
+
+
 class Profile(BaseModel):
-    """A pipeline profile: the models to train and how their predictions are combined."""
+    """A pipeline profile: the models to train and how their predictions are combined.
+
+    Attributes:
+        threshold_objectives: per class (``D``, ``G``, ``A``), what its threshold maximises: ``f1`` (default),
+            ``youden``, ``sens_at_spec:<level>`` or ``spec_at_sens:<level>`` with a level in (0, 1).
+        calibrate: fit a temperature per member and class on validation predictions and apply it in the ensemble
+            before the weighted mean (focal and class-balanced losses do not give calibrated probabilities).
+        cv: patient-grouped k-fold cross-validation on train + val instead of the given splits (None).
+        exclude_shared_patients: in given-splits mode, score val without the images of patients also in train.
+        promotion: the evidence a new ensemble needs to become champion.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -99,7 +127,23 @@ class Profile(BaseModel):
     models: list[ModelSpec] = Field(min_length=1)
     tta_views: tuple[str, ...] = STUDY_VIEWS
     threshold_grid: Literal["study", "fine"] = "study"
+    threshold_objectives: dict[Literal["D", "G", "A"], str] = Field(default_factory=dict)
     ensemble_weights: dict[str, float] | None = None
+    calibrate: bool = True
+    cv: CVSpec | None = None
+    exclude_shared_patients: bool = False
+    promotion: PromotionSpec = Field(default_factory=PromotionSpec)
+
+    @field_validator("threshold_objectives")
+    @classmethod
+    def _known_objectives(cls, value: dict[str, str]) -> dict[str, str]:
+        for objective in value.values():
+            parse_objective(objective)  # ValueError naming the objective and the valid ones
+        return value
+
+    def objectives(self) -> tuple[str, ...]:
+        """The threshold objective of each class, in ``LABELS`` order."""
+        return tuple(self.threshold_objectives.get(label, "f1") for label in LABELS)
 
     @model_validator(mode="before")
     @classmethod

@@ -19,7 +19,7 @@ every caller (training, cached features, TTA, the ensemble, a logged model) hand
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -423,6 +423,19 @@ def _load_strict(
         )
         raise WeightsError(f"checkpoint {path} does not fit the model ({detail})")
     module.load_state_dict(state, strict=False)
+
+
+class FoldAverage(nn.Module):
+    """The fold models of one cross-validated member as one model: the mean of their probabilities, returned as a
+    logit so that a sigmoid downstream gives that mean."""
+
+    def __init__(self, folds: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.folds = nn.ModuleList(folds)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = torch.stack([torch.sigmoid(model(x)) for model in self.folds]).mean(dim=0)
+        return torch.logit(probs, eps=1e-7)
 
 
 def parameter_count(model: nn.Module, trainable_only: bool = False) -> int:

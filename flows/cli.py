@@ -202,9 +202,28 @@ def _cmd_experiments(args: argparse.Namespace) -> int:
 
 
 def _print_summary(summary: dict) -> None:
-    print("\nodir pipeline finished")
-    for key, value in summary.items():
-        print(f"  {key:<28} {value}")
+    """The pipeline's result as a reader wants it: scores with intervals, the decision, where things are."""
+    print(f"\nodir pipeline finished: profile {summary.get('profile')}, data {summary['data_digest'][:12]}")
+    if "scores" not in summary:  # retraining found nothing changed
+        print(f"  {summary['decision']}: champion version {summary['champion_version']}")
+        return
+    split = "cross-fitted out-of-fold" if summary["scored_split"] == "cv" else summary["scored_split"]
+    print(
+        f"\nensemble {summary['ensemble']} on {split} ({summary['split_mode']}; 95% intervals: bootstrap over patients)"
+    )
+    for name, (value, low, high) in summary["scores"].items():
+        shown = "  n/a" if value is None else f"{value:.3f}"
+        interval = "" if low is None or low != low else f"  [{low:.3f}, {high:.3f}]"
+        print(f"  {name:<10} {shown}{interval}")
+    members = ", ".join(
+        f"{name} {score:.3f}" for name, score in summary["member_f1_macro"].items() if score is not None
+    )
+    scored_on = "out-of-fold" if summary["split_mode"].startswith("cv") else "val, at the best epoch"
+    print(f"members' f1_macro ({scored_on}): {members}")
+    evidence = "" if summary.get("prob_better") is None else f" (P(better than champion) {summary['prob_better']:.2f})"
+    print(f"decision: {summary['decision']}{evidence}; champion is version {summary['champion_version']}")
+    if summary.get("submission"):
+        print(f"submission: {summary['submission']}")
     print("\nLook at the runs and models:  .venv/bin/mlflow ui --backend-store-uri " + _tracking_uri_for_humans())
     print("Or start everything (Prefect UI, MLflow UI, deployments):  make up")
 

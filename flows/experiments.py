@@ -14,7 +14,7 @@ from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from components.config import load_grid
-from flows.odir import DEMO_DATA, demo_data_task, step_task, train_all
+from flows.odir import DEMO_DATA, TrainPlan, demo_data_task, step_task, train_all
 from steps import evaluate, ingest, report, tracking
 from steps.contracts import load_manifest
 from steps.report import evaluation_splits
@@ -45,7 +45,8 @@ def odir_experiments(
     try:
         common = {"experiment": experiment, "parent_run_id": pid, "reuse": not force}
         ing = step_task("ingest", ingest.run, ingest.IngestConfig(data_root=data_root, **common))
-        trained = train_all(config.models, ing.manifest_uri, config.name, pid, experiment, force, "local")
+        plan = TrainPlan(ing.manifest_uri, config.name, pid, experiment, force, "local")
+        trained = train_all(plan, config.models)
         members = {m.name: result for m, result in zip(config.models, trained, strict=True)}
         needs = {(member, row.tta) for row in config.experiments for member in row.members}
         splits = evaluation_splits(load_manifest(ing.manifest_uri))

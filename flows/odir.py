@@ -21,6 +21,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from components.config import ModelSpec, Profile, load_profile
+from components.folds import CVSpec
+from components.tta import STUDY_VIEWS
 from flows import freeze_startup_objects, without_heartbeats
 from steps import ensemble, evaluate, ingest, promote, submit, tracking, train, tune_thresholds
 from steps.base import StepConfig
@@ -66,6 +68,7 @@ def step_task(label: str, run: Callable[[StepConfig], Result], config: StepConfi
 def odir_train(
     manifest_uri: str, spec: ModelSpec, profile: str = "adhoc", parent_run_id: str | None = None,
     experiment: str = tracking.DEFAULT_EXPERIMENT, device: str | None = None, force: bool = False,
+    cv: CVSpec | None = None, views: tuple[str, ...] = STUDY_VIEWS,
 ) -> dict[str, Any]:  # fmt: skip
     """Trains one model spec: one MLflow run, one registered version (reused when already trained).
 
@@ -74,46 +77,62 @@ def odir_train(
     """
     freeze_startup_objects()  # a worker's run process comes here first
     config = train.TrainStepConfig(manifest_uri=manifest_uri, spec=spec, profile=profile, experiment=experiment,
-                                   parent_run_id=parent_run_id, device=device, reuse=not force)  # fmt: skip
+                                   parent_run_id=parent_run_id, device=device, reuse=not force, cv=cv,
+                                   views=tuple(views))  # fmt: skip
     return dataclasses.asdict(train.run(config))
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainPlan:
+    """How every model of a pipeline run is trained: where its results go, on which folds, where it runs."""
+
+    manifest_uri: str
+    profile: str
+    parent_run_id: str
+    experiment: str
+    force: bool
+    dispatch: str
+    cv: CVSpec | None = None
+    views: tuple[str, ...] = STUDY_VIEWS
+
+    def config(self, spec: ModelSpec) -> train.TrainStepConfig:
+        return train.TrainStepConfig(manifest_uri=self.manifest_uri, spec=spec, profile=self.profile,
+                                     experiment=self.experiment, parent_run_id=self.parent_run_id, cv=self.cv,
+                                     views=self.views)  # fmt: skip
+
+
 @task(name="train", task_run_name="train {spec.name}", cache_policy=NO_CACHE)
-def train_task(
-    manifest_uri: str, spec: ModelSpec, profile: str, parent_run_id: str, experiment: str, force: bool, dispatch: str
-) -> train.TrainStepResult:
+def train_task(plan: TrainPlan, spec: ModelSpec) -> train.TrainStepResult:
     """Runs ``odir-train`` for one model: in this process, or as a run of the ``odir-train/gpu`` deployment."""
-    if dispatch == "local":
+    if plan.dispatch == "local":
         with without_heartbeats():  # the parent flow's heartbeats cover this process
-            result = odir_train(manifest_uri, spec, profile, parent_run_id, experiment, None, force)
+            result = odir_train(plan.manifest_uri, spec, plan.profile, plan.parent_run_id, plan.experiment, None,
+                                plan.force, plan.cv, plan.views)  # fmt: skip
         return train.TrainStepResult(**result)
     from prefect.deployments import run_deployment
 
-    parameters = {"manifest_uri": manifest_uri, "spec": spec.model_dump(mode="json"), "profile": profile,
-                  "parent_run_id": parent_run_id, "experiment": experiment, "force": force}  # fmt: skip
+    parameters = {"manifest_uri": plan.manifest_uri, "spec": spec.model_dump(mode="json"), "profile": plan.profile,
+                  "parent_run_id": plan.parent_run_id, "experiment": plan.experiment, "force": plan.force,
+                  "cv": plan.cv.model_dump() if plan.cv else None, "views": list(plan.views)}  # fmt: skip
     child = run_deployment(TRAIN_DEPLOYMENT, parameters=parameters, timeout=None, poll_interval=5)
     if not child.state or not child.state.is_completed():
         raise RuntimeError(
             f"{TRAIN_DEPLOYMENT} run {child.name} for {spec.name} ended {child.state and child.state.name}"
         )
     # the child registered the model in MLflow; read its result from there rather than from Prefect's result storage
-    config = train.TrainStepConfig(manifest_uri=manifest_uri, spec=spec, profile=profile, experiment=experiment,
-                                   parent_run_id=parent_run_id)  # fmt: skip
-    return train.run(config)
+    return train.run(plan.config(spec))
 
 
-def train_all(
-    specs: list[ModelSpec], manifest_uri: str, profile: str, pid: str, experiment: str, force: bool, dispatch: str
-) -> list[train.TrainStepResult]:
+def train_all(plan: TrainPlan, specs: list[ModelSpec]) -> list[train.TrainStepResult]:
     """Trains every model: one after the other in this process, all at once as deployment runs.
 
     In one process, concurrent trainings would share torch's global random generator (dropout, stochastic depth,
     augmentation draw from it), so their results would depend on thread timing and a re-run would not reproduce
     them; separate deployment runs are separate processes, each seeded on its own.
     """
-    if dispatch == "local":
-        return [train_task(manifest_uri, s, profile, pid, experiment, force, dispatch) for s in specs]
-    futures = [train_task.submit(manifest_uri, s, profile, pid, experiment, force, dispatch) for s in specs]
+    if plan.dispatch == "local":
+        return [train_task(plan, spec) for spec in specs]
+    futures = [train_task.submit(plan, spec) for spec in specs]
     return [future.result() for future in futures]
 
 
@@ -197,27 +216,30 @@ class PipelineRun:
     dispatch: str
 
     def evaluate(self, model_uri: str, manifest_uri: str, split: str) -> evaluate.EvaluateResult:
+        excluded = ("train",) if split == "val" and self.profile.exclude_shared_patients else ()
         config = evaluate.EvaluateConfig(model_uri=model_uri, manifest_uri=manifest_uri, split=split,
-                                         views=self.profile.tta_views, **self.common)  # fmt: skip
+                                         views=self.profile.tta_views, exclude_shared_with=excluded,
+                                         **self.common)  # fmt: skip
         return step_task(f"evaluate {model_uri} on {split}", evaluate.run, config)
 
     def ensemble(
-        self, members: list[train.TrainStepResult], val: list[evaluate.EvaluateResult], manifest_uri: str
+        self, members: list[train.TrainStepResult], predictions: list[str], manifest_uri: str
     ) -> ensemble.EnsembleResult:
         weights = self.profile.ensemble_weights
         config = ensemble.EnsembleConfig(
-            member_model_uris=tuple(m.model_uri for m in members),
-            member_val_predictions=tuple(v.predictions_uri for v in val), manifest_uri=manifest_uri,
+            member_model_uris=tuple(m.model_uri for m in members), member_val_predictions=tuple(predictions),
+            manifest_uri=manifest_uri,
             weights=tuple(weights.get(m.name, 0.0) for m in self.profile.models) if weights else None,
-            views=self.profile.tta_views, grid=self.profile.threshold_grid, profile=self.profile.name,
-            profile_key=profile_key(self.profile), **self.common,
+            views=self.profile.tta_views, grid=self.profile.threshold_grid, objectives=self.profile.objectives(),
+            calibrate=self.profile.calibrate, profile=self.profile.name, profile_key=profile_key(self.profile),
+            **self.common,
         )  # fmt: skip
         return step_task("ensemble", ensemble.run, config)
 
     def train(self, manifest_uri: str) -> list[train.TrainStepResult]:
-        force, common = not self.common["reuse"], self.common
-        return train_all(self.profile.models, manifest_uri, self.profile.name, common["parent_run_id"],
-                         common["experiment"], force, self.dispatch)  # fmt: skip
+        plan = TrainPlan(manifest_uri, self.profile.name, self.common["parent_run_id"], self.common["experiment"],
+                         not self.common["reuse"], self.dispatch, self.profile.cv, self.profile.tta_views)  # fmt: skip
+        return train_all(plan, self.profile.models)
 
 
 def _pipeline(run: PipelineRun, data_root: str, out: str | None, only_if_changed: bool) -> dict[str, Any]:
@@ -229,16 +251,21 @@ def _pipeline(run: PipelineRun, data_root: str, out: str | None, only_if_changed
         return {"trained": [], "champion_version": champion, "decision": "up to date", "data_digest": ing.data_digest}
     manifest = load_manifest(ing.manifest_uri)
     members = run.train(ing.manifest_uri)
-    test_split = "offsite_test" if manifest.has_split("offsite_test") else "val"
-    val = [run.evaluate(m.model_uri, ing.manifest_uri, "val") for m in members]
-    for member, evaluation in zip(members, val, strict=True):
-        tune = tune_thresholds.TuneConfig(predictions_uri=evaluation.predictions_uri, grid=config.threshold_grid,
-                                          name=member.registered_model, **common)  # fmt: skip
+    # what the thresholds, temperatures and weights are fit on: out-of-fold predictions in CV mode, else val's
+    fitted_on = [m.oof_predictions_uri for m in members] if config.cv else [
+        run.evaluate(m.model_uri, ing.manifest_uri, "val").predictions_uri for m in members
+    ]  # fmt: skip
+    test_split = "offsite_test" if manifest.has_split("offsite_test") else "cv" if config.cv else "val"
+    for member, predictions in zip(members, fitted_on, strict=True):
+        tune = tune_thresholds.TuneConfig(predictions_uri=predictions, grid=config.threshold_grid,
+                                          objectives=config.objectives(), name=member.registered_model,
+                                          **common)  # fmt: skip
         step_task(f"tune thresholds {member.registered_model}", tune_thresholds.run, tune)
-        if test_split != "val":
+        if test_split not in ("val", "cv"):
             run.evaluate(member.model_uri, ing.manifest_uri, test_split)
-    ens = run.ensemble(members, val, ing.manifest_uri)
-    scored = run.evaluate(ens.model_uri, ing.manifest_uri, test_split)
+    ens = run.ensemble(members, fitted_on, ing.manifest_uri)
+    # in CV mode without a test split, the ensemble's cross-fitted out-of-fold scores are the honest ones
+    scored = ens.metrics if test_split == "cv" else run.evaluate(ens.model_uri, ing.manifest_uri, test_split).metrics
     submission = None
     if manifest.has_split("onsite_test"):
         target = out or str(tracking.project_root() / "outputs" / f"submission-{config.name}.csv")
@@ -246,15 +273,30 @@ def _pipeline(run: PipelineRun, data_root: str, out: str | None, only_if_changed
                                             **common)  # fmt: skip
         submission = step_task("submit", submit.run, submit_config).out_path
     promote_config = promote.PromoteConfig(model_uri=ens.model_uri, manifest_uri=ing.manifest_uri, split=test_split,
-                                           **common)  # fmt: skip
+                                           metric=config.promotion.metric,
+                                           min_probability=config.promotion.min_probability, **common)  # fmt: skip
     decision = step_task("promote", promote.run, promote_config)
-    prefix = tracking.split_prefix(test_split)
+    member_metric = "cv_f1_macro" if config.cv else "val_f1_macro"
     return {
         "profile": config.name, "data_digest": ing.data_digest, "trained": [m.model_uri for m in members],
-        "member_val_f1_macro": {m.registered_model: m.metrics.get("val_f1_macro") for m in members},
+        "member_f1_macro": {m.registered_model: m.metrics.get(member_metric) for m in members},
         "ensemble": ens.model_uri, "ensemble_weights": ens.weights, "thresholds": ens.thresholds,
-        f"ensemble_{prefix}f1_macro": scored.metrics.get(f"{prefix}f1_macro"),
-        f"ensemble_{prefix}f1_course": scored.metrics.get(f"{prefix}f1_course"),
-        "decision": decision.decision, "champion_version": decision.version if decision.decision == "champion"
-        else decision.champion_version, "submission": submission, "pipeline_run_id": common["parent_run_id"],
+        "split_mode": f"cv ({config.cv.folds} folds)" if config.cv else "given splits",
+        "scored_split": test_split, "scores": headline_scores(scored, test_split),
+        "decision": decision.decision, "prob_better": decision.prob_better,
+        "champion_version": decision.version if decision.decision == "champion" else decision.champion_version,
+        "submission": submission, "pipeline_run_id": common["parent_run_id"],
+    }  # fmt: skip
+
+
+HEADLINE = ("f1_macro", "f1_course", "f1_D", "f1_G", "f1_A", "auroc_D", "auroc_G", "auroc_A")
+
+
+def headline_scores(metrics: dict[str, float], split: str) -> dict[str, list[float | None]]:
+    """``{metric: [value, ci_low, ci_high]}`` of :data:`HEADLINE` from an evaluate run's prefixed metrics."""
+    prefix = tracking.split_prefix(split)
+    return {
+        name: [metrics.get(f"{prefix}{name}"), metrics.get(f"{prefix}{name}_ci_low"),
+               metrics.get(f"{prefix}{name}_ci_high")]
+        for name in HEADLINE
     }  # fmt: skip

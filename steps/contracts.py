@@ -5,8 +5,11 @@
 - **predictions** (written by evaluate, read by tune_thresholds, ensemble and the report): ``id``, the true labels
   when known, ``p_D``, ``p_G``, ``p_A``;
 - **thresholds** (tune_thresholds and ensemble): ``thresholds.json`` with the grid and the F1 before and after;
-- **checkpoints** (train, read by evaluate and ensemble): ``checkpoints/best.pt`` of the train run, which is how a
-  member version is run (:func:`predict_paths`; the ensemble version runs as its pyfunc);
+- **checkpoints** (train, read by evaluate and ensemble): ``checkpoints/best.pt`` of the train run, or one
+  ``checkpoints/fold_<k>.pt`` per fold of a cross-validated member, whose probabilities are averaged: how a member
+  version is run (:func:`predict_paths`; the ensemble version runs as its pyfunc);
+- **folds** (train and ensemble, in cross-validation mode): the labelled pool (train + val) with each image's fold,
+  a function of the manifest and the profile's ``cv`` alone, so every step and host computes the same folds;
 - **tags**: the train run's reuse tags (train and the report), a version's score on a split (evaluate and promote).
 """
 
@@ -27,6 +30,7 @@ from components.config import ModelSpec
 from components.data import FundusDataset
 from components.ensemble import PROB_COLUMNS
 from components.errors import DataError, OdirError, Problem
+from components.folds import CVSpec, assign_folds
 from components.inference import predict_images
 from components.metrics import DEFAULT_THRESHOLD
 from components.thresholds import STUDY_GRID, ThresholdResult, fine_grid
@@ -37,7 +41,9 @@ from steps.base import code_fingerprint
 
 MANIFEST_DIR = "manifest"
 LABELLED_SPLITS = ("train", "val", "offsite_test")
-CHECKPOINT_ARTIFACT = "checkpoints/best.pt"
+CV_POOL = ("train", "val")
+CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_ARTIFACT = f"{CHECKPOINT_DIR}/best.pt"
 THRESHOLD_GRIDS = {"study": STUDY_GRID, "fine": fine_grid()}
 
 
@@ -76,11 +82,34 @@ class Manifest:
     def paths(self, name: str) -> list[Path]:
         return [self.local_root / p for p in self.split(name)["path"]]
 
+    def patients(self, splits: tuple[str, ...]) -> set[str]:
+        """The patients with images in any of ``splits``."""
+        return set(self.frame.loc[self.frame["split"].isin(splits), "patient"])
+
     def labels(self, name: str) -> np.ndarray:
         return self.split(name).loc[:, list(LABELS)].to_numpy(dtype=np.float32)
 
     def dataset(self, name: str, image_size: int) -> FundusDataset:
         return FundusDataset(self.paths(name), self.labels(name), image_size)
+
+    def rows_dataset(self, rows: pd.DataFrame, image_size: int) -> FundusDataset:
+        """A dataset of some manifest rows (e.g. the images of some folds)."""
+        labels = rows.loc[:, list(LABELS)].to_numpy(dtype=np.float32)
+        return FundusDataset([self.local_root / p for p in rows["path"]], labels, image_size)
+
+    def cv_pool(self, cv: CVSpec) -> pd.DataFrame:
+        """The labelled pool (train + val, in manifest order) with each image's ``fold``: both eyes of a patient in
+        one fold, the labels stratified.
+
+        Raises:
+            OdirError: naming the profile field ``cv.folds`` when the pool has fewer patients than folds.
+        """
+        pool = self.frame[self.frame["split"].isin(CV_POOL)].reset_index(drop=True)
+        try:
+            folds = assign_folds(list(pool["id"]), pool.loc[:, list(LABELS)].to_numpy(), cv.folds, cv.seed)
+        except OdirError as error:
+            raise OdirError(f"profile field cv.folds: {error}") from None
+        return pool.assign(fold=folds)
 
 
 def log_manifest(manifest: Manifest) -> str:
@@ -159,6 +188,7 @@ def log_thresholds(result: ThresholdResult, grid: tuple[float, ...]) -> str:
 
     payload = {
         "thresholds": result.as_dict(), "grid": list(grid),
+        "objectives": dict(zip(LABELS, result.objectives, strict=True)),
         "f1": dict(zip(LABELS, result.f1.tolist(), strict=True)),
         "f1_default": dict(zip(LABELS, result.f1_default.tolist(), strict=True)),
     }  # fmt: skip
@@ -175,12 +205,25 @@ def read_thresholds(thresholds_uri: str) -> dict[str, float]:
 # --- checkpoints ----------------------------------------------------------------------------------------------------
 
 
-def member_checkpoint(model_uri: str) -> Path:
-    """The local ``best.pt`` of a registered member model (tensors only, loadable with ``weights_only=True``)."""
+def member_checkpoints(model_uri: str) -> list[Path]:
+    """The local checkpoints of a registered member model: ``[best.pt]``, or its fold models in fold order (tensors
+    only, loadable with ``weights_only=True``)."""
     import mlflow
 
     _, _, run_id = tracking.model_version_run(model_uri)
-    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=CHECKPOINT_ARTIFACT))
+    folder = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=CHECKPOINT_DIR))
+    if (folder / "best.pt").exists():
+        return [folder / "best.pt"]
+    return sorted(folder.glob("fold_*.pt"), key=lambda path: int(path.stem.removeprefix("fold_")))
+
+
+def predict_with_checkpoints(checkpoints: list[Path], paths: list[str], views: tuple[str, ...]) -> np.ndarray:
+    """``(N, 3)`` probabilities of a member: its one model, or the mean over its fold models."""
+    probs = []
+    for checkpoint in checkpoints:
+        network, spec = load_trained(checkpoint)
+        probs.append(predict_images(network, paths, spec.image_size, views, spec.batch_size))
+    return np.mean(probs, axis=0)
 
 
 # --- registered models: a member is its checkpoint, the ensemble its pyfunc ---------------------------------------
@@ -214,8 +257,7 @@ def predict_paths(model_uri: str, paths: list[str], views: tuple[str, ...] = STU
         output = model.predict(pd.DataFrame({"image_path": paths}))
         thresholds = np.asarray(model.unwrap_python_model().thresholds, dtype=np.float64)
         return Prediction(output.loc[:, list(PROB_COLUMNS)].to_numpy(dtype=np.float64), thresholds)
-    network, spec = load_trained(member_checkpoint(model_uri))
-    probs = predict_images(network, paths, spec.image_size, views, spec.batch_size)
+    probs = predict_with_checkpoints(member_checkpoints(model_uri), paths, views)
     return Prediction(probs, np.full(len(LABELS), DEFAULT_THRESHOLD))
 
 
@@ -238,9 +280,13 @@ def train_tags(spec: ModelSpec, profile: str, digest: str) -> dict[str, str]:
             "code_fingerprint": code_fingerprint("train")}  # fmt: skip
 
 
-def evaluate_key(model_uri: str, split: str, views: tuple[str, ...], thresholds_uri: str | None = None) -> str:
-    """Identifies an evaluation: the same key means the same predictions."""
-    return tracking.content_key(model_uri, split, tuple(views), thresholds_uri, code_fingerprint("evaluate"))
+def evaluate_key(
+    model_uri: str, split: str, views: tuple[str, ...], thresholds_uri: str | None = None,
+    exclude_shared_with: tuple[str, ...] = (),
+) -> str:  # fmt: skip
+    """Identifies an evaluation: the same key means the same predictions and scores."""
+    return tracking.content_key(model_uri, split, tuple(views), thresholds_uri, tuple(exclude_shared_with),
+                                code_fingerprint("evaluate"))  # fmt: skip
 
 
 def record_score(model_uri: str, split: str, digest: str, f1_macro: float) -> None:

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from components import LABELS
+from components.calibration import apply_temperature
 from components.data import ImageSource
 from components.ensemble import PROB_COLUMNS, weighted_mean
 from components.errors import OdirError
@@ -64,20 +65,26 @@ def image_sources(frame: pd.DataFrame) -> list[ImageSource]:
 
 
 class OdirEnsemble(mlflow.pyfunc.PythonModel):
-    """Weighted mean of member probabilities (each with TTA), then per-class thresholds."""
+    """Weighted mean of member probabilities (each with TTA, then temperature-scaled per class), then per-class
+    thresholds."""
 
     def load_context(self, context: Any) -> None:
         config = json.loads(Path(context.artifacts[CONFIG_ARTIFACT]).read_text())
         self.names: list[str] = config["members"]
-        self.members = [load_trained(context.artifacts[f"member_{i}"]) for i in range(len(self.names))]
+        # per member its checkpoint, or its fold models (versions from before folds name one "member_<i>" each)
+        keys = config.get("checkpoints") or [[f"member_{i}"] for i in range(len(self.names))]
+        self.members = [[load_trained(context.artifacts[key]) for key in member] for member in keys]
         self.weights = np.asarray(config["weights"], dtype=np.float64)
         self.views = tuple(config["views"])
         self.thresholds = np.asarray([config["thresholds"][label] for label in LABELS], dtype=np.float64)
+        # per member and class, fit on validation predictions; versions registered before calibration have none
+        self.temperatures = np.asarray(config.get("temperatures") or np.ones((len(self.names), len(LABELS))))
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         sources = image_sources(model_input)
         member_probs = [
-            predict_images(model, sources, spec.image_size, self.views, spec.batch_size) for model, spec in self.members
+            apply_temperature(self._member_probs(folds, sources), t)
+            for folds, t in zip(self.members, self.temperatures, strict=True)
         ]
         probs = weighted_mean(member_probs, self.weights)
         labels = binarize(probs, self.thresholds)
@@ -85,3 +92,10 @@ class OdirEnsemble(mlflow.pyfunc.PythonModel):
         for column, name in enumerate(PROB_COLUMNS):
             frame[name] = probs[:, column]
         return frame
+
+    def _member_probs(self, folds: list, sources: list[ImageSource]) -> np.ndarray:
+        """A member's TTA probabilities: its model's, or the mean of its fold models'."""
+        return np.mean(
+            [predict_images(model, sources, spec.image_size, self.views, spec.batch_size) for model, spec in folds],
+            axis=0,
+        )

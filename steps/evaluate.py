@@ -1,10 +1,19 @@
 """Evaluate: a registered model + a manifest split -> a predictions artifact and metrics under the split's prefix.
 
 Works for members (their checkpoint, with or without 5-view TTA) and for the ensemble pyfunc (TTA and
-thresholds inside). Logs ``<prefix>f1_macro``, ``<prefix>f1_course``, per-class precision/recall/F1/AUROC
-(``val_``, ``offsite_``), the per-class table, a figure of the classes' PR curves and confusion matrices, and
-``predictions/<split>.csv`` (id, true labels, ``p_D``, ``p_G``, ``p_A``), which later steps read instead of
-running the network again. With ``min_f1_macro`` set it is a gate: below it the step fails after logging.
+thresholds inside). Logs, under the split's prefix (``val_``, ``offsite_``):
+
+- ``f1_macro``, ``f1_course`` and per class precision, recall, F1, AUROC, average precision, sensitivity and
+  specificity at the thresholds, sensitivity at 90%/95% specificity, specificity at 90% sensitivity and the
+  expected calibration error (``ece_<C>``, 15 bins);
+- beside each headline metric its 95% interval, ``<metric>_ci_low`` / ``<metric>_ci_high``, from a bootstrap
+  that resamples *patients* (both eyes of one go together; 1000 resamples, seed 0): on ~200 images a point
+  estimate alone is a guess;
+- the per-class table, a figure of the classes' PR curves and confusion matrices, a reliability diagram, and
+  ``predictions/<split>.csv`` (id, true labels, ``p_D``, ``p_G``, ``p_A``), which later steps read instead of
+  running the network again.
+
+With ``min_f1_macro`` set it is a gate: below it the step fails after logging.
 """
 
 from __future__ import annotations
@@ -19,8 +28,10 @@ import numpy as np
 import pandas as pd
 
 from components import LABELS
+from components.calibration import reliability_figure
 from components.errors import OdirError
-from components.metrics import binarize, multilabel_report
+from components.metrics import binarize
+from components.scoring import scored_report
 from components.tta import STUDY_VIEWS
 from steps import cli, tracking
 from steps.base import StepConfig, run_step
@@ -53,6 +64,7 @@ class EvaluateConfig(StepConfig):
     views: tuple[str, ...] = STUDY_VIEWS
     thresholds_uri: str | None = None
     min_f1_macro: float | None = None
+    exclude_shared_with: tuple[str, ...] = ()  # score without the images of patients also in these splits
 
 
 @dataclass(frozen=True)
@@ -66,7 +78,8 @@ class EvaluateResult:
 
 
 def _per_class_table(report: dict[str, float]) -> pd.DataFrame:
-    rows = ["precision", "recall", "f1", "f1_course", "auroc", "support"]
+    rows = ["precision", "recall", "f1", "f1_course", "auroc", "ap", "sensitivity", "specificity", "sens_at_spec90",
+            "sens_at_spec95", "spec_at_sens90", "ece", "support"]  # fmt: skip
     return pd.DataFrame({m: [report[f"{m}_{label}"] for label in LABELS] for m in rows}, index=list(LABELS))
 
 
@@ -114,9 +127,10 @@ def run(config: EvaluateConfig) -> EvaluateResult:
     name, version = tracking.split_model_uri(config.model_uri)
     views = config.views if config.tta else ("identity",)
     model_uri = f"models:/{name}/{version}"  # an alias resolved: the reuse key names the version
-    key = evaluate_key(model_uri, config.split, views, config.thresholds_uri)
+    key = evaluate_key(model_uri, config.split, views, config.thresholds_uri, config.exclude_shared_with)
     model = name.removeprefix(tracking.MODEL_PREFIX)
-    tags = {"odir.model": model, "split": config.split, "data_digest": manifest.digest, "evaluate_key": key}
+    tags = {"odir.model": model, "model_version": model_uri, "split": config.split, "data_digest": manifest.digest,
+            "evaluate_key": key}  # fmt: skip
 
     def reused(done) -> EvaluateResult:
         if config.split in LABELLED_SPLITS:
@@ -147,12 +161,18 @@ def _evaluate(
     predictions_uri = mlflow.get_artifact_uri(f"predictions/{config.split}.csv")
     mlflow.set_tag("predictions_uri", predictions_uri)
     metrics: dict[str, float] = {}
+    mlflow.log_param("thresholds", ",".join(f"{t:.6g}" for t in thresholds))
     if labelled:
-        report = multilabel_report(labels, prediction.probs, thresholds)
+        rows = manifest.split(config.split)
+        kept = ~rows["patient"].isin(manifest.patients(config.exclude_shared_with)).to_numpy()
+        mlflow.log_metric("scored_images", int(kept.sum()))
+        labels, probs = labels[kept], prediction.probs[kept]
+        report = scored_report(labels, probs, thresholds, list(rows["patient"][kept]))
         metrics = tracking.prefixed(report, tracking.split_prefix(config.split))
         mlflow.log_metrics(metrics)
         mlflow.log_text(_per_class_table(report).to_csv(), f"tables/{config.split}_per_class.csv")
-        _log_figures(labels, prediction.probs, thresholds, config.split)
+        _log_figures(labels, probs, thresholds, config.split)
+        mlflow.log_figure(reliability_figure(labels, probs), f"figures/{config.split}_reliability.png")
         record_score(model_uri, config.split, manifest.digest, report["f1_macro"])
         _gate(config, report["f1_macro"])
     return EvaluateResult(predictions_uri, run.info.run_id, config.split, metrics)

@@ -22,6 +22,7 @@ class TuneConfig(StepConfig):
 
     predictions_uri: str
     grid: str = "study"
+    objectives: tuple[str, ...] = ("f1", "f1", "f1")  # per class, D, G, A: f1, youden, sens_at_spec:0.9 ...
     name: str = "model"
 
 
@@ -37,7 +38,8 @@ class TuneResult:
 
 def run(config: TuneConfig) -> TuneResult:
     """Tunes and logs (or reuses the tuning of the same predictions on the same grid); see the module docstring."""
-    key = tracking.content_key(config.predictions_uri, config.grid, code_fingerprint("tune_thresholds"))
+    key = tracking.content_key(config.predictions_uri, config.grid, config.objectives,
+                               code_fingerprint("tune_thresholds"))  # fmt: skip
     tags = {"odir.model": config.name, "tune_key": key}
 
     def reused(done) -> TuneResult:
@@ -53,8 +55,9 @@ def _tune(config: TuneConfig, run) -> TuneResult:
 
     grid = grid_of(config.grid)
     frame = read_predictions(config.predictions_uri)
-    mlflow.log_params({"predictions_uri": config.predictions_uri, "grid": config.grid})
-    result = tune_thresholds(labels_of(frame), probabilities_of(frame), grid)
+    mlflow.log_params({"predictions_uri": config.predictions_uri, "grid": config.grid,
+                       "objectives": ",".join(config.objectives)})  # fmt: skip
+    result = tune_thresholds(labels_of(frame), probabilities_of(frame), grid, config.objectives)
     uri = log_thresholds(result, grid)
     mlflow.set_tag("thresholds_uri", uri)
     return TuneResult(uri, run.info.run_id, result.as_dict(), result.f1_gain)

@@ -90,13 +90,13 @@ def test_retrain_trains_only_when_data_changes(
         [_client(stack).get_experiment_by_name("odir").experiment_id], f"tags.`{tracking.STEP_TAG}` = 'promote'",
         order_by=["attributes.start_time DESC"], max_results=1,
     )  # fmt: skip
-    score, previous = promotion.data.metrics["score"], promotion.data.metrics["champion_score"]
-    assert promotion.data.params["decision"] == ("champion" if score > previous else "challenger")
+    evidence = promotion.data.metrics["prob_better"]  # the challenger against the champion of the first run
+    assert (promotion.data.params["decision"] == "champion") == (evidence >= 0.9)
 
 
 def _quick_finished_and_slow_checkpointed(stack: Stack) -> bool:
     quick = _runs(stack, "train", **{"odir.model": "quick"})
-    slow_checkpoints = list((stack.home / ".odir" / "work").glob("*/slow/slow/last.pt"))
+    slow_checkpoints = list((stack.home / ".odir" / "work").glob("*/slow/slow/*/last.pt"))
     return bool(slow_checkpoints and quick and quick[0].info.status == "FINISHED")
 
 

@@ -128,7 +128,14 @@ def test_evaluate_logs_predictions_table_and_figures(pipeline: dict) -> None:
     client = MlflowClient()
     run_id = pipeline["offsite"].run_id
     files = {f.path for f in client.list_artifacts(run_id, "figures")}
-    assert files == {"figures/offsite_test.png"}
+    assert files == {"figures/offsite_test.png", "figures/offsite_test_reliability.png"}
+    metrics = client.get_run(run_id).data.metrics
+    for name in ("f1_macro", "f1_course", "f1_G", "auroc_D", "sensitivity_A", "specificity_A", "ece_D"):
+        low, high = metrics[f"offsite_{name}_ci_low"], metrics[f"offsite_{name}_ci_high"]
+        assert low <= metrics[f"offsite_{name}"] <= high, name
+    assert metrics["offsite_f1_macro_ci_low"] < metrics["offsite_f1_macro_ci_high"]  # 12 images: not one value
+    for name in ("sens_at_spec90_G", "sens_at_spec95_G", "spec_at_sens90_G", "ap_A"):
+        assert 0 <= metrics[f"offsite_{name}"] <= 1, name
     table = pd.read_csv(
         tracking.download(client.get_run(run_id).info.artifact_uri + "/tables/offsite_test_per_class.csv"), index_col=0
     )
@@ -143,6 +150,11 @@ def test_thresholds_and_weights(pipeline: dict) -> None:
     assert all(t in saved["grid"] for t in saved["thresholds"].values())
     weights = pipeline["ensemble"].weights
     assert set(weights) == set(MEMBERS) and sum(weights.values()) == pytest.approx(1.0)
+    run = MlflowClient().get_run(pipeline["ensemble"].run_id).data
+    temperatures = tracking.read_json(run.tags["weights_uri"].replace("weights.json", "temperatures.json"))
+    assert set(temperatures) == set(MEMBERS) and all(0.05 <= t <= 20 for m in temperatures.values() for t in m.values())
+    assert run.metrics["tiny-a.temperature_D"] == pytest.approx(temperatures["tiny-a"]["D"])
+    assert {"tiny-a.val_ece_D_before", "tiny-a.val_ece_D_after"} <= set(run.metrics)  # NLL-fit: ECE may not fall
 
 
 def test_submission_matches_the_template(pipeline: dict, tiny_data: Path) -> None:
@@ -153,28 +165,27 @@ def test_submission_matches_the_template(pipeline: dict, tiny_data: Path) -> Non
     assert set(np.unique(written[list(LABELS)])) <= {0, 1}
 
 
-@pytest.mark.parametrize(("margin", "decision"), [(-0.1, "challenger"), (0.0, "challenger"), (0.1, "champion")])
-def test_promotion_follows_the_scores_on_the_same_data(pipeline: dict, margin: float, decision: str) -> None:
-    manifest_uri, digest = pipeline["ingest"].manifest_uri, pipeline["ingest"].data_digest
-    client = MlflowClient()
-    champion = client.get_model_version_by_alias(tracking.ENSEMBLE_MODEL, "champion")
-    champion_score = contracts.recorded_score(champion.tags, "offsite_test", digest)
+def test_an_equal_challenger_stays_challenger_with_the_evidence_logged(pipeline: dict) -> None:
+    manifest_uri = pipeline["ingest"].manifest_uri
     members = pipeline["members"]
-    challenger = ensemble.run(
+    same = ensemble.run(  # the pipeline's ensemble again (same members, weights, thresholds): a new version, a tie
         ensemble.EnsembleConfig(
             member_model_uris=tuple(m.model_uri for m in members),
             member_val_predictions=tuple(v.predictions_uri for v in pipeline["val"]),
-            manifest_uri=manifest_uri, weights=(1.0, 0.0), profile="tiny", reuse=False,
+            manifest_uri=manifest_uri, profile="tiny", reuse=False,
         )
     )  # fmt: skip
-    contracts.record_score(challenger.model_uri, "offsite_test", digest, champion_score + margin)  # crafted score
-    try:
-        result = promote.run(promote.PromoteConfig(model_uri=challenger.model_uri, manifest_uri=manifest_uri))
-        assert result.decision == decision and result.score == pytest.approx(champion_score + margin, abs=1e-6)
-        held = client.get_model_version_by_alias(tracking.ENSEMBLE_MODEL, decision).version
-        assert str(held) == challenger.version
-    finally:  # the other tests expect the pipeline's ensemble as champion
-        client.set_registered_model_alias(tracking.ENSEMBLE_MODEL, "champion", champion.version)
+    assert same.version != pipeline["ensemble"].version
+    result = promote.run(promote.PromoteConfig(model_uri=same.model_uri, manifest_uri=manifest_uri))
+    assert result.decision == "challenger" and result.prob_better == pytest.approx(0.5)
+    assert result.score == pytest.approx(result.champion_score)
+    client = MlflowClient()
+    champion = client.get_model_version_by_alias(tracking.ENSEMBLE_MODEL, "champion")
+    assert str(champion.version) == pipeline["ensemble"].version
+    tags = client.get_model_version(tracking.ENSEMBLE_MODEL, same.version).tags
+    assert tags["promotion.decision"] == "challenger" and tags["promotion.prob_better"] == "0.500"
+    logged = client.get_run(result.run_id).data
+    assert logged.metrics["prob_better"] == pytest.approx(0.5) and logged.params["min_probability"] == "0.9"
 
 
 def test_gate_fails_the_run_and_keeps_what_was_logged(pipeline: dict) -> None:
@@ -206,7 +217,10 @@ def test_finished_steps_are_reused_not_repeated(pipeline: dict, tiny_profile: Pa
     config = ensemble.EnsembleConfig(
         member_model_uris=members, member_val_predictions=predictions, manifest_uri=manifest_uri, profile="tiny"
     )
-    assert ensemble.run(config) == ens
+    before = len(mlflow.search_runs(experiment_names=["odir"], filter_string="tags.`odir.step` = 'ensemble'"))
+    again = ensemble.run(config)  # the newest finished ensemble of these inputs (an equal one may have come later)
+    assert (again.weights, again.thresholds, again.metrics) == (ens.weights, ens.thresholds, ens.metrics)
+    assert len(mlflow.search_runs(experiment_names=["odir"], filter_string="tags.`odir.step` = 'ensemble'")) == before
     tuned = tune_thresholds.TuneConfig(predictions_uri=pipeline["val"][0].predictions_uri, name="tiny-a")
     assert tune_thresholds.run(tuned) == pipeline["tuned"]
     fresh = train.run(train.TrainStepConfig(manifest_uri=manifest_uri, spec=spec, profile="tiny", reuse=False))

@@ -9,7 +9,7 @@ import argparse
 import contextlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -103,7 +103,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from steps.contracts import predict_paths
 
     folder = Path(args.images)
-    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
+    if not folder.is_dir():
+        raise DataError([Problem(str(folder), "not found" if not folder.exists() else "not a folder of images")])
+    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not images:
         raise DataError([Problem(str(folder), f"no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")])
     tracking.setup()
@@ -179,7 +181,19 @@ def _save_a_throwaway_model() -> None:
         mlflow_pytorch_log.setLevel(level)
 
 
+def _check_inputs(profile: str, data: str | None, load: Callable[[str], object]) -> None:
+    """Fails in a second, before Prefect's server starts or a run is opened, on a bad profile or data root."""
+    from components.errors import DataError, Problem
+
+    load(profile)  # ConfigError naming the file and field
+    if data and not data.startswith("s3://") and not Path(data).is_dir():
+        raise DataError([Problem(data, "dataset root not found" if not Path(data).exists() else "not a folder")])
+
+
 def _cmd_full(args: argparse.Namespace) -> int:
+    from components.config import load_profile
+
+    _check_inputs(args.profile, args.data, load_profile)
     _warm_start()
     from flows import without_heartbeats
     from flows.odir import odir
@@ -191,6 +205,9 @@ def _cmd_full(args: argparse.Namespace) -> int:
 
 
 def _cmd_experiments(args: argparse.Namespace) -> int:
+    from components.config import load_grid
+
+    _check_inputs(args.grid, args.data, load_grid)
     _warm_start()
     from flows import without_heartbeats
     from flows.experiments import odir_experiments

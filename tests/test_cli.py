@@ -6,7 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from flows.cli import main
+from tests.store import odir_env
 
 
 def test_demo_data_then_validate(tmp_path: Path, capsys) -> None:
@@ -37,3 +40,22 @@ def test_console_script_runs_without_a_traceback(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "dataset root not found" in result.stdout and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["full", "--profile", "nosuch"], "nosuch.yaml: profile not found; known profiles:"),
+        (["full", "--data", "/nonexistent/odir"], "/nonexistent/odir: dataset root not found"),
+        (["experiments", "--grid", "nosuch"], "nosuch.yaml: experiment grid not found"),
+        (["predict", "--images", "/nonexistent/images", "--out", "x.csv"], "/nonexistent/images: not found"),
+    ],
+)
+def test_input_errors_fail_before_any_work(args: list[str], message: str, tmp_path: Path) -> None:
+    env = {**odir_env(tmp_path / "home"), "PREFECT_HOME": str(tmp_path / "prefect")}
+    result = subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, env=env,
+                            cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "home" / "mlruns").exists()  # no store opened, so no FAILED run left behind
+    assert not (tmp_path / "prefect").exists()  # no Prefect server started

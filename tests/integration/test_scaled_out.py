@@ -260,8 +260,8 @@ def test_a_tracking_server_outage_is_ridden_out_or_reported(stack: Services, tin
     message naming the server, and what was logged before stays."""
     runs_before = int(psql(stack, "mlflow", "SELECT count(*) FROM runs"))
     stop(stack.named["mlflow"])
-    step = subprocess.Popen([sys.executable, "-m", "steps.ingest", "--data-root", str(tiny_data)], env=stack.env,
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    ingest = [sys.executable, "-m", "steps.ingest", "--no-reuse", "--data-root", str(tiny_data)]  # a new run each
+    step = subprocess.Popen(ingest, env=stack.env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(5)
     _start_mlflow(stack)  # back on the same port
     out, err = step.communicate(timeout=600)
@@ -270,7 +270,7 @@ def test_a_tracking_server_outage_is_ridden_out_or_reported(stack: Services, tin
 
     stop(stack.named["mlflow"])
     quick = {**stack.env, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
-    failed = _run(stack, sys.executable, "-m", "steps.ingest", "--data-root", str(tiny_data), env=quick)
+    failed = _run(stack, sys.executable, "-m", "steps.ingest", "--no-reuse", "--data-root", str(tiny_data), env=quick)
     assert failed.returncode == 3, failed.stderr[-3000:]
     assert f"the tracking server {stack.url('mlflow')} stayed unreachable" in failed.stderr
     _start_mlflow(stack)
@@ -284,8 +284,8 @@ def test_an_object_store_outage_is_ridden_out_or_reported(stack: Services, tiny_
     assert _run(stack, str(BIN / "odir"), "upload", str(tiny_data), data).returncode == 0
     shutil.rmtree(stack.tmp / "odir-home" / ".odir" / "s3", ignore_errors=True)  # nothing mirrored yet
     stop(stack.named["s3"])
-    step = subprocess.Popen([sys.executable, "-m", "steps.ingest", "--data-root", data], env=stack.env, cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    ingest = [sys.executable, "-m", "steps.ingest", "--no-reuse", "--data-root", data]
+    step = subprocess.Popen(ingest, env=stack.env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(3)
     _start_s3(stack)  # back on the same port with the same data
     out, err = step.communicate(timeout=600)
@@ -294,7 +294,7 @@ def test_an_object_store_outage_is_ridden_out_or_reported(stack: Services, tiny_
 
     stop(stack.named["s3"])
     shutil.rmtree(stack.tmp / "odir-home" / ".odir" / "s3", ignore_errors=True)
-    failed = _run(stack, sys.executable, "-m", "steps.ingest", "--data-root", data)
+    failed = _run(stack, sys.executable, "-m", "steps.ingest", "--no-reuse", "--data-root", data)
     assert failed.returncode == 2, failed.stderr[-3000:]
     assert f"{data}: cannot read the dataset from object storage" in failed.stderr
     _start_s3(stack)

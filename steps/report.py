@@ -4,6 +4,11 @@ Finds each model's training run (same spec and data digest) and each evaluation 
 split and TTA views), combines and scores every experiment with ``components.report``, and writes ``results.md``,
 ``results.html``, ``results.csv`` and figures (per-class F1 bars, PR curves of the best experiments, threshold
 curves) to an output folder, to its own run and to the parent run. The same store and grid give the same report.
+
+Every headline metric comes with its 95% interval from a bootstrap over the manifest's patients (1000 resamples,
+seed 0), and the report's header says the protocol: the given splits scored, which rows fit thresholds or weights
+on val (their val scores are optimistic), and how many scored images belong to patients who also have images in
+train.
 """
 
 from __future__ import annotations
@@ -23,8 +28,10 @@ from components.report import (
     figure_f1_bars,
     figure_pr_curves,
     figure_threshold_curves,
+    protocol_notes,
     results_table,
     score_experiment,
+    shared_with_train,
     to_html,
     to_markdown,
 )
@@ -88,6 +95,7 @@ def score_grid(grid: ExperimentGrid, manifest: Manifest, experiment: str) -> lis
     splits = evaluation_splits(manifest)
     labels = {split: manifest.labels(split) for split in splits}
     ids = {split: list(manifest.split(split)["id"]) for split in splits}
+    patients = {split: list(manifest.split(split)["patient"]) for split in splits}
     costs = {
         n: (r.data.metrics.get("train_seconds", 0.0), int(r.data.metrics.get("parameters", 0))) for n, r in runs.items()
     }
@@ -101,8 +109,19 @@ def score_grid(grid: ExperimentGrid, manifest: Manifest, experiment: str) -> lis
             }
             for m in row.members
         }
-        scores.append(score_experiment(row, member_probs, labels, costs, thresholds_grid))
+        scores.append(score_experiment(row, member_probs, labels, costs, thresholds_grid, patients=patients))
     return scores
+
+
+def report_notes(grid: ExperimentGrid, manifest: Manifest) -> list[str]:
+    """The protocol paragraphs of the report (``components.report.protocol_notes``) for this grid and data."""
+    splits = evaluation_splits(manifest)
+    tuned = [e.name for e in grid.experiments if e.thresholds]
+    weighted = [e.name for e in grid.experiments if e.weights is None and len(e.members) > 1]
+    notes = protocol_notes(splits, {s: shared_with_train(manifest.frame, s) for s in splits}, tuned, weighted)
+    if grid.cv is not None:
+        notes[0] += " The grid's `cv` setting does not apply to experiments: they always use the given splits."
+    return notes
 
 
 def write_report(grid: ExperimentGrid, manifest: Manifest, scores: list[ExperimentScores], folder: Path) -> None:
@@ -124,14 +143,14 @@ def write_report(grid: ExperimentGrid, manifest: Manifest, scores: list[Experime
         plt.close(figure)
     table.to_csv(folder / "results.csv", index=False)
     title = f"odir experiments: {grid.name}"
-    (folder / "results.html").write_text(to_html(table, title))
+    notes = report_notes(grid, manifest)
+    (folder / "results.html").write_text(to_html(table, title, notes))
     study = [c for c in table.columns if c.startswith("study_")]
     lines = [
         f"# {title}", "", grid.description, "",
         f"Data: `{manifest.data_root}` (digest `{manifest.digest[:12]}`); "
-        f"scored on {', '.join(evaluation_splits(manifest))}.",
-        "Thresholds are tuned on val and applied unchanged to the test split; val scores of thresholded rows are",
-        "therefore optimistic.",
+        f"scored on {', '.join(evaluation_splits(manifest))}.", "",
+        *(line for note in notes for line in (note, "")),
         "`study_*` columns are the study's published numbers (its course scoring, comparable to our `f1_course`),"
         " not ours." if study else "", "",
         to_markdown(table), "",

@@ -55,6 +55,17 @@ def test_grid_report_matches_mlflow_and_reruns_reuse(stack: Stack, tiny_data: Pa
     for column in ("val_f1_macro", "offsite_f1_course", "val_precision_D", "val_recall_G", "val_f1_A", "val_auroc_D",
                    "train_minutes", "parameters_m", "study_offsite_f1_course"):  # fmt: skip
         assert column in table.columns, column
+    for prefix in ("val", "offsite"):  # intervals over patients beside the headline metrics and operating points
+        for metric in ("f1_macro", "f1_course", "auroc_G", "sens_at_spec90_D"):
+            value, low, high = (table[f"{prefix}_{metric}{s}"] for s in ("", "_ci_low", "_ci_high"))
+            defined = low.notna()
+            assert ((low <= value + 1e-12) & (value <= high + 1e-12))[defined].all(), (prefix, metric)
+        assert table[f"{prefix}_f1_macro_ci_low"].notna().all()
+    markdown = (tmp_path / "r1" / "results.md").read_text()
+    assert "**Protocol: given splits.**" in markdown and "1000 resamples, seed 0" in markdown
+    assert "(`A+B + TTA + thresholds`)" in markdown and "val images" in markdown
+    first_row = next(line for line in markdown.splitlines() if line.startswith("| A alone |"))
+    assert f"| {table.loc[0, 'val_f1_macro']:.3f} [" in first_row
 
     client = MlflowClient(tracking_uri=f"sqlite:///{stack.home / 'mlruns' / 'mlflow.db'}")
     trains = {r.data.tags["odir.model"]: r for r in _runs(client, "train", profile="twogrid")}

@@ -28,9 +28,11 @@ odir_train.to_deployment(
 
 
 def _train_runs(stack: Stack) -> list[dict]:
+    """The runs of the ``odir-train/remote`` deployment (other tests of the package run odir-train in-process)."""
+    query = {"flows": {"name": {"any_": ["odir-train"]}}, "deployments": {"name": {"any_": ["remote"]}}}
     request = urllib.request.Request(
-        f"{stack.api}/flow_runs/filter", data=json.dumps({"flows": {"name": {"any_": ["odir-train"]}}}).encode(),
-        headers={"Content-Type": "application/json"}, method="POST",
+        f"{stack.api}/flow_runs/filter", data=json.dumps(query).encode(), headers={"Content-Type": "application/json"},
+        method="POST",
     )  # fmt: skip
     with urllib.request.urlopen(request, timeout=10) as answer:
         return json.load(answer)

@@ -24,7 +24,7 @@ from components.config import ModelSpec, Profile, load_profile
 from components.folds import CVSpec
 from components.tta import STUDY_VIEWS
 from flows import freeze_startup_objects, without_heartbeats
-from steps import ensemble, evaluate, ingest, promote, submit, tracking, train, tune_thresholds
+from steps import ensemble, evaluate, ingest, model_card, promote, submit, tracking, train, tune_thresholds
 from steps.base import StepConfig
 from steps.contracts import load_manifest
 
@@ -276,6 +276,13 @@ def _pipeline(run: PipelineRun, data_root: str, out: str | None, only_if_changed
                                            metric=config.promotion.metric,
                                            min_probability=config.promotion.min_probability, **common)  # fmt: skip
     decision = step_task("promote", promote.run, promote_config)
+    replaced = decision.champion_version if decision.decision == "champion" else None
+    cards = (
+        *(m.model_uri for m in members),
+        ens.model_uri,
+        *([f"models:/{tracking.ENSEMBLE_MODEL}/{replaced}"] if replaced and replaced != ens.version else []),
+    )
+    step_task("model cards", model_card.publish_model_cards, cards)
     member_metric = "cv_f1_macro" if config.cv else "val_f1_macro"
     return {
         "profile": config.name, "data_digest": ing.data_digest, "trained": [m.model_uri for m in members],

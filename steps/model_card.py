@@ -754,6 +754,13 @@ def publish_model_card(model_uri: str) -> None:
     log.info("published the model card of %s/%s (%d characters)", facts.name, facts.version, len(card))
 
 
+def publish_model_cards(model_uris: tuple[str, ...]) -> None:
+    """:func:`publish_model_card` for each version, e.g. a pipeline run's members, its ensemble and the champion it
+    replaced (whose card no longer says ``@champion``)."""
+    for model_uri in model_uris:
+        publish_model_card(model_uri)
+
+
 # --- command line ---------------------------------------------------------------------------------------------------
 
 

@@ -19,11 +19,22 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from components import LABELS
+from components.augment import AugmentPipeline, build_augment, parse_augment
 from components.errors import OdirError
 from components.folds import CVSpec
+from components.fundus import FundusPreprocess, parse_preprocess
 from components.losses import LOSSES
 from components.models import BACKBONES
 from components.thresholds import parse_objective
@@ -40,12 +51,25 @@ class ModelSpec(BaseModel):
     Attributes:
         name: the model's name (registered as ``odir-<name>``): lowercase letters, digits, ``-``, ``_``, ``.``.
         backbone: a registered backbone (``resnet18``, ``se_resnet18``, ``mha_resnet18``, ``efficientnet_b0``,
-            ``efficientnet_lite0``, ``tiny_cnn``).
+            ``efficientnet_lite0``, ``efficientnet_lite1``, ``efficientnet_lite2``, ``tiny_cnn``).
         weights: ``none``, ``imagenet`` or the path of a checkpoint.
         mode: ``frozen`` (evaluate as loaded), ``head`` (backbone frozen, head trained) or ``full``.
         loss: a registered loss (``bce``, ``focal``, ``class_balanced``) and ``loss_params`` for it.
-        epochs, lr, weight_decay, batch_size, image_size, seed: the usual; Adam is the optimiser.
-        augment: random horizontal and vertical flips during training.
+        epochs, lr, weight_decay, batch_size, image_size, seed: the usual (``weight_decay``: L2 under ``adam``,
+            decoupled under ``adamw``).
+        augment: training augmentation (:mod:`components.augment`): ``false``/``none`` (default), ``true``/``flips``
+            (random horizontal and vertical flips, as ``true`` always meant), ``fundus`` (flips, resized crop, any
+            rotation, colour and gamma jitter), a list of registered names and presets, or a mapping of names to
+            their parameters.
+        preprocess: fundus preprocessing done once per decoded image (:mod:`components.fundus`): ``none``
+            (default), ``fov_crop``, ``local_contrast``, a list of them, or a mapping of them to their parameters.
+        optimizer: ``adam`` (default) or ``adamw`` (decoupled weight decay, none on biases and norms).
+        schedule: the learning rate over the run's steps: ``constant`` (default) or ``cosine`` (to 0 at the end).
+        warmup_epochs: linear warmup of the learning rate over this many epochs (fractions allowed), per step.
+        backbone_lr_scale: the backbone trains at ``lr * backbone_lr_scale``, the head at ``lr`` (``full`` mode).
+        label_smoothing: training targets ``y (1 - s) + s / 2`` (validation loss uses the true labels).
+        ema: decay of an exponential moving average of the weights, which is validated and checkpointed instead
+            of the raw weights (None: no average).
         monitor: the validation metric that picks the best checkpoint (``f1_macro``, higher is better; ``loss``).
         patience: stop after this many epochs without improvement (None: never).
         grad_clip: clip the gradient norm to this value (None: no clipping).
@@ -66,7 +90,14 @@ class ModelSpec(BaseModel):
     batch_size: int = Field(default=32, ge=1)
     image_size: int = Field(default=256, ge=16, le=1024)
     seed: int = 0
-    augment: bool = False
+    augment: bool | str | list[str] | dict[str, dict[str, Any] | None] = False
+    preprocess: str | list[str] | dict[str, dict[str, Any] | None] = "none"
+    optimizer: Literal["adam", "adamw"] = "adam"
+    schedule: Literal["constant", "cosine"] = "constant"
+    warmup_epochs: float = Field(default=0.0, ge=0)
+    backbone_lr_scale: float = Field(default=1.0, gt=0, le=10)
+    label_smoothing: float = Field(default=0.0, ge=0, le=0.5)
+    ema: float | None = Field(default=None, gt=0, lt=1)
     monitor: Literal["f1_macro", "loss"] = "f1_macro"
     patience: int | None = Field(default=None, ge=1)
     grad_clip: float | None = Field(default=None, gt=0)
@@ -85,11 +116,47 @@ class ModelSpec(BaseModel):
         LOSSES.get(value)
         return value
 
+    @field_validator("augment", mode="before")
+    @classmethod
+    def _known_augment(cls, value: Any) -> Any:
+        parse_augment(value)  # ValueError naming the step, the parameter and the valid choices
+        return value
+
+    @field_validator("preprocess", mode="before")
+    @classmethod
+    def _known_preprocess(cls, value: Any) -> Any:
+        parse_preprocess(value)
+        return value
+
     @model_validator(mode="after")
     def _trainable(self) -> ModelSpec:
         if self.mode != "frozen" and self.epochs < 1:
             raise ValueError(f"mode {self.mode!r} trains, so epochs must be >= 1")
+        if self.warmup_epochs and self.mode != "frozen" and self.warmup_epochs >= self.epochs:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs:g}) must be less than epochs ({self.epochs})")
         return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Leaves out the optimisation, augmentation and preprocessing fields added later while they hold their
+        defaults, so a spec that does not use them dumps (and keys its checkpoints, runs and reuse) as before."""
+        data = handler(self)
+        for name in _LATER_FIELDS:
+            if name in data and getattr(self, name) == type(self).model_fields[name].default:
+                del data[name]
+        return data
+
+    def fundus_preprocess(self) -> FundusPreprocess:
+        """The preprocessing ``preprocess`` names (inactive by default)."""
+        return parse_preprocess(self.preprocess)
+
+    def augmentation(self) -> AugmentPipeline | None:
+        """The training augmentation ``augment`` names (None for none); geometric steps fill with the
+        preprocessing's background."""
+        return build_augment(self.augment, fill=self.fundus_preprocess().background)
+
+
+_LATER_FIELDS = ("preprocess", "optimizer", "schedule", "warmup_epochs", "backbone_lr_scale", "label_smoothing", "ema")
 
 
 class PromotionSpec(BaseModel):

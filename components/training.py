@@ -5,8 +5,13 @@ modes, augmentation, batched prediction, :func:`load_trained`); what goes to dis
 :mod:`components.checkpoints`. One run's moving parts (spec, model, batches, loss, optimiser, state, checkpoint
 writer, callbacks) travel together as a :class:`_Run`, whose methods are the epochs.
 
-- Adam on the parameters the fine-tuning mode leaves trainable; frozen parts stay in eval mode (BatchNorm
-  statistics untouched).
+- Adam (or AdamW) on the parameters the fine-tuning mode leaves trainable; frozen parts stay in eval mode
+  (BatchNorm statistics untouched). The spec's optimisation options (:mod:`components.schedule`: per-step warmup
+  and cosine schedule, a lower backbone learning rate, label smoothing, an EMA of the weights that is validated and
+  checkpointed instead of the raw ones) and augmentation (:mod:`components.augment`) are off by default, and a spec
+  that uses none of them trains exactly as before.
+- The spec's fundus preprocessing (:mod:`components.fundus`) is applied to the datasets it is given, once per
+  decoded image.
 - Every epoch is seeded from :func:`epoch_seed` ``(spec.seed, epoch)`` (shuffle order, augmentation, dropout), so a
   run resumed from its last checkpoint ends with the same weights as one that was never interrupted. Checkpoints
   are written in a background thread while the next epoch computes, and only what a resume needs: ``last.pt``
@@ -33,6 +38,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from components.augment import Flips
 from components.checkpoints import (
     BEST_CHECKPOINT,
     LAST_CHECKPOINT,
@@ -51,6 +57,7 @@ from components.errors import OdirError
 from components.losses import build_loss
 from components.metrics import multilabel_report
 from components.models import IMAGENET, Classifier, Normalisation, build_model
+from components.schedule import WeightEMA, build_optimiser, lr_factor, set_lr, smooth_targets
 
 log = logging.getLogger(__name__)
 
@@ -128,11 +135,8 @@ def set_train_mode(model: Classifier, mode: str) -> None:
 
 
 def augment_batch(images: torch.Tensor) -> torch.Tensor:
-    """Random horizontal and vertical flips, each with probability 1/2 per image (global RNG)."""
-    flip_h = torch.rand(images.shape[0], device=images.device) < 0.5
-    flip_v = torch.rand(images.shape[0], device=images.device) < 0.5
-    images = torch.where(flip_h.view(-1, 1, 1, 1), images.flip(-1), images)
-    return torch.where(flip_v.view(-1, 1, 1, 1), images.flip(-2), images)
+    """Random horizontal and vertical flips, each with probability 1/2 per image (global RNG): ``augment: true``."""
+    return Flips()(images)
 
 
 class _Runtime:
@@ -153,24 +157,32 @@ class _Runtime:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def images(self, batch: torch.Tensor) -> torch.Tensor:
-        x = to_model_input(batch.to(self.device, non_blocking=True))
+        return self.layout(to_model_input(batch.to(self.device, non_blocking=True)))
+
+    def layout(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
 @dataclass
 class _Source:
     """Where batches come from and how they become logits: images through the whole model, or cached features
-    through the head."""
+    through the head (``head_only``)."""
 
     train: Dataset
     val: Dataset
-    forward: Callable[[torch.Tensor], torch.Tensor]
+    head_only: bool
     prepare: Callable[[torch.Tensor], torch.Tensor]
-    augment: bool
+    augment: Callable[[torch.Tensor], torch.Tensor] | None
+
+    def forward(self, model: Classifier) -> Callable[[torch.Tensor], torch.Tensor]:
+        """How ``model`` turns this source's batches into logits."""
+        return model.forward_head if self.head_only else model
 
 
-def _image_source(model: Classifier, train: FundusDataset, val: FundusDataset, rt: _Runtime, augment: bool) -> _Source:
-    return _Source(train, val, model, rt.images, augment)
+def _image_source(
+    train: FundusDataset, val: FundusDataset, rt: _Runtime, augment: Callable[[torch.Tensor], torch.Tensor] | None
+) -> _Source:
+    return _Source(train, val, False, rt.images, augment)
 
 
 @torch.no_grad()
@@ -188,7 +200,7 @@ def extract_features(model: Classifier, dataset: FundusDataset, batch_size: int,
 def _feature_source(model: Classifier, train: FundusDataset, val: FundusDataset, batch: int, rt: _Runtime) -> _Source:
     train_features = TensorDataset(extract_features(model, train, batch, rt), train.labels)
     val_features = TensorDataset(extract_features(model, val, batch, rt), val.labels)
-    return _Source(train_features, val_features, model.forward_head, lambda f: f.to(rt.device), augment=False)
+    return _Source(train_features, val_features, True, lambda f: f.to(rt.device), augment=None)
 
 
 @torch.no_grad()
@@ -218,7 +230,8 @@ class _Run:
     """One training run: what its epochs share, and the epochs themselves as methods.
 
     ``source`` is set once the batches are known (images, or cached features); ``state`` is what ``last.pt``
-    holds, fresh or resumed.
+    holds, fresh or resumed. ``ema`` (when the spec asks for one) holds the averaged weights that are validated and
+    checkpointed; ``base_lrs`` are the optimiser groups' learning rates before the schedule scales them.
     """
 
     spec: ModelSpec
@@ -231,6 +244,19 @@ class _Run:
     callbacks: Sequence[Callback]
     source: _Source | None = None
     writer: CheckpointWriter = field(default_factory=CheckpointWriter)
+    ema: WeightEMA | None = None
+    base_lrs: list[float] = field(default_factory=list)
+    steps_per_epoch: int = 0
+
+    @property
+    def eval_model(self) -> Classifier:
+        """The weights that are validated and checkpointed: the EMA's when there is one."""
+        return self.ema.model if self.ema is not None else self.model
+
+    @property
+    def scheduled(self) -> bool:
+        """Whether the learning rate changes from step to step (a warmup or a non-constant schedule)."""
+        return self.spec.schedule != "constant" or self.spec.warmup_epochs > 0
 
     @classmethod
     def start(
@@ -244,10 +270,25 @@ class _Run:
         set_trainable(model, spec.mode)
         model.to(rt.device, memory_format=torch.channels_last if rt.channels_last else torch.preserve_format)
         loss_fn = build_loss(spec.loss, train_data.labels.numpy(), **spec.loss_params).to(rt.device)
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        optimiser = torch.optim.Adam(trainable, lr=spec.lr, weight_decay=spec.weight_decay) if trainable else None
-        state = (resume_state(workdir, spec, model, optimiser) if resume else None) or RunState()
-        return cls(spec, model, loss_fn, optimiser, rt, state, workdir, callbacks)
+        optimiser = build_optimiser(model, spec.optimizer, spec.lr, spec.weight_decay, spec.backbone_lr_scale)
+        base_lrs = [group["lr"] for group in optimiser.param_groups] if optimiser is not None else []
+        resumed = resume_state(workdir, spec, model, optimiser) if resume else None
+        run = cls(spec, model, loss_fn, optimiser, rt, resumed or RunState(), workdir, callbacks, base_lrs=base_lrs)
+        run.steps_per_epoch = max(1, -(-len(train_data) // spec.batch_size))
+        if spec.ema is not None and spec.mode != "frozen":
+            run.ema = WeightEMA(model, spec.ema)
+            if resumed is not None and not resumed.finished:
+                run.resume_ema()
+        return run
+
+    def resume_ema(self) -> None:
+        """The average saved in ``last.pt`` (the part of it training changes), and the best payload made from it."""
+        saved = load_checkpoint(self.workdir / LAST_CHECKPOINT).get("ema")
+        if saved is None:
+            raise OdirError(f"{self.workdir / LAST_CHECKPOINT} holds no weight average; use an empty working folder")
+        self.ema.model.load_state_dict(saved, strict=self.spec.mode == "full")
+        if self.state.best is not None and not self.state.best_on_disk:  # made from the raw weights by resume_state
+            self.state.best = best_payload(self.ema.model, self.spec, self.state)
 
     def run_epochs(self) -> None:
         """The epochs after ``state.epoch``, until the last one or early stopping."""
@@ -271,20 +312,27 @@ class _Run:
         generator = torch.Generator().manual_seed(epoch_seed(spec.seed, epoch))
         loader = DataLoader(self.source.train, batch_size=spec.batch_size, shuffle=True, generator=generator)
         total, count = 0.0, 0
-        for inputs, labels in tqdm(loader, desc=f"{spec.name} epoch {epoch}/{spec.epochs}", leave=False, disable=None):
-            total += self.step(inputs, labels) * labels.shape[0]
+        batches = tqdm(loader, desc=f"{spec.name} epoch {epoch}/{spec.epochs}", leave=False, disable=None)
+        for index, (inputs, labels) in enumerate(batches):
+            total += self.step(inputs, labels, (epoch - 1) * self.steps_per_epoch + index) * labels.shape[0]
             count += labels.shape[0]
         return total / max(count, 1)
 
-    def step(self, inputs: torch.Tensor, labels: torch.Tensor) -> float:
-        """One optimiser step on one batch; its loss."""
-        rt, optimiser = self.rt, self.optimiser
+    def step(self, inputs: torch.Tensor, labels: torch.Tensor, global_step: int = 0) -> float:
+        """One optimiser step on one batch (the run's ``global_step``-th, from 0); its loss."""
+        rt, optimiser, spec = self.rt, self.optimiser, self.spec
         x = self.source.prepare(inputs)
-        if self.source.augment:
-            x = augment_batch(x)
-        labels = labels.to(rt.device)
+        if self.source.augment is not None:
+            x = self.source.augment(x)
+            if x.is_floating_point():  # resampled: back to the runtime's memory format
+                x = rt.layout(x)
+        labels = smooth_targets(labels.to(rt.device), spec.label_smoothing)
+        if self.scheduled:
+            total = spec.epochs * self.steps_per_epoch
+            warmup = round(spec.warmup_epochs * self.steps_per_epoch)
+            set_lr(optimiser, lr_factor(global_step, total, warmup, spec.schedule), self.base_lrs)
         with rt.autocast():
-            loss = self.loss_fn(self.source.forward(x).float(), labels)
+            loss = self.loss_fn(self.source.forward(self.model)(x).float(), labels)
         optimiser.zero_grad(set_to_none=True)
         rt.scaler.scale(loss).backward()
         if self.spec.grad_clip is not None:
@@ -292,13 +340,16 @@ class _Run:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.spec.grad_clip)
         rt.scaler.step(optimiser)
         rt.scaler.update()
+        if self.ema is not None:
+            self.ema.update(self.model)
         return loss.item()
 
     def validate(self) -> dict[str, float]:
-        """``val_loss`` and every ``val_*`` metric of the current weights."""
-        self.model.eval()
-        source = self.source
-        logits, labels = predict_logits(source.forward, source.val, source.prepare, self.spec.batch_size, self.rt)
+        """``val_loss`` and every ``val_*`` metric of the current weights (their average, with an EMA)."""
+        model = self.eval_model
+        model.eval()
+        source, batch = self.source, self.spec.batch_size
+        logits, labels = predict_logits(source.forward(model), source.val, source.prepare, batch, self.rt)
         loss = self.loss_fn(logits.to(self.rt.device), labels.to(self.rt.device)).item()
         report = multilabel_report(labels.numpy(), torch.sigmoid(logits).numpy())
         return {"val_loss": loss, **{f"val_{key}": value for key, value in report.items()}}
@@ -328,7 +379,7 @@ class _Run:
         state.epoch = epoch
         if improved:
             state.best_score, state.best_epoch, state.bad_epochs = score, epoch, 0
-            state.best, state.best_on_disk = best_payload(self.model, spec, state), False
+            state.best, state.best_on_disk = best_payload(self.eval_model, spec, state), False
         else:
             state.bad_epochs += 1
         state.finished = epoch == spec.epochs or (spec.patience is not None and state.bad_epochs >= spec.patience)
@@ -340,7 +391,10 @@ class _Run:
         if not state.best_on_disk and (state.finished or not improved):
             writes.append((self.workdir / BEST_CHECKPOINT, state.best))
             state.best_on_disk = True
-        writes.append((self.workdir / LAST_CHECKPOINT, last_payload(self.model, self.optimiser, self.spec, state)))
+        last = last_payload(self.model, self.optimiser, self.spec, state)
+        if self.ema is not None and not state.finished:
+            last["ema"] = _changing_weights(self.ema.model, self.spec.mode)
+        writes.append((self.workdir / LAST_CHECKPOINT, last))
         return writes
 
     def _notify(self, epoch: int, metrics: dict[str, float], writes: list[tuple[Path, dict]]) -> None:
@@ -353,7 +407,7 @@ class _Run:
 
     def evaluate_frozen(self, train_data: FundusDataset, val_data: FundusDataset, started: float) -> TrainResult:
         """``frozen`` mode: the loaded weights are the model; validate once and save them as the best checkpoint."""
-        self.source = _image_source(self.model, train_data, val_data, self.rt, augment=False)
+        self.source = _image_source(train_data, val_data, self.rt, augment=None)
         metrics = self.validate()
         best = self.workdir / BEST_CHECKPOINT
         save_checkpoint(best, frozen_payload(self.model, self.spec, metrics))
@@ -392,8 +446,9 @@ def train(
 
     Args:
         spec: the model spec.
-        train_data: training images and labels (its labels also feed the class-balanced loss).
-        val_data: validation images and labels.
+        train_data: training images and labels (its labels also feed the class-balanced loss); made again under
+            the spec's ``preprocess`` when it was made without it.
+        val_data: validation images and labels (the same).
         workdir: where ``last.pt`` and ``best.pt`` go; an existing ``last.pt`` of the same spec is resumed.
         callbacks: told about every epoch and checkpoint.
         device: force a device (``"cpu"``, ``"cuda:1"``); default: the best available.
@@ -403,9 +458,12 @@ def train(
     started = time.perf_counter()
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    preprocess = spec.fundus_preprocess()  # the spec's, whatever the datasets were made with
+    train_data, val_data = train_data.with_preprocess(preprocess), val_data.with_preprocess(preprocess)
+    augment = spec.augmentation()
     run = _Run.start(spec, train_data, workdir, callbacks, device, resume)
     resumed_from = run.state.epoch or None
-    use_features = cache_features if cache_features is not None else (spec.mode == "head" and not spec.augment)
+    use_features = cache_features if cache_features is not None else (spec.mode == "head" and augment is None)
     if use_features and spec.mode != "head":
         raise OdirError(f"cached features need mode 'head' (the backbone must be frozen), not {spec.mode!r}")
     if spec.mode == "frozen":
@@ -414,10 +472,16 @@ def train(
         run.source = (
             _feature_source(run.model, train_data, val_data, spec.batch_size, run.rt)
             if use_features
-            else _image_source(run.model, train_data, val_data, run.rt, spec.augment)
+            else _image_source(train_data, val_data, run.rt, augment)
         )
         run.run_epochs()
     return run.result(resumed_from, started)
+
+
+def _changing_weights(model: Classifier, mode: str) -> dict[str, torch.Tensor]:
+    """A CPU copy of the weights training changes: all in ``full`` mode, the head's otherwise (as ``last.pt``)."""
+    state = model.state_dict() if mode == "full" else {f"head.{k}": v for k, v in model.head.state_dict().items()}
+    return {key: value.detach().to("cpu", copy=True) for key, value in state.items()}
 
 
 def load_trained(checkpoint: Path | str, device: str | None = None) -> tuple[Classifier, ModelSpec]:

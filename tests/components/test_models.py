@@ -18,6 +18,8 @@ from components.models import (
     build_model,
     lite0_checkpoint,
     lite0_key,
+    lite_checkpoint,
+    lite_key,
     parameter_count,
     preprocessing_config,
 )
@@ -123,6 +125,50 @@ def test_lite0_matches_the_reference_implementation() -> None:
     with torch.no_grad():  # the reference takes what TF's Lite pipeline fed the checkpoint: (x - 127) / 128
         expected = nn.functional.adaptive_avg_pool2d(reference.extract_features((x.float() - 127) / 128), 1)
         torch.testing.assert_close(model.forward_features(x), expected.flatten(1), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("variant", [1, 2])
+def test_lite1_and_lite2_mappings_load_every_tensor(variant: int) -> None:
+    source = torch.load(lite_checkpoint(variant), map_location="cpu", weights_only=True)
+    mapped = {lite_key(k, variant) for k in source} - {None}
+    model = build_model(f"efficientnet_lite{variant}")
+    assert mapped == set(model.features.body.state_dict())  # nothing missing, nothing unexpected
+    assert len(source) - len(mapped) == 2  # only the ImageNet classifier (_fc.weight, _fc.bias) is left out
+    with pytest.raises(
+        WeightsError, match=f"unexpected key '_blocks.21._bn0.weight' in the efficientnet_lite{variant}"
+    ):
+        lite_key("_blocks.21._bn0.weight", variant)  # Lite1 and Lite2 have 21 blocks (0-20)
+
+
+@pytest.mark.parametrize(("variant", "size"), [(1, 240), (2, 260)])
+def test_lite1_and_lite2_match_the_reference_implementation(variant: int, size: int) -> None:
+    from efficientnet_lite_pytorch import EfficientNet
+
+    # the reference pads for its native resolution (static "same" padding), so compare there
+    name, path = f"efficientnet-lite{variant}", str(lite_checkpoint(variant))
+    reference = EfficientNet.from_pretrained(name, weights_path=path).eval()
+    model = build_model(f"efficientnet_lite{variant}", "imagenet").eval()
+    x = torch.randint(0, 256, (1, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = nn.functional.adaptive_avg_pool2d(reference.extract_features((x.float() - 127) / 128), 1)
+        torch.testing.assert_close(model.forward_features(x), expected.flatten(1), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("variant", [1, 2])
+def test_lite1_and_lite2_are_registered_with_the_tf_lite_preprocessing(variant: int) -> None:
+    """As for Lite0: the registration's (x - 127) / 128, and the stem BatchNorm statistics that confirm it."""
+    name = f"efficientnet_lite{variant}"
+    assert preprocessing_config(name) == preprocessing_config("efficientnet_lite0")
+    assert BACKBONES.get(name).dropout == (0.2, 0.3)[variant - 1]  # the TF builder's
+    state = torch.load(lite_checkpoint(variant), map_location="cpu", weights_only=True)
+    per_input_channel = state["_conv_stem.weight"].double().sum(dim=(2, 3))
+    running_mean = state["_bn0.running_mean"].double()
+    config = preprocessing_config(name)
+    tf_input_mean = (torch.tensor(IMAGENET.mean, dtype=torch.float64) - torch.tensor(config["mean"])) / torch.tensor(
+        config["std"]
+    )
+    assert (running_mean - per_input_channel @ tf_input_mean).norm() < 0.6 * running_mean.norm()
+    assert torch.corrcoef(torch.stack([per_input_channel @ tf_input_mean, running_mean]))[0, 1] > 0.95
 
 
 # one crafted pixel per value of interest, per channel: black, TF's Lite mean (127), 128, white

@@ -193,3 +193,84 @@ def test_checkpoints_record_the_normalisation_their_weights_were_trained_under(d
     torch.save(saved, tmp_path / "older.pt")
     model, _ = load_trained(tmp_path / "older.pt")
     assert torch.allclose(model.input_shift.flatten(), -torch.tensor(IMAGENET.mean) / torch.tensor(IMAGENET.std))
+
+
+ALL_OPTIONS = {
+    "augment": "fundus", "preprocess": ["fov_crop", "local_contrast"], "optimizer": "adamw", "weight_decay": 0.01,
+    "schedule": "cosine", "warmup_epochs": 1, "backbone_lr_scale": 0.5, "label_smoothing": 0.1, "ema": 0.9,
+}  # fmt: skip
+
+
+def test_every_new_option_resumes_after_a_crash_to_the_uninterrupted_result(datasets, tmp_path: Path) -> None:
+    spec = _spec(epochs=3, **ALL_OPTIONS)
+    uninterrupted = train(spec, *datasets, tmp_path / "a")
+    with pytest.raises(KeyboardInterrupt):
+        train(spec, *datasets, tmp_path / "b", callbacks=[_Crash(after_epoch=1)])
+    assert "ema" in torch.load(tmp_path / "b" / "last.pt", weights_only=True)
+    resumed = train(spec, *datasets, tmp_path / "b")
+    assert resumed.resumed_from == 1 and resumed.history == uninterrupted.history
+    a, b = _weights(tmp_path / "a" / "best.pt"), _weights(tmp_path / "b" / "best.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    _, loaded = load_trained(uninterrupted.best_checkpoint)
+    assert loaded == spec and loaded.fundus_preprocess().contrast is not None
+
+
+def test_flips_by_name_train_as_augment_true(datasets, tmp_path: Path) -> None:
+    a = train(_spec(epochs=1, augment=True), *datasets, tmp_path / "a")
+    b = train(_spec(epochs=1, augment="flips"), *datasets, tmp_path / "b")
+    assert a.history == b.history
+    wa, wb = _weights(a.best_checkpoint), _weights(b.best_checkpoint)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_the_ema_is_what_is_validated_and_checkpointed(datasets, tmp_path: Path) -> None:
+    torch.manual_seed(7)
+    initial = build_model("tiny_cnn").state_dict()
+    spec = _spec(epochs=2, ema=0.999999)  # an average that barely leaves the initial weights
+    with pytest.raises(KeyboardInterrupt):
+        train(spec, *datasets, tmp_path, callbacks=[_Crash(after_epoch=1)])
+    last = torch.load(tmp_path / "last.pt", weights_only=True)
+    weights = [k for k in initial if initial[k].is_floating_point()]  # (counters are copied, not averaged)
+    moved = [k for k in weights if not torch.allclose(last["model"][k], initial[k])]
+    assert moved  # the raw weights trained (they are what the next epoch continues from) ...
+    assert all(torch.allclose(last["ema"][k], initial[k], atol=1e-3) for k in weights)  # ... not the EMA
+    result = train(spec, *datasets, tmp_path)
+    best = _weights(result.best_checkpoint)
+    assert all(torch.allclose(best[k], initial[k], atol=1e-3) for k in weights)
+
+
+def test_the_schedule_and_the_backbone_lr_reach_the_optimiser(datasets, tmp_path: Path) -> None:
+    # 12 training images in batches of 4: 3 steps per epoch, 6 in all; the last step of epoch 1 is step 2 of a
+    # cosine without warmup: (1 + cos(pi * 2 / 6)) / 2 = 0.75
+    spec = _spec(epochs=2, lr=0.01, schedule="cosine", backbone_lr_scale=0.1)
+    with pytest.raises(KeyboardInterrupt):
+        train(spec, *datasets, tmp_path, callbacks=[_Crash(after_epoch=1)])
+    groups = torch.load(tmp_path / "last.pt", weights_only=True)["optimizer"]["param_groups"]
+    assert [g["lr"] for g in groups] == pytest.approx([0.001 * 0.75, 0.01 * 0.75])
+
+
+def test_the_specs_preprocessing_is_applied_to_the_datasets_it_is_given(
+    synthetic_root: Path, datasets, tmp_path: Path
+) -> None:
+    spec = _spec(epochs=1, preprocess="local_contrast")
+    given_plain = train(spec, *datasets, tmp_path / "a")
+    preprocess, cache = spec.fundus_preprocess(), ImageCache()
+    made = [FundusDataset.from_split(load_split(synthetic_root, s), SIZE, cache, preprocess) for s in ("train", "val")]
+    given_preprocessed = train(spec, *made, tmp_path / "b")
+    assert given_plain.history == given_preprocessed.history
+    unprocessed = train(_spec(epochs=1), *datasets, tmp_path / "c")
+    assert unprocessed.history != given_plain.history
+
+
+def test_head_mode_with_augment_none_trains_on_cached_features(
+    datasets, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import components.training as training
+
+    calls = []
+    real = training.extract_features
+    monkeypatch.setattr(training, "extract_features", lambda *args: calls.append(1) or real(*args))
+    train(_spec(epochs=1, mode="head", augment="none"), *datasets, tmp_path / "none")
+    assert len(calls) == 2  # train and val features, once
+    train(_spec(epochs=1, mode="head", augment=["brightness"]), *datasets, tmp_path / "jitter")
+    assert len(calls) == 2  # augmented images need the backbone every step

@@ -64,7 +64,10 @@ def run(root: Path, size: int = 128, limit: int = 100, repeats: int = 3) -> list
 
         def raw() -> np.ndarray:
             probs = [
-                predict_images(model, paths, spec.image_size, STUDY_VIEWS, spec.batch_size) for model, spec in members
+                predict_images(
+                    model, paths, spec.image_size, STUDY_VIEWS, spec.batch_size, preprocess=spec.fundus_preprocess()
+                )
+                for model, spec in members
             ]
             return weighted_mean(probs, [0.5, 0.2, 0.3])
 

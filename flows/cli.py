@@ -85,7 +85,8 @@ def _print_offsite(checkpoint: Path, offsite: Split, size: int) -> None:
     from components.training import load_trained
 
     model, spec = load_trained(checkpoint)
-    probs = predict_images(model, FundusDataset.from_split(offsite, size), size, ("identity",), spec.batch_size)
+    dataset = FundusDataset.from_split(offsite, size)
+    probs = predict_images(model, dataset, size, ("identity",), spec.batch_size, preprocess=spec.fundus_preprocess())
     report = multilabel_report(offsite.labels, probs)
     print(f"{'':<24} offsite f1_macro {report['f1_macro']:.4f}  offsite f1_course {report['f1_course']:.4f}")
 

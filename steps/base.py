@@ -25,10 +25,11 @@ Result = TypeVar("Result")
 
 # The modules whose code decides what a step produces from its inputs (its reuse key includes their fingerprint).
 STEP_CODE: dict[str, tuple[str, ...]] = {
-    "train": ("components.attention", "components.checkpoints", "components.data", "components.losses",
-              "components.metrics", "components.models", "components.training"),
-    "evaluate": ("components.data", "components.inference", "components.metrics", "components.models",
-                 "components.tta", "steps.ensemble_model"),
+    "train": ("components.attention", "components.augment", "components.checkpoints", "components.data",
+              "components.fundus", "components.losses", "components.metrics", "components.models",
+              "components.schedule", "components.training"),
+    "evaluate": ("components.data", "components.fundus", "components.inference", "components.metrics",
+                 "components.models", "components.scoring", "components.tta", "steps.ensemble_model"),
     "tune_thresholds": ("components.thresholds",),
     "ensemble": ("components.ensemble", "components.metrics", "components.thresholds", "steps.ensemble_model"),
 }  # fmt: skip

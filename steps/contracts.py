@@ -222,7 +222,8 @@ def predict_with_checkpoints(checkpoints: list[Path], paths: list[str], views: t
     probs = []
     for checkpoint in checkpoints:
         network, spec = load_trained(checkpoint)
-        probs.append(predict_images(network, paths, spec.image_size, views, spec.batch_size))
+        probs.append(predict_images(network, paths, spec.image_size, views, spec.batch_size,
+                                    preprocess=spec.fundus_preprocess()))  # fmt: skip
     return np.mean(probs, axis=0)
 
 

@@ -95,7 +95,10 @@ class OdirEnsemble(mlflow.pyfunc.PythonModel):
 
     def _member_probs(self, folds: list, sources: list[ImageSource]) -> np.ndarray:
         """A member's TTA probabilities: its model's, or the mean of its fold models'."""
-        return np.mean(
-            [predict_images(model, sources, spec.image_size, self.views, spec.batch_size) for model, spec in folds],
-            axis=0,
-        )
+        probs = [
+            predict_images(
+                model, sources, spec.image_size, self.views, spec.batch_size, preprocess=spec.fundus_preprocess()
+            )
+            for model, spec in folds
+        ]
+        return np.mean(probs, axis=0)

@@ -223,7 +223,8 @@ def _train_folds(
                            callbacks=[MlflowCallback(f"fold{k}_")], device=config.device)  # fmt: skip
             _log_result(result, f"fold{k}_")
             oof[held_out] = predict_images(result.model, manifest.rows_dataset(pool[held_out], spec.image_size),
-                                           spec.image_size, config.views, spec.batch_size)  # fmt: skip
+                                           spec.image_size, config.views, spec.batch_size,
+                                           preprocess=spec.fundus_preprocess())  # fmt: skip
             shutil.copyfile(result.best_checkpoint, Path(tmp) / f"fold_{k}.pt")
             models.append(result.model)
             epochs.append(result.best_epoch)

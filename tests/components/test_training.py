@@ -274,3 +274,14 @@ def test_head_mode_with_augment_none_trains_on_cached_features(
     assert len(calls) == 2  # train and val features, once
     train(_spec(epochs=1, mode="head", augment=["brightness"]), *datasets, tmp_path / "jitter")
     assert len(calls) == 2  # augmented images need the backbone every step
+
+
+def test_inference_gives_a_model_the_preprocessing_it_was_trained_with(datasets, tmp_path: Path) -> None:
+    result = train(_spec(epochs=1, preprocess="local_contrast"), *datasets, tmp_path)
+    model, spec = load_trained(result.best_checkpoint)
+    paths = datasets[1].paths
+    as_trained = predict_images(model, datasets[1].with_preprocess(spec.fundus_preprocess()), SIZE, ("identity",))
+    given = predict_images(model, paths, SIZE, ("identity",), preprocess=spec.fundus_preprocess())
+    raw = predict_images(model, paths, SIZE, ("identity",))
+    assert torch.allclose(torch.as_tensor(given), torch.as_tensor(as_trained))
+    assert not torch.allclose(torch.as_tensor(raw), torch.as_tensor(as_trained))  # the preprocessing matters

@@ -157,3 +157,17 @@ def test_prefect_yaml_deploys_and_a_worker_runs_odir_full(
         assert (tmp_path / "s.csv").exists()
     finally:
         stop(worker)
+
+
+def test_a_cv_profile_runs_end_to_end_and_names_its_protocol(stack: Stack, tiny_data: Path, tmp_path: Path) -> None:
+    profile = tmp_path / "cv.yaml"
+    profile.write_text(
+        "name: cvtiny\ndefaults: {image_size: 32, batch_size: 8, epochs: 1, lr: 0.003, seed: 3}\nmodels:\n"
+        "  - {name: cv-tiny, backbone: tiny_cnn}\ntta_views: [identity, hflip]\ncv: {folds: 3, seed: 1}\n"
+    )
+    done = stack.run(str(BIN / "odir"), "full", "--profile", str(profile), "--data", str(tiny_data))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "cv (3 folds); 95% intervals: bootstrap over patients" in done.stdout
+    assert "members' f1_macro (out-of-fold): odir-cv-tiny" in done.stdout
+    [member] = _client(stack).search_model_versions("name = 'odir-cv-tiny'")
+    assert "patient-grouped" in member.description.lower() or "out-of-fold" in member.description.lower()

@@ -257,7 +257,7 @@ def predict_paths(model_uri: str, paths: list[str], views: tuple[str, ...] = STU
         model = mlflow.pyfunc.load_model(model_uri)
         output = model.predict(pd.DataFrame({"image_path": paths}))
         thresholds = np.asarray(model.unwrap_python_model().thresholds, dtype=np.float64)
-        return Prediction(output.loc[:, list(PROB_COLUMNS)].to_numpy(dtype=np.float64), thresholds)
+        return Prediction(probabilities_of(output), thresholds)
     probs = predict_with_checkpoints(member_checkpoints(model_uri), paths, views)
     return Prediction(probs, np.full(len(LABELS), DEFAULT_THRESHOLD))
 

@@ -128,6 +128,13 @@ def _register(
     return str(mlflow.register_model(info.model_uri, tracking.ENSEMBLE_MODEL, tags=tags).version)  # with its tags
 
 
+def _temperatures(config: EnsembleConfig, labels: np.ndarray, member_probs: list[np.ndarray]) -> np.ndarray:
+    """``(members, 3)`` temperatures fit on these predictions, all 1 without ``calibrate``."""
+    if not config.calibrate:
+        return np.ones((len(member_probs), len(LABELS)))
+    return np.stack([fit_temperatures(labels, probs) for probs in member_probs])
+
+
 def _calibrate(
     config: EnsembleConfig, names: list[str], labels: np.ndarray, member_probs: list[np.ndarray]
 ) -> np.ndarray:
@@ -136,9 +143,9 @@ def _calibrate(
     the ensemble is the out-of-sample figure)."""
     import mlflow
 
+    temperatures = _temperatures(config, labels, member_probs)
     if not config.calibrate:
-        return np.ones((len(member_probs), len(LABELS)))
-    temperatures = np.stack([fit_temperatures(labels, probs) for probs in member_probs])
+        return temperatures
     for name, probs, member_t in zip(names, member_probs, temperatures, strict=True):
         before = calibration_errors(labels, probs)
         after = calibration_errors(labels, apply_temperature(probs, member_t))
@@ -200,10 +207,7 @@ def _cross_fitted(
     probs, shifted = np.zeros_like(member_probs[0]), np.zeros_like(member_probs[0])
     for fold in np.unique(folds):
         fit, held_out = folds != fold, folds == fold
-        temperatures = (
-            np.stack([fit_temperatures(labels[fit], p[fit]) for p in member_probs]) if config.calibrate
-            else np.ones((len(member_probs), len(LABELS)))
-        )  # fmt: skip
+        temperatures = _temperatures(config, labels[fit], [p[fit] for p in member_probs])
         weights, _, tuned = _fit(config, labels[fit], [p[fit] for p in member_probs], temperatures)
         calibrated = [apply_temperature(p[held_out], t) for p, t in zip(member_probs, temperatures, strict=True)]
         probs[held_out] = weighted_mean(calibrated, weights)

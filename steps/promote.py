@@ -26,7 +26,6 @@ import numpy as np
 import pandas as pd
 
 from components.bootstrap import PairedResult, paired_bootstrap, pick, report_metrics
-from components.ensemble import PROB_COLUMNS
 from components.errors import OdirError
 from steps import cli, tracking
 from steps.base import StepConfig
@@ -37,6 +36,7 @@ from steps.contracts import (
     load_manifest,
     predict_paths,
     predict_split,
+    probabilities_of,
     read_predictions,
     record_score,
 )
@@ -134,7 +134,7 @@ def scored_on(model_uri: str, manifest: Manifest, split: str, experiment: str, i
     if split == "cv":
         frame = cv_predictions(f"models:/{name}/{version}", experiment)
         if frame is not None and list(frame["id"]) == images.ids:  # shifted: each fold's thresholds sit at 0.5
-            return Scored(frame.loc[:, list(PROB_COLUMNS)].to_numpy(dtype=np.float64), np.full(3, 0.5))
+            return Scored(probabilities_of(frame), np.full(3, 0.5))
         prediction = predict_paths(f"models:/{name}/{version}", images.paths)
         return Scored(prediction.probs, prediction.thresholds)
     tags = {"model_version": f"models:/{name}/{version}", "split": split, "data_digest": manifest.digest}
@@ -142,7 +142,7 @@ def scored_on(model_uri: str, manifest: Manifest, split: str, experiment: str, i
     if done is not None and "thresholds" in done.data.params:
         frame = read_predictions(done.data.tags["predictions_uri"])
         thresholds = np.array([float(t) for t in done.data.params["thresholds"].split(",")])
-        return Scored(frame.loc[:, list(PROB_COLUMNS)].to_numpy(dtype=np.float64), thresholds)
+        return Scored(probabilities_of(frame), thresholds)
     prediction = predict_split(f"models:/{name}/{version}", manifest, split, views=("identity",))
     return Scored(prediction.probs, prediction.thresholds)
 

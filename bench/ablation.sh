@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Issue 15's ablation on the real data: runs `odir full` on each profile of configs/ablation/ (or the ones given)
+# against a store of its own, one after the other, and prints the table (bench/ablation_table.py).
+#
+#   bench/ablation.sh [PROFILE.yaml ...]
+#
+# ODIR_DATA (default ../shared/data/odir) is the data; ODIR_HOME (default .odir/ablation) holds the store, so the
+# project's own champion is never touched. Each row's wall time goes to $ODIR_HOME/times.tsv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+data="${ODIR_DATA:-../shared/data/odir}"
+export ODIR_HOME="${ODIR_HOME:-$PWD/.odir/ablation}"
+mkdir -p "$ODIR_HOME"
+python="${PYTHON:-.venv/bin/python}"
+profiles=("$@")
+[ ${#profiles[@]} -gt 0 ] || profiles=(configs/ablation/*.yaml)
+for profile in "${profiles[@]}"; do
+  start=$(date +%s)
+  echo "== $profile ($(date -u +%H:%M:%S))"
+  "$python" -m flows.cli full --profile "$profile" --data "$data" > "$ODIR_HOME/$(basename "$profile" .yaml).log" 2>&1 \
+    || echo "   failed: see $ODIR_HOME/$(basename "$profile" .yaml).log"
+  printf '%s\t%s\n' "$profile" "$(( $(date +%s) - start ))" >> "$ODIR_HOME/times.tsv"
+done
+"$python" -m bench.ablation_table --times "$ODIR_HOME/times.tsv"

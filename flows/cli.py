@@ -1,6 +1,8 @@
 """The ``odir`` command line: one entry point for users, each sub-command a thin call into the library.
 
-Bad input (``OdirError``) ends with its message on stderr and exit status 2, never a traceback.
+Bad input (``OdirError``) ends with its message on stderr and exit status 2, never a traceback; a tracking server
+or object store that does not answer under the retry policy (:class:`steps.tracking.RetryPolicy`) ends with one
+line naming it and exit status 3. Outputs are checked before the work starts.
 """
 
 from __future__ import annotations
@@ -15,11 +17,15 @@ from typing import TYPE_CHECKING
 
 from components import LABELS
 from components.errors import OdirError
+from components.outputs import check_output
+from steps import tracking
 
 if TYPE_CHECKING:
     from components.data import Split
 
 EXIT_INVALID = 2
+EXIT_UNREACHABLE = 3
+STORE_COMMANDS = ("full", "experiments", "predict", "verify")  # checked for a reachable store before any work
 
 
 def _print_report(root: Path, check_images: bool) -> int:
@@ -47,6 +53,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_demo_data(args: argparse.Namespace) -> int:
     from components.synth import SynthSizes, write_synthetic_dataset
 
+    check_output(args.out, folder=True)
     sizes = SynthSizes(args.n_train, args.n_val, args.n_offsite, args.n_onsite)
     root = write_synthetic_dataset(args.out, size=args.size, sizes=sizes, seed=args.seed)
     print(f"Synthetic dataset written to {root.resolve()} (seed {args.seed}, {args.size}x{args.size} px).")
@@ -109,6 +116,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not images:
         raise DataError([Problem(str(folder), f"no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")])
+    check_output(args.out)
     tracking.setup()
     prediction = predict_paths(args.model, [str(p) for p in images])
     labels = binarize(prediction.probs, prediction.thresholds)
@@ -195,6 +203,7 @@ def _cmd_full(args: argparse.Namespace) -> int:
     from components.config import load_profile
 
     _check_inputs(args.profile, args.data, load_profile)
+    check_output(args.out or Path("outputs") / f"submission-{Path(args.profile).stem}.csv")
     _warm_start()
     from flows import without_heartbeats
     from flows.odir import odir
@@ -209,6 +218,8 @@ def _cmd_experiments(args: argparse.Namespace) -> int:
     from components.config import load_grid
 
     _check_inputs(args.grid, args.data, load_grid)
+    if args.out:
+        check_output(args.out, folder=True)
     _warm_start()
     from flows import without_heartbeats
     from flows.experiments import odir_experiments
@@ -290,8 +301,11 @@ def _cmd_bucket(args: argparse.Namespace) -> int:
 
 
 def _cmd_upload(args: argparse.Namespace) -> int:
-    from steps.storage import upload_folder
+    from steps.storage import split_s3, upload_folder
 
+    if not Path(args.folder).is_dir():
+        raise OdirError(f"{args.folder}: {'not found' if not Path(args.folder).exists() else 'not a folder'}")
+    split_s3(args.uri)
     print(f"{upload_folder(args.folder, args.uri)} files uploaded to {args.uri}")
     return 0
 
@@ -380,10 +394,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     for chatty in ("httpx", "httpcore", "alembic"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
     try:
+        if args.command in STORE_COMMANDS:
+            tracking.check_store()
         return args.handler(args)
     except OdirError as error:
         print(f"odir {args.command}: {error}", file=sys.stderr)
         return EXIT_INVALID
+    except Exception as error:
+        if not tracking.store_unreachable(error):
+            raise
+        print(f"odir {args.command}: {tracking.unreachable_message(error)}", file=sys.stderr)
+        return EXIT_UNREACHABLE
 
 
 if __name__ == "__main__":

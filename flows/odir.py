@@ -35,13 +35,15 @@ DEMO_DATA = Path("data") / "demo"
 
 
 def _transient(task_: Any, task_run: Any, state: Any) -> bool:
-    """Retry a failed task unless its error is bad input or a bad setting (``OdirError``, ``ValueError``)."""
+    """Retry a failed task unless its error is bad input or a bad setting (``OdirError``, ``ValueError``), or a
+    store that stayed unreachable: the steps' requests already retried it under the one policy
+    (:class:`steps.tracking.RetryPolicy`), and a second round would only multiply the wait."""
     try:
         state.result()
     except (ValueError, TypeError):  # OdirError is a ValueError
         return False
-    except Exception:  # anything else (a server briefly unreachable, a dropped connection) may pass on a retry
-        return True
+    except Exception as error:  # anything else (a dropped connection, a file race) may pass on a retry
+        return not tracking.store_unreachable(error)
     return True
 
 

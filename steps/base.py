@@ -19,7 +19,7 @@ import importlib.util
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from steps import tracking
+from steps import integrity, locks, tracking
 
 Result = TypeVar("Result")
 
@@ -56,11 +56,29 @@ def run_step(
 ) -> Result:  # fmt: skip
     """``reused(run)`` of the newest FINISHED ``step`` run tagged ``tags`` when ``config.reuse`` allows, else
     ``work(run)`` inside a new child run tagged ``tags`` (which ends FAILED, keeping what was logged, if it raises).
+
+    A finished run is reused only if the version it registered still passes its SHA-256 check
+    (:mod:`steps.integrity`). The work runs under a registry lock named after the step and its tags
+    (:mod:`steps.locks`): two pipelines that want the same model at once train it once; the second waits for the
+    first and reuses its run.
     """
-    if config.reuse and (done := tracking.find_finished_run(config.experiment, step, tags)):
+    if config.reuse and (done := _sound_finished_run(config, step, tags)):
         return reused(done)
-    with tracking.step_run(step, config.experiment, config.parent_run_id, run_name, tags, system_metrics) as run:
-        return work(run)
+    # One process at a time does the same work: a second pipeline that wants it waits, then reuses the result.
+    with locks.registry_lock(f"{step}-{tracking.content_key(tags)}", timeout=None, waiting_for=run_name):
+        if config.reuse and (done := _sound_finished_run(config, step, tags)):
+            return reused(done)
+        with tracking.step_run(step, config.experiment, config.parent_run_id, run_name, tags, system_metrics) as run:
+            return work(run)
+
+
+def _sound_finished_run(config: StepConfig, step: str, tags: dict[str, str]) -> Any | None:
+    """The run to reuse: the newest finished one with these tags whose registered version still verifies (a broken
+    one is set aside, and the next one looked for)."""
+    while (done := tracking.find_finished_run(config.experiment, step, tags)) is not None:
+        if integrity.sound_reuse(done):
+            return done
+    return None
 
 
 @functools.cache

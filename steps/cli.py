@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from components.errors import OdirError
+from steps.tracking import store_unreachable, unreachable_message
 
 
 def _pydantic_value(model: type) -> Callable[[str], Any]:
@@ -76,20 +77,6 @@ def parse_config(config_cls: type, argv: Sequence[str] | None, prog: str) -> Any
     return config_cls(**values)
 
 
-def _unreachable(error: BaseException) -> bool:
-    """Whether ``error`` (or what caused it) is a connection failure to a server."""
-    import requests
-    from mlflow.exceptions import MlflowException
-
-    while error is not None:
-        if isinstance(error, requests.exceptions.ConnectionError | ConnectionError):
-            return True
-        if isinstance(error, MlflowException) and "Max retries exceeded" in str(error):
-            return True
-        error = error.__cause__ or error.__context__
-    return False
-
-
 def main(config_cls: type, run: Callable[[Any], Any], argv: Sequence[str] | None = None) -> int:
     """Parses the options, runs the step, prints its result as JSON; returns the exit status."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
@@ -102,13 +89,9 @@ def main(config_cls: type, run: Callable[[Any], Any], argv: Sequence[str] | None
         print(f"{prog}: {error}", file=sys.stderr)
         return 2
     except Exception as error:
-        if not _unreachable(error):
+        if not store_unreachable(error):
             raise
-        from steps.tracking import tracking_uri
-
-        print(
-            f"{prog}: the tracking server {tracking_uri()} stayed unreachable after retrying: {error}", file=sys.stderr
-        )
+        print(f"{prog}: {unreachable_message(error)}", file=sys.stderr)
         return 3
     print(json.dumps(dataclasses.asdict(result), default=str))
     return 0

@@ -36,7 +36,7 @@ from components.metrics import DEFAULT_THRESHOLD
 from components.thresholds import STUDY_GRID, ThresholdResult, fine_grid
 from components.training import load_trained
 from components.tta import STUDY_VIEWS
-from steps import storage, tracking
+from steps import integrity, storage, tracking
 from steps.base import code_fingerprint
 
 MANIFEST_DIR = "manifest"
@@ -208,10 +208,9 @@ def read_thresholds(thresholds_uri: str) -> dict[str, float]:
 def member_checkpoints(model_uri: str) -> list[Path]:
     """The local checkpoints of a registered member model: ``[best.pt]``, or its fold models in fold order (tensors
     only, loadable with ``weights_only=True``)."""
-    import mlflow
-
-    _, _, run_id = tracking.model_version_run(model_uri)
-    folder = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=CHECKPOINT_DIR))
+    folder = integrity.verified_checkpoints(model_uri)
+    if folder is None:
+        raise OdirError(f"{model_uri} has no checkpoints: not a member model of odir")
     if (folder / "best.pt").exists():
         return [folder / "best.pt"]
     return sorted(folder.glob("fold_*.pt"), key=lambda path: int(path.stem.removeprefix("fold_")))
@@ -254,7 +253,7 @@ def predict_paths(model_uri: str, paths: list[str], views: tuple[str, ...] = STU
     if is_ensemble(model_uri):
         import mlflow
 
-        model = mlflow.pyfunc.load_model(model_uri)
+        model = mlflow.pyfunc.load_model(str(integrity.verified_model_dir(model_uri)))
         output = model.predict(pd.DataFrame({"image_path": paths}))
         thresholds = np.asarray(model.unwrap_python_model().thresholds, dtype=np.float64)
         return Prediction(probabilities_of(output), thresholds)

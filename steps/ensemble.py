@@ -39,7 +39,7 @@ from components.metrics import DEFAULT_THRESHOLD, f1_macro, multilabel_report
 from components.scoring import scored_report
 from components.thresholds import ThresholdResult, tune_thresholds
 from components.tta import STUDY_VIEWS, check_views
-from steps import cli, tracking
+from steps import cli, integrity, tracking
 from steps.base import StepConfig, code_fingerprint, run_step
 from steps.contracts import (
     grid_of,
@@ -125,7 +125,7 @@ def _register(
                     "torch", "torchvision", "timm", "numpy", "pandas", "pillow"
                 ),
             )
-    return str(mlflow.register_model(info.model_uri, tracking.ENSEMBLE_MODEL, tags=tags).version)  # with its tags
+    return integrity.register(info.model_uri, tracking.ENSEMBLE_MODEL, tags)  # with its tags and files' SHA-256
 
 
 def _temperatures(config: EnsembleConfig, labels: np.ndarray, member_probs: list[np.ndarray]) -> np.ndarray:

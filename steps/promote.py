@@ -27,7 +27,7 @@ import pandas as pd
 
 from components.bootstrap import PairedResult, paired_bootstrap, pick, report_metrics
 from components.errors import OdirError
-from steps import cli, tracking
+from steps import cli, locks, tracking
 from steps.base import StepConfig
 from steps.contracts import (
     CV_POOL,
@@ -167,7 +167,7 @@ def run(config: PromoteConfig) -> PromoteResult:
     tags = {"split": config.split}
     with (
         tracking.step_run("promote", config.experiment, config.parent_run_id, "promote", tags) as run,
-        tracking.registry_lock(f"promote-{name}"),  # concurrent promotions compare one after the other
+        locks.registry_lock(f"promote-{name}"),  # concurrent promotions compare one after the other
     ):
         return _promote(config, manifest, images, name, version, run)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from components import LABELS
+from components.outputs import check_output
 from steps import cli, tracking
 from steps.base import StepConfig, run_step
 from steps.contracts import Manifest, load_manifest
@@ -44,11 +45,11 @@ class SubmitResult:
 
 def run(config: SubmitConfig) -> SubmitResult:
     """Predicts and writes the submission (or copies the one of an earlier run); see the module docstring."""
+    out_path = check_output(config.out_path).resolve()  # before the predictions, not after
     manifest = load_manifest(config.manifest_uri)
     name, version = tracking.split_model_uri(config.model_uri)
     model_uri = f"models:/{name}/{version}"
     tags = {"split": config.split, "data_digest": manifest.digest, "model_uri": model_uri}
-    out_path = Path(config.out_path).resolve()
 
     def reused(done) -> SubmitResult:
         uri = done.data.tags["submission_uri"]

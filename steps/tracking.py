@@ -17,6 +17,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +47,139 @@ def is_embedded(uri: str) -> bool:
     return uri.startswith("sqlite:")
 
 
+# --- one retry policy for the tracking server and the object store ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How odir retries a tracking server or object store that does not answer, everywhere, in one round.
+
+    ``attempts`` tries of at most ``timeout_s`` each, waiting ``backoff_s``, then twice that, and so on between them
+    (0, 2, 4 s with the defaults as urllib3 counts: MLflow's requests; 1, 2, 4 s in the start-up check). The
+    defaults (4 attempts, 10 s, 1 s) give up within about 50 s on a server that hangs and within about 10 s on one
+    that refuses connections. ``ODIR_STORE_ATTEMPTS``, ``ODIR_STORE_TIMEOUT_S`` and ``ODIR_STORE_BACKOFF_S`` change
+    them (a slow network: more attempts, a longer timeout). Flows do not retry a task that failed this way: no
+    nested rounds.
+    """
+
+    attempts: int = 4
+    timeout_s: float = 10.0
+    backoff_s: float = 1.0
+
+    @classmethod
+    def from_env(cls) -> RetryPolicy:
+        return cls(
+            int(os.environ.get("ODIR_STORE_ATTEMPTS", cls.attempts)),
+            float(os.environ.get("ODIR_STORE_TIMEOUT_S", cls.timeout_s)),
+            float(os.environ.get("ODIR_STORE_BACKOFF_S", cls.backoff_s)),
+        )
+
+    def apply(self) -> None:
+        """Hands the policy to MLflow's HTTP client and to boto (MLflow's S3 artifact client) unless the user set
+        their own variables."""
+        for variable, value in {
+            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": self.attempts - 1,
+            "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": self.backoff_s,
+            "MLFLOW_HTTP_REQUEST_TIMEOUT": self.timeout_s,
+            "AWS_MAX_ATTEMPTS": self.attempts,
+            "AWS_RETRY_MODE": "standard",
+        }.items():
+            os.environ.setdefault(variable, str(value))
+
+    def describe(self) -> str:
+        return f"{self.attempts} attempts, {self.timeout_s:g} s each, backoff from {self.backoff_s:g} s"
+
+
+class StoreUnreachable(ConnectionError):
+    """The tracking server or object store did not answer within the retry policy."""
+
+
+def _endpoint(uri: str) -> tuple[str, int] | None:
+    """(host, port) of a server URI, None for a local store."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    default_port = {"http": 80, "https": 443, "postgresql": 5432, "mysql": 3306, "mssql": 1433}
+    scheme = parts.scheme.split("+")[0]  # postgresql+psycopg2
+    if scheme not in default_port or not parts.hostname:
+        return None
+    return parts.hostname, parts.port or default_port[scheme]
+
+
+def _s3_endpoint() -> str | None:
+    return os.environ.get("MLFLOW_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
+
+
+def check_store(policy: RetryPolicy | None = None) -> None:
+    """Before any work: the tracking server (and the S3 endpoint, when one is set) accepts connections, tried
+    under the retry policy.
+
+    Raises:
+        StoreUnreachable: one line naming the URI and what was tried.
+    """
+    import time
+
+    policy = policy or RetryPolicy.from_env()
+    for what, uri in (("tracking server", tracking_uri()), ("object store", _s3_endpoint())):
+        address = _endpoint(uri) if uri else None
+        if address is None:
+            continue
+        started, error = time.monotonic(), None
+        for attempt in range(policy.attempts):
+            if attempt:
+                time.sleep(policy.backoff_s * 2 ** (attempt - 1))
+            try:
+                socket.create_connection(address, timeout=policy.timeout_s).close()
+                break
+            except OSError as failure:
+                error = failure
+        else:
+            raise StoreUnreachable(
+                f"{what} {uri} unreachable: {policy.attempts} attempts over {time.monotonic() - started:.0f} s "
+                f"({error.strerror or error}); retry policy: {policy.describe()} (ODIR_STORE_ATTEMPTS, "
+                "ODIR_STORE_TIMEOUT_S, ODIR_STORE_BACKOFF_S)"
+            )
+
+
+def store_unreachable(error: BaseException | None) -> bool:
+    """Whether ``error`` (or what caused it) is a failure to reach the tracking server or the object store."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    while error is not None:
+        if isinstance(error, requests.exceptions.ConnectionError | requests.exceptions.Timeout | ConnectionError):
+            return True
+        if isinstance(error, MlflowException) and "Max retries exceeded" in str(error):
+            return True
+        if type(error).__name__ in ("EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError"):
+            return True  # botocore's, for the object store
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def unreachable_message(error: BaseException) -> str:
+    """One line for a store that stopped answering: which one, and what was tried."""
+    if isinstance(error, StoreUnreachable):
+        return str(error)
+    text = str(error)
+    s3 = _s3_endpoint()
+    what, uri = (
+        ("object store", s3)
+        if s3 and ("s3" in text.lower() or "endpoint" in text.lower())
+        else ("tracking server", tracking_uri())
+    )
+    return (
+        f"{what} {uri} stopped answering (retry policy: {RetryPolicy.from_env().describe()}); "
+        "nothing finished is lost: run the same command again when it is back"
+    )
+
+
 def connect() -> str:
     """Points MLflow at the store (read from the environment now, not at import) and returns its URI."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("DO_NOT_TRACK", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    RetryPolicy.from_env().apply()
     import mlflow
 
     uri = tracking_uri()
@@ -130,53 +259,6 @@ def reap_dead_runs(experiment_id: str) -> list[str]:
     if reaped:
         log.warning("marked %d run(s) of dead processes FAILED: %s", len(reaped), ", ".join(reaped))
     return reaped
-
-
-@contextmanager
-def registry_lock(name: str, timeout: float = 300, stale_after: float = 900) -> Iterator[None]:
-    """A mutex held in the model registry, shared by every process and host that uses the same tracking store.
-
-    Creating a registered model is atomic in every MLflow backend (the name is unique), so the process that creates
-    ``odir-lock-<name>`` holds the lock until it deletes it. A lock older than ``stale_after`` seconds is taken to
-    belong to a process that died while holding it and is broken.
-
-    Raises:
-        OdirError: when the lock cannot be had within ``timeout`` seconds.
-    """
-    import random
-    import time
-
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    from components.errors import OdirError
-
-    connect()
-    client = MlflowClient()
-    lock = f"odir-lock-{name}"
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            client.create_registered_model(lock, description=f"held by {socket.gethostname()}:{os.getpid()}")
-            break
-        except MlflowException as error:
-            if error.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
-        try:
-            held_since = client.get_registered_model(lock).creation_timestamp / 1000
-            if time.time() - held_since > stale_after:
-                log.warning("breaking the stale lock %s (held since %s)", lock, held_since)
-                client.delete_registered_model(lock)
-                continue
-        except MlflowException:  # released meanwhile
-            continue
-        if time.monotonic() > deadline:
-            raise OdirError(f"could not acquire the {name} lock within {timeout:.0f} s (registered model {lock})")
-        time.sleep(0.2 + random.random() * 0.3)
-    try:
-        yield
-    finally:
-        client.delete_registered_model(lock)
 
 
 @contextmanager

@@ -38,7 +38,7 @@ from components.models import FoldAverage, parameter_count, preprocessing_config
 from components.scoring import scored_report
 from components.training import Callback, TrainResult, train
 from components.tta import STUDY_VIEWS
-from steps import cli, tracking
+from steps import cli, integrity, tracking
 from steps.base import StepConfig, run_step
 from steps.contracts import (
     CHECKPOINT_ARTIFACT,
@@ -130,8 +130,8 @@ def _log_model(spec: ModelSpec, model: torch.nn.Module, tags: dict[str, str]) ->
         pip_requirements=tracking.pinned_requirements("torch", "torchvision"),
         metadata={"odir_spec": spec.model_dump(), "preprocessing": preprocessing_config(spec.backbone)},
     )
-    version = mlflow.register_model(info.model_uri, registered_name(spec), tags=tags)  # the version with its tags
-    return version.name, str(version.version)
+    name = registered_name(spec)
+    return name, integrity.register(info.model_uri, name, tags)  # with its tags and its files' SHA-256
 
 
 def _reused(run) -> TrainStepResult:

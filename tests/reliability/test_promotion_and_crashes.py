@@ -14,7 +14,7 @@ import pytest
 from mlflow import MlflowClient
 
 from components.config import load_profile
-from steps import contracts, ensemble, evaluate, ingest, promote, tracking, train
+from steps import contracts, ensemble, evaluate, ingest, locks, promote, tracking, train
 from tests.store import odir_env
 
 WEIGHTS = ((1.0, 0.0), (0.0, 1.0), (0.5, 0.5))
@@ -96,16 +96,16 @@ def test_concurrent_promotions_leave_the_best_champion(versions: dict, odir_home
 def test_the_registry_lock_excludes_a_second_holder(versions: dict, odir_home: Path) -> None:
     from components.errors import OdirError
 
-    with tracking.registry_lock("promote-test"):
+    with locks.registry_lock("promote-test"):
         other = subprocess.run(
-            [sys.executable, "-c", "from steps import tracking\n"
-             "with tracking.registry_lock('promote-test', timeout=2):\n    print('acquired')"],
+            [sys.executable, "-c", "from steps import locks\n"
+             "with locks.registry_lock('promote-test', timeout=2):\n    print('acquired')"],
             env=odir_env(odir_home), capture_output=True, text=True,
         )  # fmt: skip
         assert other.returncode != 0 and "could not acquire the promote-test lock within 2 s" in other.stderr
-        with pytest.raises(OdirError, match="could not acquire"), tracking.registry_lock("promote-test", timeout=0.5):
+        with pytest.raises(OdirError, match="could not acquire"), locks.registry_lock("promote-test", timeout=0.5):
             pass
-    with tracking.registry_lock("promote-test", timeout=2):  # released: free again
+    with locks.registry_lock("promote-test", timeout=2):  # released: free again
         pass
 
 

@@ -3,7 +3,7 @@ when it could not, instead of after all the work."""
 
 from __future__ import annotations
 
-import os
+import tempfile
 from pathlib import Path
 
 from components.errors import OdirError
@@ -11,25 +11,28 @@ from components.errors import OdirError
 
 def check_output(path: str | Path, folder: bool = False) -> Path:
     """``path`` can be written: an output file (or, with ``folder``, an output folder) that is not the wrong kind of
-    thing and whose nearest existing parent is a writable folder.
+    thing, in a place where a file can really be created (tried: permission bits say nothing to root, and a
+    read-only or virtual file system such as ``/proc`` refuses what they allow).
 
     Raises:
         OdirError: naming the path and the problem.
     """
     target = Path(path)
-    if target.exists():
-        if folder and not target.is_dir():
-            raise OdirError(f"{target}: output folder is a file")
-        if not folder and target.is_dir():
-            raise OdirError(f"{target}: output file is a folder")
-        if not os.access(target, os.W_OK):
-            raise OdirError(f"{target}: not writable")
-        return target
-    parent = target.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise OdirError(f"{target}: cannot be created, {parent} is a file")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OdirError(f"{target}: cannot be created, {parent} is not writable")
+    if target.is_dir() and not folder:
+        raise OdirError(f"{target}: output file is a folder")
+    if target.exists() and not target.is_dir() and folder:
+        raise OdirError(f"{target}: output folder is a file")
+    place = target if folder and target.is_dir() else target.parent
+    while not place.exists():  # the command creates the missing folders
+        place = place.parent
+    if not place.is_dir():
+        raise OdirError(f"{target}: cannot be created, {place} is a file")
+    try:
+        with tempfile.TemporaryFile(dir=place):
+            pass
+        if target.is_file():
+            with open(target, "ab"):
+                pass
+    except OSError as error:
+        raise OdirError(f"{target}: cannot be written ({error.strerror or error})") from None
     return target

@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 
 EXIT_INVALID = 2
 EXIT_UNREACHABLE = 3
-STORE_COMMANDS = ("full", "experiments", "predict", "verify")  # checked for a reachable store before any work
+# the commands that check the tracking server and object store answer before any work
+STORE_COMMANDS = ("full", "experiments", "predict", "verify", "bucket", "upload")
 
 
 def _print_report(root: Path, check_images: bool) -> int:
@@ -263,6 +264,31 @@ def _tracking_uri_for_humans() -> str:
     return tracking.tracking_uri()
 
 
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from steps import integrity
+
+    tracking.setup()
+    reports = integrity.verify_registry(fix=args.fix)
+    if not reports:
+        print("no champion or challenger in the registry: nothing to verify")
+        return 0
+    for report in reports:
+        aliases = f" @{', @'.join(report.aliases)}" if report.aliases else ""
+        state = "ok" if report.recorded else "ok (registered before digests were recorded: not checked)"
+        if report.problems:
+            state = "BROKEN: " + "; ".join(report.problems) + (" -> set aside" if report.set_aside else "")
+        print(f"{report.uri}{aliases}: {state}")
+    broken = [r for r in reports if r.problems]
+    if not broken:
+        return 0
+    if args.fix:
+        print("the broken versions no longer hold aliases and their runs are FAILED: `odir full` (same profile and "
+              "data) retrains or rebuilds them and promotes a sound version")  # fmt: skip
+    else:
+        print("run `odir verify --fix` to set them aside, then `odir full` to rebuild them")
+    return 1
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from flows.deployments import serve_all
 
@@ -363,6 +389,19 @@ def build_parser() -> argparse.ArgumentParser:
     experiments.add_argument("--out", help="report folder (default outputs/experiments-<grid>)")
     experiments.add_argument("--force", action="store_true", help="retrain and re-evaluate everything")
     experiments.set_defaults(handler=_cmd_experiments)
+
+    verify = commands.add_parser(
+        "verify", help="check the SHA-256 of the champion's, challengers' and their members' files",
+        description="Downloads every version holding an alias (champion, challenger) and the members of aliased "
+        "ensembles, and compares their files with the SHA-256 digests recorded when they were registered. Exit 1 "
+        "when something is broken.",
+    )  # fmt: skip
+    verify.add_argument(
+        "--fix",
+        action="store_true",
+        help="set broken versions aside (aliases removed, runs FAILED) so `odir full` rebuilds them",
+    )
+    verify.set_defaults(handler=_cmd_verify)
 
     serve = commands.add_parser("serve", help="serve the deployments odir/full, odir/retrain, odir-train/gpu")
     serve.add_argument("--limit", type=int, default=4, help="flow runs at once (default 4)")

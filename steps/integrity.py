@@ -176,3 +176,56 @@ def set_aside(name: str, version: str, problems: tuple[str, ...] | list[str]) ->
         client.set_terminated(model_version.run_id, "FAILED")
         client.set_tag(model_version.run_id, "odir.failure", f"version {version} failed verification")
     return list(model_version.aliases)
+
+
+@dataclass(frozen=True)
+class VersionReport:
+    """One checked version: ``models:/name/version``, its aliases, its problems, and whether it was set aside."""
+
+    uri: str
+    aliases: tuple[str, ...]
+    problems: tuple[str, ...]
+    recorded: bool
+    set_aside: bool = False
+
+
+def verify_registry(fix: bool = False) -> list[VersionReport]:
+    """Checks every version that holds an alias of an odir model (the champion, challengers) and the members of
+    aliased ensembles; with ``fix``, sets the broken ones aside (:func:`set_aside`) so the next ``odir full``
+    rebuilds them and promotes a sound version."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    pending = [
+        (model.name, str(version))
+        for model in client.search_registered_models(f"name LIKE '{tracking.MODEL_PREFIX}%'")
+        if not model.name.startswith("odir-lock-")
+        for version in sorted(set(model.aliases.values()), key=int)
+    ]
+    reports, seen = [], set()
+    while pending:
+        name, version = pending.pop(0)
+        if (name, version) in seen:
+            continue
+        seen.add((name, version))
+        found = check(name, version)
+        pending += [tracking.split_model_uri(uri) for uri in _members(found.model_dir)]
+        aliases = tuple(client.get_model_version(name, version).aliases)
+        if found.problems and fix:
+            set_aside(name, version, found.problems)
+        reports.append(VersionReport(f"models:/{name}/{version}", aliases, found.problems, found.recorded,
+                                     bool(found.problems) and fix))  # fmt: skip
+    return reports
+
+
+def _members(model_dir: Path | None) -> list[str]:
+    """The member model URIs an ensemble's config names (none for a member model)."""
+    import json
+
+    if model_dir is None:
+        return []
+    for config in model_dir.glob("artifacts/*.json"):
+        data = json.loads(config.read_text())
+        if isinstance(data, dict) and "model_uris" in data:
+            return list(data["model_uris"])
+    return []

@@ -35,9 +35,12 @@ def client():
     import boto3
     from botocore.config import Config
 
+    from steps.tracking import RetryPolicy
+
     endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("MLFLOW_S3_ENDPOINT_URL")
-    # exponential backoff over about a minute: a store that restarts is waited for, one that stays down is reported
-    retries = Config(retries={"max_attempts": 8, "mode": "standard"}, connect_timeout=5, read_timeout=60)
+    policy = RetryPolicy.from_env()  # the one policy of every store (steps/tracking.py)
+    retries = Config(retries={"max_attempts": policy.attempts, "mode": "standard"},
+                     connect_timeout=policy.timeout_s, read_timeout=60)  # fmt: skip
     region = os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
     return boto3.client("s3", endpoint_url=endpoint, region_name=region, config=retries)
 
@@ -78,6 +81,10 @@ def localize(root: str | Path) -> Path:
                     s3.download_file(bucket, item["Key"], str(local))
                     fetched += 1
     except Exception as error:  # botocore's errors: no such bucket, access denied, endpoint unreachable
+        from steps.tracking import StoreUnreachable, store_unreachable, unreachable_message
+
+        if store_unreachable(error):  # not bad input: exit 3, as for the tracking server
+            raise StoreUnreachable(unreachable_message(error)) from None
         raise DataError([Problem(uri, f"cannot read the dataset from object storage ({error})")]) from None
     if not seen:
         raise DataError([Problem(uri, "no objects under this prefix")])

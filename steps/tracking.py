@@ -54,24 +54,25 @@ def is_embedded(uri: str) -> bool:
 class RetryPolicy:
     """How odir retries a tracking server or object store that does not answer, everywhere, in one round.
 
-    ``attempts`` tries of at most ``timeout_s`` each, waiting ``backoff_s``, then twice that, and so on between them
-    (0, 2, 4 s with the defaults as urllib3 counts: MLflow's requests; 1, 2, 4 s in the start-up check). The
-    defaults (4 attempts, 10 s, 1 s) give up within about 50 s on a server that hangs and within about 10 s on one
-    that refuses connections. ``ODIR_STORE_ATTEMPTS``, ``ODIR_STORE_TIMEOUT_S`` and ``ODIR_STORE_BACKOFF_S`` change
-    them (a slow network: more attempts, a longer timeout). Flows do not retry a task that failed this way: no
-    nested rounds.
+    ``attempts`` tries of at most ``timeout_s`` each (per connection and per wait for an answer), with waits that
+    double from ``backoff_s`` between them (0, 2, 4, 8 s with the defaults as urllib3 counts them for MLflow's
+    requests; 1, 2, 4, 8 s in the start-up check). The defaults (5 attempts, 8 s, 1 s) give up within about 15 s on
+    a server that refuses connections (nothing listening, stopped) and within about 55 s on one that does not
+    answer at all. ``ODIR_STORE_ATTEMPTS``, ``ODIR_STORE_TIMEOUT_S`` and ``ODIR_STORE_BACKOFF_S`` change them (a
+    slow network or a server that restarts slowly: more attempts, a longer timeout); MLflow's and boto's own
+    variables, when set, win. Flows do not retry a task that failed this way: no nested rounds.
     """
 
-    attempts: int = 4
-    timeout_s: float = 10.0
-    backoff_s: float = 1.0
+    attempts: int = 5
+    timeout_s: int = 8
+    backoff_s: int = 1  # whole seconds, both: MLflow reads its variables as integers
 
     @classmethod
     def from_env(cls) -> RetryPolicy:
         return cls(
             int(os.environ.get("ODIR_STORE_ATTEMPTS", cls.attempts)),
-            float(os.environ.get("ODIR_STORE_TIMEOUT_S", cls.timeout_s)),
-            float(os.environ.get("ODIR_STORE_BACKOFF_S", cls.backoff_s)),
+            int(os.environ.get("ODIR_STORE_TIMEOUT_S", cls.timeout_s)),
+            int(os.environ.get("ODIR_STORE_BACKOFF_S", cls.backoff_s)),
         )
 
     def apply(self) -> None:

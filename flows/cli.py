@@ -200,11 +200,19 @@ def _check_inputs(profile: str, data: str | None, load: Callable[[str], object])
         raise DataError([Problem(data, "dataset root not found" if not Path(data).exists() else "not a folder")])
 
 
+def _print_store() -> None:
+    """Where the run's records and files go: the line that answers "which store did this use?"."""
+    files = tracking.store_files()
+    artifacts = f"artifacts {files.artifacts}" if files.artifacts else "artifacts on the server"
+    print(f"store {tracking.tracking_uri()} ({artifacts}; checkpoints {files.work})", flush=True)
+
+
 def _cmd_full(args: argparse.Namespace) -> int:
     from components.config import load_profile
 
     _check_inputs(args.profile, args.data, load_profile)
     check_output(args.out or Path("outputs") / f"submission-{Path(args.profile).stem}.csv")
+    _print_store()
     _warm_start()
     from flows import without_heartbeats
     from flows.odir import odir
@@ -221,6 +229,7 @@ def _cmd_experiments(args: argparse.Namespace) -> int:
     _check_inputs(args.grid, args.data, load_grid)
     if args.out:
         check_output(args.out, folder=True)
+    _print_store()
     _warm_start()
     from flows import without_heartbeats
     from flows.experiments import odir_experiments

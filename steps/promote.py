@@ -27,7 +27,7 @@ import pandas as pd
 
 from components.bootstrap import PairedResult, paired_bootstrap, pick, report_metrics
 from components.errors import OdirError
-from steps import cli, locks, tracking
+from steps import cli, integrity, locks, tracking
 from steps.base import StepConfig
 from steps.contracts import (
     CV_POOL,
@@ -158,6 +158,18 @@ def current_champion(name: str) -> str | None:
         return None
 
 
+def sound_champion(name: str) -> str | None:
+    """The champion's version, unless its files fail their SHA-256 check: a broken champion is set aside (its
+    alias removed) so that a sound version takes its place instead of being compared with it."""
+    version = current_champion(name)
+    if version is not None and (problems := integrity.check(name, version).problems):
+        log.warning("%s version %s, the champion, fails verification (%s): set aside", name, version,
+                    "; ".join(problems))  # fmt: skip
+        integrity.set_aside(name, version, problems)
+        return None
+    return version
+
+
 def run(config: PromoteConfig) -> PromoteResult:
     """Compares and moves the aliases; see the module docstring."""
     manifest = load_manifest(config.manifest_uri)
@@ -177,7 +189,7 @@ def _promote(config: PromoteConfig, manifest: Manifest, images: Images, name: st
 
     labels = images.labels
     challenger = scored_on(f"models:/{name}/{version}", manifest, config.split, config.experiment, images)
-    champion_version = current_champion(name)
+    champion_version = sound_champion(name)
     mlflow.log_params({"model_uri": f"models:/{name}/{version}", "split": config.split, "metric": config.metric,
                        "min_probability": config.min_probability,
                        "champion_version": champion_version or "none"})  # fmt: skip

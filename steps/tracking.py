@@ -1,9 +1,10 @@
 """MLflow setup, the one place that knows where the tracking store is, and the registry helpers the steps share.
 
 The embedded default is ``sqlite:///<project root>/mlruns/mlflow.db`` with artifacts in ``<project root>/mlruns/
-artifacts``, whatever the current directory. ``MLFLOW_TRACKING_URI`` (read when a step starts, never at import)
-switches to a tracking server; the usual ``MLFLOW_S3_ENDPOINT_URL`` / ``AWS_*`` variables then apply as MLflow
-reads them.
+artifacts``, whatever the current directory; each store owns its files (:class:`StoreFiles`).
+``MLFLOW_TRACKING_URI`` (read when a step starts, never at import) switches to another store or a tracking server;
+the usual ``MLFLOW_S3_ENDPOINT_URL`` / ``AWS_*`` variables then apply as MLflow reads them. A store that does not
+answer is retried under one policy (:class:`RetryPolicy`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,35 @@ def tracking_uri() -> str:
 
 def is_embedded(uri: str) -> bool:
     return uri.startswith("sqlite:")
+
+
+@dataclass(frozen=True)
+class StoreFiles:
+    """The local files a store owns, so that two stores never share any: ``artifacts`` (embedded stores: run and
+    model files; a server keeps its own) and ``work`` (training checkpoints for resuming).
+
+    - the default store ``mlruns/mlflow.db``: ``mlruns/artifacts`` and ``.odir/work`` under the project root;
+    - another SQLite file ``<dir>/<name>.db``: ``<dir>/<name>-artifacts`` and ``<dir>/<name>-work``, beside it;
+    - a tracking server: artifacts where the server puts them, ``.odir/stores/<host>-<port>/work`` locally;
+    - a database without a server (``postgresql://...``): ``.odir/stores/<host>-<port>/artifacts`` and ``work``.
+    """
+
+    artifacts: Path | None
+    work: Path
+
+
+def store_files(uri: str | None = None) -> StoreFiles:
+    uri = uri or tracking_uri()
+    root = project_root()
+    if is_embedded(uri):
+        database = Path(uri.removeprefix("sqlite:///")).resolve()
+        if database == root / "mlruns" / "mlflow.db":
+            return StoreFiles(root / "mlruns" / "artifacts", root / ".odir" / "work")
+        return StoreFiles(database.with_name(f"{database.stem}-artifacts"), database.with_name(f"{database.stem}-work"))
+    host, port = _endpoint(uri) or ("store", 0)
+    local = root / ".odir" / "stores" / f"{host}-{port}"
+    server = uri.startswith(("http:", "https:", "databricks"))
+    return StoreFiles(None if server else local / "artifacts", local / "work")
 
 
 # --- one retry policy for the tracking server and the object store ---------------------------------------------------
@@ -185,7 +215,7 @@ def connect() -> str:
 
     uri = tracking_uri()
     if is_embedded(uri):
-        (project_root() / "mlruns").mkdir(parents=True, exist_ok=True)
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     return uri
 
@@ -193,8 +223,8 @@ def connect() -> str:
 def setup(experiment: str = DEFAULT_EXPERIMENT) -> str:
     """Points MLflow at the store and returns the experiment's id, creating the experiment if needed.
 
-    With the embedded store, the experiment's artifacts go to ``mlruns/artifacts`` under the project root (MLflow
-    would otherwise put them under the current directory).
+    With an embedded store, the experiment's artifacts go beside its database (:class:`StoreFiles`; MLflow would
+    otherwise put them under the current directory, shared by every store).
     """
     import mlflow
 
@@ -202,7 +232,8 @@ def setup(experiment: str = DEFAULT_EXPERIMENT) -> str:
     found = mlflow.get_experiment_by_name(experiment)
     if found is not None:
         return found.experiment_id
-    location = (project_root() / "mlruns" / "artifacts").as_uri() if is_embedded(uri) else None
+    artifacts = store_files(uri).artifacts
+    location = artifacts.as_uri() if artifacts else None
     try:
         return mlflow.create_experiment(experiment, artifact_location=location)
     except mlflow.exceptions.MlflowException:  # created meanwhile by a concurrent step

@@ -103,7 +103,7 @@ def work_folder(config: TrainStepConfig, tags: dict[str, str]) -> Path:
     spec, folds, code), so a changed spec or a code fix never resumes from another training's ``last.pt``."""
     if config.workdir:
         return Path(config.workdir)
-    folder = tracking.project_root() / ".odir" / "work" / tags["data_digest"][:12] / config.profile
+    folder = tracking.store_files().work / tags["data_digest"][:12] / config.profile  # the store's own
     return folder / config.spec.name / tracking.content_key(tags)[:12]
 
 

@@ -84,3 +84,19 @@ def test_outputs_are_checked_before_the_work(command: list[str], message: str, o
     assert done.returncode == 2
     assert message.format(**names) in _one_line(done.stderr)
     assert not (odir_home / "mlruns").exists() or "predict" in command  # no run was opened
+
+
+def test_two_embedded_stores_share_no_files(tmp_path: Path, odir_home: Path) -> None:
+    """``MLFLOW_TRACKING_URI`` at another SQLite file moves the artifacts and checkpoints along with the runs."""
+    from steps import tracking
+
+    default, other = tracking.store_files(), tracking.store_files(f"sqlite:///{tmp_path / 'second.db'}")
+    assert default.artifacts == odir_home / "mlruns" / "artifacts" and default.work == odir_home / ".odir" / "work"
+    assert other.artifacts == tmp_path / "second-artifacts" and other.work == tmp_path / "second-work"
+    script = (
+        "import mlflow\nfrom steps import tracking\ntracking.setup()\n"
+        "print(mlflow.get_experiment_by_name('odir').artifact_location)"
+    )
+    env = {**odir_env(odir_home), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'second.db'}"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == (tmp_path / "second-artifacts").as_uri(), done.stderr[-2000:]

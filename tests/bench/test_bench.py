@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench import data_cache, end_to_end, head_only, inference, pipeline_overhead
+from bench import cpu_training, data_cache, end_to_end, head_only, inference, pipeline_overhead
 
 
 def test_data_cache_benchmark_runs(synthetic_root: Path) -> None:
@@ -45,3 +45,13 @@ def test_end_to_end_rows_come_from_the_median_run(tmp_path: Path, monkeypatch) -
     share, wall, memory = end_to_end.run(tmp_path)
     assert "(20% outside)" in share.name and (share.value, share.reference) == (10.0, 8.0)
     assert (wall.value, wall.reference) == (25.0, 10.0) and memory.value == 1900.0
+
+
+def test_cpu_training_benchmark_runs() -> None:
+    rows = cpu_training.run(size=32, batch=2, backbone="tiny_cnn")
+    assert [row.name.split(": ")[1] for row in rows][:3] == [
+        "channels_last vs today's",
+        "bf16 autocast vs today's",
+        "bf16 + channels_last vs today's",
+    ]
+    assert all(row.value > 0 and row.reference > 0 and row.unit == "img/s" for row in rows)

@@ -1,0 +1,75 @@
+"""CPU training throughput: today's settings (float32, contiguous tensors, torch's default threads) against the
+CPU options issue 15 asked about, side by side in one run.
+
+One training step (forward, backward, Adam) of EfficientNet-Lite0 at 160 px, batch 32, on fixed random tensors: the
+data path is measured elsewhere (``bench/data_cache.py``), so the rows compare compute only. Variants: channels-last
+memory format, bfloat16 autocast (this CPU has avx512_bf16; without AMX it runs on AVX-512), both, and
+``torch.compile`` (``ODIR_BENCH_COMPILE=1``: its compilation takes minutes on 2 cores and is reported apart).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from bench.common import Row
+from components.models import build_model
+
+STEPS, WARMUP = 8, 2
+
+
+def _throughput(
+    channels_last: bool, bf16: bool, compiled: bool, size: int, batch: int, backbone: str
+) -> tuple[float, float]:
+    """(images per second over the timed steps, seconds of warm-up including any compilation)."""
+    torch.manual_seed(0)
+    model = build_model(backbone).train()  # random weights: the speed is the same
+    images = torch.rand(batch, 3, size, size)
+    targets = (torch.rand(batch, 3) > 0.7).float()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
+    step_model = torch.compile(model) if compiled else model
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+
+    def step() -> None:
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        with autocast:
+            loss = loss_fn(step_model(images).float(), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    started = time.perf_counter()
+    for _ in range(WARMUP):
+        step()
+    warmup = time.perf_counter() - started
+    started = time.perf_counter()
+    for _ in range(STEPS):
+        step()
+    return STEPS * batch / (time.perf_counter() - started), warmup
+
+
+def run(_root: Path | None = None, size: int = 160, batch: int = 32, backbone: str = "efficientnet_lite0") -> list[Row]:
+    variants = {"channels_last": (True, False, False), "bf16 autocast": (False, True, False),
+                "bf16 + channels_last": (True, True, False)}  # fmt: skip
+    if os.environ.get("ODIR_BENCH_COMPILE") == "1":
+        variants["torch.compile"] = (False, False, True)
+    today, _ = _throughput(False, False, False, size, batch, backbone)
+    rows = []
+    for name, (channels_last, bf16, compiled) in variants.items():
+        value, warmup = _throughput(channels_last, bf16, compiled, size, batch, backbone)
+        note = f"compiling took {warmup:.0f} s" if compiled else ""
+        goal = f"> 1x to keep; today {today:.1f} img/s, {torch.get_num_threads()} threads {note}".rstrip()
+        rows.append(Row(f"cpu training images/s: {name} vs today's", value, today, "img/s", goal))
+    return rows
+
+
+if __name__ == "__main__":
+    for row in run():
+        print(row.format(), flush=True)

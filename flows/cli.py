@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from components import LABELS
 from components.errors import OdirError
 from components.outputs import check_output
+from flows.deployments import SERVED
 from steps import tracking
 
 if TYPE_CHECKING:
@@ -347,7 +348,13 @@ def _cmd_upload(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
-    parser = argparse.ArgumentParser(prog="odir", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="odir",
+        description="Train, evaluate, ensemble and ship multi-label classifiers for fundus photographs (D, G, A). "
+        "Start with `odir full` (the whole pipeline on the demo data) or `odir up` (Prefect and MLflow UIs).",
+        epilog="Exit status: 0 done, 1 failed, 2 bad input, 3 tracking server or object store unreachable. "
+        "`odir COMMAND --help` describes each command.",
+    )  # fmt: skip
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -375,7 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(handler=_cmd_train)
 
     predict = commands.add_parser("predict", help="label new images with a registered model (the champion by default)")
-    predict.add_argument("--model", default="models:/odir-ensemble@champion", help="registered model URI")
+    predict.add_argument("--model", default="models:/odir-ensemble@champion",
+                         help="registered model URI (default models:/odir-ensemble@champion)")  # fmt: skip
     predict.add_argument("--images", required=True, help="folder of images")
     predict.add_argument("--out", default="predictions.csv", help="output CSV (default predictions.csv)")
     predict.set_defaults(handler=_cmd_predict)
@@ -412,26 +420,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.set_defaults(handler=_cmd_verify)
 
-    serve = commands.add_parser("serve", help="serve the deployments odir/full, odir/retrain, odir-train/gpu")
+    serve = commands.add_parser("serve", help=f"serve the deployments {', '.join(SERVED)}")
     serve.add_argument("--limit", type=int, default=4, help="flow runs at once (default 4)")
     serve.set_defaults(handler=_cmd_serve)
 
     up = commands.add_parser("up", help="start a local Prefect server, the MLflow UI and odir serve (127.0.0.1)")
-    up.add_argument("--prefect-port", type=int, default=4200)
-    up.add_argument("--mlflow-port", type=int, default=5000)
+    up.add_argument("--prefect-port", type=int, default=4200, help="Prefect server and UI port (default 4200)")
+    up.add_argument("--mlflow-port", type=int, default=5000, help="MLflow UI port (default 5000)")
     up.set_defaults(handler=_cmd_up)
 
     down = commands.add_parser("down", help="stop what odir up started")
     down.set_defaults(handler=_cmd_down)
 
     bucket = commands.add_parser("bucket", help="create an S3 bucket unless it exists (AWS_ENDPOINT_URL, AWS_*)")
-    bucket.add_argument("name")
+    bucket.add_argument("name", help="bucket name")
     bucket.set_defaults(handler=_cmd_bucket)
 
     upload = commands.add_parser("upload", help="upload a dataset folder to s3://bucket/prefix")
-    upload.add_argument("folder")
-    upload.add_argument("uri", help="s3://bucket/prefix")
+    upload.add_argument("folder", help="dataset root to upload")
+    upload.add_argument("uri", help="destination s3://bucket/prefix")
     upload.set_defaults(handler=_cmd_upload)
+    for command in commands.choices.values():  # each command's page opens with what it does
+        if command.description is None:
+            command.description = next(a.help for a in commands._choices_actions if a.dest == command.prog.split()[-1])
     return parser
 
 

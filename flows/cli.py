@@ -446,12 +446,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_prefect(record: logging.LogRecord) -> bool:
+    """Drops Prefect's lines that say nothing on a console: "Finished in state Completed()" after every task (it
+    does not name the task; the Prefect UI shows the states), and the pointer to its docs under the temporary
+    server's start line."""
+    if not record.name.startswith("prefect"):
+        return True
+    message = record.getMessage()
+    if message.startswith("Starting temporary server") and "\n" in message:
+        record.msg, record.args = message.splitlines()[0], ()
+    return not message.startswith("Finished in state Completed")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs one sub-command; returns its exit status."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
-    for chatty in ("httpx", "httpcore", "alembic"):
+    for chatty in ("httpx", "httpcore", "alembic", "mlflow.system_metrics"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_quiet_prefect)
     try:
         if args.command in STORE_COMMANDS:
             tracking.check_store()

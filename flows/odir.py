@@ -205,7 +205,10 @@ def odir(
     from mlflow import MlflowClient
 
     MlflowClient().set_terminated(pid, "FINISHED")
-    logger.info("odir %s: %s", config.name, summary)
+    f1 = summary.get("scores", {}).get("f1_macro", [None])[0]
+    logger.info("odir %s finished: %s%s, %s", config.name, summary.get("ensemble") or "nothing retrained",
+                f" (f1_macro {f1:.3f} on {summary['scored_split']})" if f1 is not None else "",
+                summary.get("decision"))  # fmt: skip
     return summary
 
 

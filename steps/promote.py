@@ -205,12 +205,16 @@ def _promote(config: PromoteConfig, manifest: Manifest, images: Images, name: st
     mlflow.log_param("decision", decision)
     mlflow.log_metrics({"score": score, **({"champion_score": champion_score} if champion_score is not None else {})})
     mlflow.MlflowClient().set_registered_model_alias(name, decision, version)
-    log.info(
-        "%s version %s (%s %.4f on %s) is %s; champion was %s%s", name, version, config.metric, score, config.split,
-        decision, champion_version or "none",
-        f" ({champion_score:.4f}; P(better) {evidence.prob_b_better:.2f}, needed {config.min_probability})"
-        if evidence else "",
-    )  # fmt: skip
+    if champion_version == version:
+        log.info("%s version %s (%s %.4f on %s) stays champion: nothing changed", name, version, config.metric,
+                 score, config.split)  # fmt: skip
+    else:
+        log.info(
+            "%s version %s (%s %.4f on %s) is %s; champion was %s%s", name, version, config.metric, score,
+            config.split, decision, champion_version or "none",
+            f" ({champion_score:.4f}; P(better) {evidence.prob_b_better:.2f}, needed {config.min_probability})"
+            if evidence else "",
+        )  # fmt: skip
     prob = evidence.prob_b_better if evidence else None
     return PromoteResult(decision, version, score, champion_version, champion_score, run.info.run_id, prob)
 

@@ -153,6 +153,41 @@ def _start_pipeline_run(experiment: str, profile: Profile, data_root: str) -> st
     return run.info.run_id
 
 
+def _record_headline(pid: str, summary: dict[str, Any]) -> None:
+    """What a user looks for on the pipeline run: the ensemble's scores on the scored split (``<split>_<metric>``
+    with ``_ci_low``/``_ci_high``), the decision, and links to the model version and to the runs of the steps,
+    reused ones included (a re-run's children are those it ran; the ``*_run`` tags point at the runs it reused, so
+    every pipeline run links the whole lineage without copying runs)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    prefix = tracking.split_prefix(summary["scored_split"]) if "scored_split" in summary else ""
+    metrics = {}
+    for name, (value, low, high) in summary.get("scores", {}).items():
+        if value is not None:
+            metrics[f"{prefix}{name}"] = value
+        if low is not None and low == low:
+            metrics.update({f"{prefix}{name}_ci_low": low, f"{prefix}{name}_ci_high": high})
+    for key, value in metrics.items():
+        client.log_metric(pid, key, value)
+    links = {
+        "decision": summary.get("decision"),
+        "registered_model_uri": summary.get("ensemble"),
+        "member_model_uris": ",".join(summary.get("trained", [])),
+        "member_runs": ",".join(summary.get("member_runs", [])),
+        "ensemble_run": summary.get("ensemble_run"),
+    }
+    for key, value in links.items():
+        if value:
+            client.set_tag(pid, key, str(value))
+    if "scores" in summary:
+        lines = [f"| {name} | {v:.3f} [{lo:.3f}, {hi:.3f}] |" for name, (v, lo, hi) in summary["scores"].items()
+                 if v is not None and lo is not None and lo == lo]  # fmt: skip
+        note = (f"**{summary['ensemble']}** on {summary['scored_split']} ({summary['split_mode']}): "
+                f"{summary['decision']}.\n\n| metric | value [95% CI] |\n|---|---|\n" + "\n".join(lines))  # fmt: skip
+        client.set_tag(pid, "mlflow.note.content", note)
+
+
 def profile_key(profile: Profile) -> str:
     """Identifies a profile's content (a renamed file with the same settings keeps its key)."""
     return tracking.content_key(profile.model_dump())
@@ -204,6 +239,7 @@ def odir(
         raise
     from mlflow import MlflowClient
 
+    _record_headline(pid, summary)
     MlflowClient().set_terminated(pid, "FINISHED")
     f1 = summary.get("scores", {}).get("f1_macro", [None])[0]
     logger.info("odir %s finished: %s%s, %s", config.name, summary.get("ensemble") or "nothing retrained",
@@ -298,6 +334,7 @@ def _pipeline(run: PipelineRun, data_root: str, out: str | None, only_if_changed
         "decision": decision.decision, "prob_better": decision.prob_better,
         "champion_version": decision.version if decision.decision == "champion" else decision.champion_version,
         "submission": submission, "pipeline_run_id": common["parent_run_id"],
+        "member_runs": [m.run_id for m in members], "ensemble_run": ens.run_id,
     }  # fmt: skip
 
 

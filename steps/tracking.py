@@ -30,6 +30,18 @@ MODEL_PREFIX = "odir-"
 ENSEMBLE_MODEL = "odir-ensemble"
 
 
+# A model-training experiment (MLflow 3's UI opens it on its runs and models, not the GenAI views) with a description
+EXPERIMENT_TAGS = {
+    "mlflow.experimentKind": "custom_model_development",
+    "mlflow.note.content": (
+        "odir: multi-label classifiers for fundus photographs (D diabetic retinopathy, G glaucoma, A AMD). Each "
+        "`pipeline <profile>` run holds the headline scores of its ensemble (with 95% intervals over patients) and "
+        "links its steps: ingest, one train run per member, evaluate, thresholds, ensemble, submit, promote. "
+        "Registered models: `odir-<member>` and `odir-ensemble` (`@champion` is what `odir predict` uses)."
+    ),
+}
+
+
 def project_root() -> Path:
     """``$ODIR_HOME`` if set, else the checkout this code runs from (the folder with ``pyproject.toml``), else the
     current directory (an installed wheel in a container)."""
@@ -231,11 +243,14 @@ def setup(experiment: str = DEFAULT_EXPERIMENT) -> str:
     uri = connect()
     found = mlflow.get_experiment_by_name(experiment)
     if found is not None:
+        if EXPERIMENT_TAGS.keys() - found.tags.keys():  # made by an older odir: the UI opened it as a GenAI one
+            for key, value in EXPERIMENT_TAGS.items():
+                mlflow.MlflowClient().set_experiment_tag(found.experiment_id, key, found.tags.get(key, value))
         return found.experiment_id
     artifacts = store_files(uri).artifacts
     location = artifacts.as_uri() if artifacts else None
     try:
-        return mlflow.create_experiment(experiment, artifact_location=location)
+        return mlflow.create_experiment(experiment, artifact_location=location, tags=EXPERIMENT_TAGS)
     except mlflow.exceptions.MlflowException:  # created meanwhile by a concurrent step
         return mlflow.get_experiment_by_name(experiment).experiment_id
 

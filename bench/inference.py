@@ -8,6 +8,7 @@ the pyfunc side adds what serving adds: the DataFrame in and out, schema checks,
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -71,6 +72,7 @@ def run(root: Path, size: int = 128, limit: int = 100, repeats: int = 3) -> list
             ]
             return weighted_mean(probs, [0.5, 0.2, 0.3])
 
+        os.environ.setdefault("ODIR_SERVE_IMAGE_ROOT", str(root))  # as a server that reads the dataset's files
         served.predict(frame)  # warm: decodes every image once into the cache
         assert np.allclose(served.predict(frame)[["p_D", "p_G", "p_A"]].to_numpy(), raw(), atol=1e-6)
         pyfunc_seconds = median_seconds(lambda: served.predict(frame), repeats)

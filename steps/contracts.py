@@ -254,7 +254,7 @@ def predict_paths(model_uri: str, paths: list[str], views: tuple[str, ...] = STU
         import mlflow
 
         model = mlflow.pyfunc.load_model(str(integrity.verified_model_dir(model_uri)))
-        output = model.predict(pd.DataFrame({"image_path": paths}))
+        output = model.unwrap_python_model().predict_sources(paths)  # odir's own files: not confined
         thresholds = np.asarray(model.unwrap_python_model().thresholds, dtype=np.float64)
         return Prediction(probabilities_of(output), thresholds)
     probs = predict_with_checkpoints(member_checkpoints(model_uri), paths, views)

@@ -68,7 +68,7 @@ def _submit(config: SubmitConfig, manifest: Manifest, model_uri: str, out_path: 
     mlflow.log_params({"model_uri": model_uri, "split": config.split})
     started = time.perf_counter()
     model = mlflow.pyfunc.load_model(model_uri)
-    output = model.predict(pd.DataFrame({"image_path": [str(p) for p in manifest.paths(config.split)]}))
+    output = model.unwrap_python_model().predict_sources([str(p) for p in manifest.paths(config.split)])
     mlflow.log_metric("predict_seconds", time.perf_counter() - started)
     submission = pd.DataFrame({"id": template["id"]})
     for label in LABELS:

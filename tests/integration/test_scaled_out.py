@@ -247,6 +247,7 @@ def test_odir_full_on_postgres_s3_and_a_worker(stack: Services, tiny_data: Path,
     # a fresh client that knows only the server's URL loads and runs the champion
     image = sorted((tiny_data / "images" / "offsite_test").iterdir())[0]
     fresh_env = {k: v for k, v in stack.env.items() if not k.startswith(("AWS_", "ODIR_"))}
+    fresh_env["ODIR_SERVE_IMAGE_ROOT"] = str(tiny_data)  # paths are read only under it
     fresh = _run(stack, sys.executable, "-c", "import mlflow, pandas as pd; m = mlflow.pyfunc.load_model("
                  "'models:/odir-ensemble@champion'); print(m.predict(pd.DataFrame({'image_path': "
                  f"['{image}']}})).to_json(orient='records'))", env=fresh_env)  # fmt: skip

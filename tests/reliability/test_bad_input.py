@@ -104,6 +104,30 @@ def test_served_model_input_is_checked(frame: pd.DataFrame, message: str) -> Non
         image_sources(frame)
 
 
+@pytest.mark.parametrize(
+    ("root", "path", "message"),
+    [
+        (None, "a.jpg", "row 0: image_path is refused: this server reads no files"),
+        ("{root}", "../outside.jpg", "row 0: image_path ../outside.jpg is outside ODIR_SERVE_IMAGE_ROOT"),
+        ("{root}", "/etc/passwd", "row 0: image_path /etc/passwd is outside ODIR_SERVE_IMAGE_ROOT"),
+    ],
+    ids=["no-root", "dotdot", "absolute"],
+)
+def test_served_paths_are_confined_to_the_image_root(root: str | None, path: str, message: str,
+                                                     tmp_path: Path) -> None:  # fmt: skip
+    from steps.ensemble_model import confined
+
+    with pytest.raises(OdirError, match=message):
+        confined([path], root and root.format(root=tmp_path))
+    (tmp_path / "inside.jpg").write_bytes(b"x")
+    assert confined(["inside.jpg", b"bytes"], str(tmp_path)) == [str(tmp_path / "inside.jpg"), b"bytes"]
+
+
+def test_a_row_with_both_a_path_and_bytes_is_refused() -> None:
+    with pytest.raises(OdirError, match="row 0: both image_path and image_b64"):
+        image_sources(pd.DataFrame({"image_path": ["a.jpg"], "image_b64": ["eA=="]}))
+
+
 def test_served_bytes_that_are_no_image_are_named(tmp_path: Path) -> None:
     from components.data import load_image
 

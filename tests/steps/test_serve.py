@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -34,6 +35,17 @@ def champion(odir_home: Path, tiny_data: Path, tiny_profile: Path) -> str:
     return f"models:/{tracking.ENSEMBLE_MODEL}@champion"
 
 
+def _post(port: int, body: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/invocations", json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
 def test_served_champion_answers_with_labels(champion: str, odir_home: Path, tiny_data: Path) -> None:
     port = free_port()
     bin_dir = str(Path(sys.executable).parent)
@@ -41,6 +53,7 @@ def test_served_champion_answers_with_labels(champion: str, odir_home: Path, tin
         **odir_env(odir_home),
         "MLFLOW_TRACKING_URI": tracking.tracking_uri(),
         "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "ODIR_SERVE_IMAGE_ROOT": str(tiny_data / "images"),
     }
     command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", champion, "--env-manager", "local",
                "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # fmt: skip
@@ -61,6 +74,15 @@ def test_served_champion_answers_with_labels(champion: str, odir_home: Path, tin
         for row in predictions:
             assert {row["D"], row["G"], row["A"]} <= {0, 1}
             assert all(0.0 <= row[p] <= 1.0 for p in ("p_D", "p_G", "p_A"))
+        (tiny_data / "images" / "not-an-image.jpg").write_bytes(b"plain text")
+        for records, message in (
+            ([{"path": str(images[0])}], "no rows to predict: each row needs one of the columns image_path"),
+            ([{"image_path": str(tiny_data / "train.csv")}], "is outside ODIR_SERVE_IMAGE_ROOT"),
+            ([{"image_path": "offsite_test/../../train.csv"}], "is outside ODIR_SERVE_IMAGE_ROOT"),
+            ([{"image_path": "not-an-image.jpg"}], "not-an-image.jpg: cannot be decoded as an image"),
+        ):
+            status, answer = _post(port, {"dataframe_records": records})
+            assert status == 400 and message in answer["message"], answer
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         try:

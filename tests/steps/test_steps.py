@@ -110,8 +110,9 @@ def test_logged_models_pin_the_installed_torch_without_its_build_tag(pipeline: d
         assert any(line.startswith("torchvision==") and "+" not in line for line in requirements.splitlines())
 
 
-def test_champion_reproduces_the_logged_offsite_metrics(pipeline: dict) -> None:
+def test_champion_reproduces_the_logged_offsite_metrics(pipeline: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     manifest = contracts.load_manifest(pipeline["ingest"].manifest_uri)
+    monkeypatch.setenv("ODIR_SERVE_IMAGE_ROOT", str(manifest.local_root))  # the pyfunc reads paths only under it
     model = mlflow.pyfunc.load_model(f"models:/{tracking.ENSEMBLE_MODEL}@champion")
     output = model.predict(pd.DataFrame({"image_path": [str(p) for p in manifest.paths("offsite_test")]}))
     probs = output[["p_D", "p_G", "p_A"]].to_numpy()

@@ -1,0 +1,311 @@
+"""The Prefect flows: ``odir`` (the whole pipeline) and ``odir-train`` (one model, one MLflow run, one version).
+
+Flows only orchestrate: every task calls a step's ``run`` with its config (one generic task, :func:`step_task`) and
+passes URIs on; the profile is read here only, and each model's spec travels to ``odir-train`` as data. Work
+already done is found in MLflow (same inputs and code fingerprint) and reused, so a re-run after a crash repeats
+nothing that finished, and an interrupted training resumes from its checkpoint. Steps that talk to the tracking
+store retry transient failures; bad input (``OdirError``) fails at once, since retrying cannot fix it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from components.config import ModelSpec, Profile, load_profile
+from components.folds import CVSpec
+from components.tta import STUDY_VIEWS
+from flows import freeze_startup_objects, without_heartbeats
+from steps import ensemble, evaluate, ingest, model_card, promote, submit, tracking, train, tune_thresholds
+from steps.base import StepConfig
+from steps.contracts import load_manifest
+
+Result = TypeVar("Result")
+
+TRAIN_DEPLOYMENT = os.environ.get("ODIR_TRAIN_DEPLOYMENT", "odir-train/gpu")  # odir-train/gpu-k8s on Kubernetes
+DEMO_DATA = Path("data") / "demo"
+
+
+def _transient(task_: Any, task_run: Any, state: Any) -> bool:
+    """Retry a failed task unless its error is bad input or a bad setting (``OdirError``, ``ValueError``), or a
+    store that stayed unreachable: the steps' requests already retried it under the one policy
+    (:class:`steps.tracking.RetryPolicy`), and a second round would only multiply the wait."""
+    try:
+        state.result()
+    except (ValueError, TypeError):  # OdirError is a ValueError
+        return False
+    except Exception as error:  # anything else (a dropped connection, a file race) may pass on a retry
+        return not tracking.store_unreachable(error)
+    return True
+
+
+RETRY = {"retries": 2, "retry_delay_seconds": [2, 10], "retry_condition_fn": _transient, "cache_policy": NO_CACHE}
+
+
+@task(name="demo data", cache_policy=NO_CACHE)
+def demo_data_task(root: str) -> str:
+    from components.synth import write_synthetic_dataset
+
+    if not (Path(root) / "train.csv").exists():
+        get_run_logger().info("writing the synthetic demo dataset to %s", root)
+        write_synthetic_dataset(root)
+    return root
+
+
+@task(name="step", task_run_name="{label}", **RETRY)
+def step_task(label: str, run: Callable[[StepConfig], Result], config: StepConfig) -> Result:
+    """Runs one step (``run`` is a step module's ``run``) as a Prefect task named ``label``."""
+    return run(config)
+
+
+@flow(name="odir-train", flow_run_name="train {spec.name}")
+def odir_train(
+    manifest_uri: str, spec: ModelSpec, profile: str = "adhoc", parent_run_id: str | None = None,
+    experiment: str = tracking.DEFAULT_EXPERIMENT, device: str | None = None, force: bool = False,
+    cv: CVSpec | None = None, views: tuple[str, ...] = STUDY_VIEWS,
+) -> dict[str, Any]:  # fmt: skip
+    """Trains one model spec: one MLflow run, one registered version (reused when already trained).
+
+    Everything it needs travels as parameters (the spec itself, the manifest URI), so a worker on any host runs it
+    with nothing but the tracking server and the data in common with the flow that dispatched it.
+    """
+    freeze_startup_objects()  # a worker's run process comes here first
+    config = train.TrainStepConfig(manifest_uri=manifest_uri, spec=spec, profile=profile, experiment=experiment,
+                                   parent_run_id=parent_run_id, device=device, reuse=not force, cv=cv,
+                                   views=tuple(views))  # fmt: skip
+    return dataclasses.asdict(train.run(config))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainPlan:
+    """How every model of a pipeline run is trained: where its results go, on which folds, where it runs."""
+
+    manifest_uri: str
+    profile: str
+    parent_run_id: str
+    experiment: str
+    force: bool
+    dispatch: str
+    cv: CVSpec | None = None
+    views: tuple[str, ...] = STUDY_VIEWS
+
+    def config(self, spec: ModelSpec) -> train.TrainStepConfig:
+        return train.TrainStepConfig(manifest_uri=self.manifest_uri, spec=spec, profile=self.profile,
+                                     experiment=self.experiment, parent_run_id=self.parent_run_id, cv=self.cv,
+                                     views=self.views)  # fmt: skip
+
+
+@task(name="train", task_run_name="train {spec.name}", cache_policy=NO_CACHE)
+def train_task(plan: TrainPlan, spec: ModelSpec) -> train.TrainStepResult:
+    """Runs ``odir-train`` for one model: in this process, or as a run of the ``odir-train/gpu`` deployment."""
+    if plan.dispatch == "local":
+        with without_heartbeats():  # the parent flow's heartbeats cover this process
+            result = odir_train(plan.manifest_uri, spec, plan.profile, plan.parent_run_id, plan.experiment, None,
+                                plan.force, plan.cv, plan.views)  # fmt: skip
+        return train.TrainStepResult(**result)
+    from prefect.deployments import run_deployment
+
+    parameters = {"manifest_uri": plan.manifest_uri, "spec": spec.model_dump(mode="json"), "profile": plan.profile,
+                  "parent_run_id": plan.parent_run_id, "experiment": plan.experiment, "force": plan.force,
+                  "cv": plan.cv.model_dump() if plan.cv else None, "views": list(plan.views)}  # fmt: skip
+    child = run_deployment(TRAIN_DEPLOYMENT, parameters=parameters, timeout=None, poll_interval=5)
+    if not child.state or not child.state.is_completed():
+        raise RuntimeError(
+            f"{TRAIN_DEPLOYMENT} run {child.name} for {spec.name} ended {child.state and child.state.name}"
+        )
+    # the child registered the model in MLflow; read its result from there rather than from Prefect's result storage
+    return train.run(plan.config(spec))
+
+
+def train_all(plan: TrainPlan, specs: list[ModelSpec]) -> list[train.TrainStepResult]:
+    """Trains every model: one after the other in this process, all at once as deployment runs.
+
+    In one process, concurrent trainings would share torch's global random generator (dropout, stochastic depth,
+    augmentation draw from it), so their results would depend on thread timing and a re-run would not reproduce
+    them; separate deployment runs are separate processes, each seeded on its own.
+    """
+    if plan.dispatch == "local":
+        return [train_task(plan, spec) for spec in specs]
+    futures = [train_task.submit(plan, spec) for spec in specs]
+    return [future.result() for future in futures]
+
+
+def _start_pipeline_run(experiment: str, profile: Profile, data_root: str) -> str:
+    """The pipeline's parent run, with the resolved profile as its artifact (the only place the profile goes)."""
+    from mlflow import MlflowClient
+
+    experiment_id = tracking.setup(experiment)
+    tags = {tracking.STEP_TAG: "pipeline", "profile": profile.name, "profile_key": profile_key(profile),
+            "odir.git_sha": tracking.git_sha(), **tracking.process_tags()}  # fmt: skip
+    client = MlflowClient()
+    run = client.create_run(experiment_id, run_name=f"pipeline {profile.name}", tags=tags)
+    client.log_param(run.info.run_id, "data_root", data_root)
+    client.log_text(run.info.run_id, yaml.safe_dump(profile.model_dump(mode="json"), sort_keys=False),
+                    "config/profile.yaml")  # fmt: skip
+    return run.info.run_id
+
+
+def profile_key(profile: Profile) -> str:
+    """Identifies a profile's content (a renamed file with the same settings keeps its key)."""
+    return tracking.content_key(profile.model_dump())
+
+
+def _up_to_date(digest: str, key: str) -> str | None:
+    """The champion's version when it was built from this data and profile, else None."""
+    from mlflow import MlflowClient
+
+    champion = promote.current_champion(tracking.ENSEMBLE_MODEL)
+    if champion is None:
+        return None
+    tags = MlflowClient().get_model_version(tracking.ENSEMBLE_MODEL, champion).tags
+    return champion if tags.get("data_digest") == digest and tags.get("profile_key") == key else None
+
+
+# the threads only wait: with dispatch=deployment each model's training is a run on a worker (see train_all)
+@flow(name="odir", flow_run_name="odir {profile}", task_runner=ThreadPoolTaskRunner(max_workers=8))
+def odir(
+    profile: str = "demo", data: str | None = None, out: str | None = None, force: bool = False,
+    only_if_changed: bool = False, dispatch: str = "local", experiment: str = tracking.DEFAULT_EXPERIMENT,
+) -> dict[str, Any]:  # fmt: skip
+    """The whole pipeline: ingest, train every model of the profile, evaluate, tune thresholds, ensemble, evaluate
+    the ensemble, submit, promote.
+
+    Args:
+        profile: a profile name in ``configs/`` or a YAML path.
+        data: the dataset root; default: the synthetic demo data (generated on first use).
+        out: the submission CSV; default ``outputs/submission-<profile>.csv``.
+        force: retrain and re-evaluate even where MLflow has finished runs with the same inputs.
+        only_if_changed: stop after ingest when the champion was built from the same data and profile (retraining).
+        dispatch: ``local`` trains in this process, one model after the other (reproducibly); ``deployment`` runs
+            every model at once as a run of ``odir-train/gpu`` (each on a worker, in its own process).
+        experiment: the MLflow experiment.
+    """
+    if dispatch not in ("local", "deployment"):
+        raise ValueError(f"dispatch must be 'local' or 'deployment', got {dispatch!r}")
+    logger = get_run_logger()
+    config = load_profile(profile)
+    data_root = data or demo_data_task(str(tracking.project_root() / DEMO_DATA))
+    pid = _start_pipeline_run(experiment, config, data_root)
+    run = PipelineRun(config, {"experiment": experiment, "parent_run_id": pid, "reuse": not force}, dispatch)
+    try:
+        summary = _pipeline(run, data_root, out, only_if_changed)
+    except BaseException:
+        from mlflow import MlflowClient
+
+        MlflowClient().set_terminated(pid, "FAILED")
+        raise
+    from mlflow import MlflowClient
+
+    MlflowClient().set_terminated(pid, "FINISHED")
+    logger.info("odir %s: %s", config.name, summary)
+    return summary
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineRun:
+    """What every step of one pipeline run shares: the profile, the steps' common fields, how training runs."""
+
+    profile: Profile
+    common: dict[str, Any]  # experiment, parent_run_id, reuse: the fields of every StepConfig
+    dispatch: str
+
+    def evaluate(self, model_uri: str, manifest_uri: str, split: str) -> evaluate.EvaluateResult:
+        excluded = ("train",) if split == "val" and self.profile.exclude_shared_patients else ()
+        config = evaluate.EvaluateConfig(model_uri=model_uri, manifest_uri=manifest_uri, split=split,
+                                         views=self.profile.tta_views, exclude_shared_with=excluded,
+                                         **self.common)  # fmt: skip
+        return step_task(f"evaluate {model_uri} on {split}", evaluate.run, config)
+
+    def ensemble(
+        self, members: list[train.TrainStepResult], predictions: list[str], manifest_uri: str
+    ) -> ensemble.EnsembleResult:
+        weights = self.profile.ensemble_weights
+        config = ensemble.EnsembleConfig(
+            member_model_uris=tuple(m.model_uri for m in members), member_val_predictions=tuple(predictions),
+            manifest_uri=manifest_uri,
+            weights=tuple(weights.get(m.name, 0.0) for m in self.profile.models) if weights else None,
+            views=self.profile.tta_views, grid=self.profile.threshold_grid, objectives=self.profile.objectives(),
+            calibrate=self.profile.calibrate, profile=self.profile.name, profile_key=profile_key(self.profile),
+            **self.common,
+        )  # fmt: skip
+        return step_task("ensemble", ensemble.run, config)
+
+    def train(self, manifest_uri: str) -> list[train.TrainStepResult]:
+        plan = TrainPlan(manifest_uri, self.profile.name, self.common["parent_run_id"], self.common["experiment"],
+                         not self.common["reuse"], self.dispatch, self.profile.cv, self.profile.tta_views)  # fmt: skip
+        return train_all(plan, self.profile.models)
+
+
+def _pipeline(run: PipelineRun, data_root: str, out: str | None, only_if_changed: bool) -> dict[str, Any]:
+    config, common = run.profile, run.common
+    ing = step_task("ingest", ingest.run, ingest.IngestConfig(data_root=data_root, **common))
+    key = profile_key(config)
+    if only_if_changed and common["reuse"] and (champion := _up_to_date(ing.data_digest, key)):
+        get_run_logger().info("nothing changed since champion version %s (same data and profile)", champion)
+        return {"trained": [], "champion_version": champion, "decision": "up to date", "data_digest": ing.data_digest}
+    manifest = load_manifest(ing.manifest_uri)
+    members = run.train(ing.manifest_uri)
+    # what the thresholds, temperatures and weights are fit on: out-of-fold predictions in CV mode, else val's
+    fitted_on = [m.oof_predictions_uri for m in members] if config.cv else [
+        run.evaluate(m.model_uri, ing.manifest_uri, "val").predictions_uri for m in members
+    ]  # fmt: skip
+    test_split = "offsite_test" if manifest.has_split("offsite_test") else "cv" if config.cv else "val"
+    for member, predictions in zip(members, fitted_on, strict=True):
+        tune = tune_thresholds.TuneConfig(predictions_uri=predictions, grid=config.threshold_grid,
+                                          objectives=config.objectives(), name=member.registered_model,
+                                          **common)  # fmt: skip
+        step_task(f"tune thresholds {member.registered_model}", tune_thresholds.run, tune)
+        if test_split not in ("val", "cv"):
+            run.evaluate(member.model_uri, ing.manifest_uri, test_split)
+    ens = run.ensemble(members, fitted_on, ing.manifest_uri)
+    # in CV mode without a test split, the ensemble's cross-fitted out-of-fold scores are the honest ones
+    scored = ens.metrics if test_split == "cv" else run.evaluate(ens.model_uri, ing.manifest_uri, test_split).metrics
+    submission = None
+    if manifest.has_split("onsite_test"):
+        target = out or str(tracking.project_root() / "outputs" / f"submission-{config.name}.csv")
+        submit_config = submit.SubmitConfig(model_uri=ens.model_uri, manifest_uri=ing.manifest_uri, out_path=target,
+                                            **common)  # fmt: skip
+        submission = step_task("submit", submit.run, submit_config).out_path
+    promote_config = promote.PromoteConfig(model_uri=ens.model_uri, manifest_uri=ing.manifest_uri, split=test_split,
+                                           metric=config.promotion.metric,
+                                           min_probability=config.promotion.min_probability, **common)  # fmt: skip
+    decision = step_task("promote", promote.run, promote_config)
+    replaced = decision.champion_version if decision.decision == "champion" else None
+    cards = (
+        *(m.model_uri for m in members),
+        ens.model_uri,
+        *([f"models:/{tracking.ENSEMBLE_MODEL}/{replaced}"] if replaced and replaced != ens.version else []),
+    )
+    step_task("model cards", model_card.publish_model_cards, cards)
+    member_metric = "cv_f1_macro" if config.cv else "val_f1_macro"
+    return {
+        "profile": config.name, "data_digest": ing.data_digest, "trained": [m.model_uri for m in members],
+        "member_f1_macro": {m.registered_model: m.metrics.get(member_metric) for m in members},
+        "ensemble": ens.model_uri, "ensemble_weights": ens.weights, "thresholds": ens.thresholds,
+        "split_mode": f"cv ({config.cv.folds} folds)" if config.cv else "given splits",
+        "scored_split": test_split, "scores": headline_scores(scored, test_split),
+        "decision": decision.decision, "prob_better": decision.prob_better,
+        "champion_version": decision.version if decision.decision == "champion" else decision.champion_version,
+        "submission": submission, "pipeline_run_id": common["parent_run_id"],
+    }  # fmt: skip
+
+
+HEADLINE = ("f1_macro", "f1_course", "f1_D", "f1_G", "f1_A", "auroc_D", "auroc_G", "auroc_A")
+
+
+def headline_scores(metrics: dict[str, float], split: str) -> dict[str, list[float | None]]:
+    """``{metric: [value, ci_low, ci_high]}`` of :data:`HEADLINE` from an evaluate run's prefixed metrics."""
+    prefix = tracking.split_prefix(split)
+    return {
+        name: [metrics.get(f"{prefix}{name}"), metrics.get(f"{prefix}{name}_ci_low"),
+               metrics.get(f"{prefix}{name}_ci_high")]
+        for name in HEADLINE
+    }  # fmt: skip

@@ -1,0 +1,122 @@
+"""The local stack behind ``make up`` / ``make down``: a Prefect server, the MLflow UI on the embedded store and
+``odir serve``, all on 127.0.0.1, with PIDs and logs under ``.odir/run/``. ``down`` stops exactly those processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from flows.deployments import SERVED
+from steps import tracking
+from steps.tracking import process_alive
+
+HOST = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class Service:
+    """One process of the stack: how to start it and the URLs that must all answer before it is usable."""
+
+    name: str
+    command: list[str]
+    ready_urls: tuple[str, ...]
+
+
+def run_folder() -> Path:
+    return tracking.project_root() / ".odir" / "run"
+
+
+def services(prefect_port: int, mlflow_port: int) -> list[Service]:
+    bin_dir = Path(sys.executable).parent
+    api = f"http://{HOST}:{prefect_port}/api"
+    # `odir serve` is usable once the Prefect API knows each of its deployments (404 until it registers them)
+    deployments = tuple(f"{api}/deployments/name/{name}" for name in SERVED)
+    return [
+        Service("prefect", [str(bin_dir / "prefect"), "server", "start", "--host", HOST, "--port", str(prefect_port)],
+                (f"{api}/health",)),
+        Service("mlflow", [str(bin_dir / "mlflow"), "server", "--backend-store-uri", tracking.tracking_uri(),
+                           "--host", HOST, "--port", str(mlflow_port), "--workers", "1"],
+                (f"http://{HOST}:{mlflow_port}/health",)),
+        Service("serve", [str(bin_dir / "odir"), "serve"], deployments),
+    ]  # fmt: skip
+
+
+def wait_ready(
+    url: str | tuple[str, ...], process: subprocess.Popen | None = None, seconds: float = 180, log: Path | None = None
+) -> None:
+    """Waits until ``url`` (each of them, for a tuple) answers with a success status.
+
+    Raises:
+        RuntimeError: when ``process`` exits first or ``seconds`` pass (naming the URL not yet ready, and ``log``).
+    """
+    where = f"; see {log}" if log else ""
+    deadline = time.monotonic() + seconds
+    for one in (url,) if isinstance(url, str) else url:
+        while not _answers(one):
+            if process is not None and process.poll() is not None:
+                raise RuntimeError(f"{process.args[0]} exited with status {process.returncode}{where}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"not ready at {one} after {seconds:.0f} s{where}")
+            time.sleep(1)
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except OSError:  # refused, timed out, or an HTTP error status such as 404
+        return False
+
+
+def up(prefect_port: int = 4200, mlflow_port: int = 5000) -> dict[str, str]:
+    """Starts the stack (each service once) and returns the URLs to open."""
+    folder = run_folder()
+    folder.mkdir(parents=True, exist_ok=True)
+    tracking.setup()  # create the store's schema once, before any server or flow run opens it
+    api = f"http://{HOST}:{prefect_port}/api"
+    env = {**os.environ, "PREFECT_API_URL": api, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "ODIR_HOME": str(tracking.project_root())}  # fmt: skip
+    for service in services(prefect_port, mlflow_port):
+        pid_file = folder / f"{service.name}.pid"
+        log = folder / f"{service.name}.log"
+        if pid_file.exists() and process_alive(int(pid_file.read_text())):
+            wait_ready(service.ready_urls, log=log)  # an earlier `up` may have returned before it was ready
+            print(f"{service.name:<8} already running (pid {pid_file.read_text().strip()})")
+            continue
+        with log.open("ab") as out:
+            process = subprocess.Popen(service.command, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                       start_new_session=True, cwd=tracking.project_root())  # fmt: skip
+        pid_file.write_text(str(process.pid))
+        wait_ready(service.ready_urls, process, log=log)
+        print(f"{service.name:<8} started (pid {process.pid}), log {log}")
+    return {"prefect_ui": f"http://{HOST}:{prefect_port}", "mlflow_ui": f"http://{HOST}:{mlflow_port}", "api": api}
+
+
+def down(grace_seconds: float = 20) -> list[str]:
+    """Stops the processes started by :func:`up` (their whole process groups); returns their names."""
+    stopped = []
+    for pid_file in sorted(run_folder().glob("*.pid")):
+        pid = int(pid_file.read_text())
+        if process_alive(pid):
+            _signal_group(pid, signal.SIGTERM)
+            deadline = time.monotonic() + grace_seconds
+            while process_alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.5)
+            if process_alive(pid):
+                _signal_group(pid, signal.SIGKILL)
+            stopped.append(pid_file.stem)
+        pid_file.unlink()
+    return stopped
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, sig)

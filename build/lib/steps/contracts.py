@@ -1,0 +1,306 @@
+"""The formats steps hand each other, in one place: no step imports another step.
+
+- **manifest** (written by ingest, read by every later step): ``manifest/manifest.csv`` (split, id, labels,
+  patient, image SHA-256, path) and ``manifest/manifest.json`` (dataset root, digest);
+- **predictions** (written by evaluate, read by tune_thresholds, ensemble and the report): ``id``, the true labels
+  when known, ``p_D``, ``p_G``, ``p_A``;
+- **thresholds** (tune_thresholds and ensemble): ``thresholds.json`` with the grid and the F1 before and after;
+- **checkpoints** (train, read by evaluate and ensemble): ``checkpoints/best.pt`` of the train run, or one
+  ``checkpoints/fold_<k>.pt`` per fold of a cross-validated member, whose probabilities are averaged: how a member
+  version is run (:func:`predict_paths`; the ensemble version runs as its pyfunc);
+- **folds** (train and ensemble, in cross-validation mode): the labelled pool (train + val) with each image's fold,
+  a function of the manifest and the profile's ``cv`` alone, so every step and host computes the same folds;
+- **tags**: the train run's reuse tags (train and the report), a version's score on a split (evaluate and promote).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from components import LABELS
+from components.config import ModelSpec
+from components.data import FundusDataset
+from components.ensemble import PROB_COLUMNS
+from components.errors import DataError, OdirError, Problem
+from components.folds import CVSpec, assign_folds
+from components.inference import predict_images
+from components.metrics import DEFAULT_THRESHOLD
+from components.thresholds import STUDY_GRID, ThresholdResult, fine_grid
+from components.training import load_trained
+from components.tta import STUDY_VIEWS
+from steps import integrity, storage, tracking
+from steps.base import code_fingerprint
+
+MANIFEST_DIR = "manifest"
+LABELLED_SPLITS = ("train", "val", "offsite_test")
+CV_POOL = ("train", "val")
+CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_ARTIFACT = f"{CHECKPOINT_DIR}/best.pt"
+THRESHOLD_GRIDS = {"study": STUDY_GRID, "fine": fine_grid()}
+
+
+# --- manifest -------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A loaded manifest: the rows, the dataset root the paths are relative to (a folder or ``s3://`` URI), and
+    the digest."""
+
+    frame: pd.DataFrame
+    data_root: str
+    digest: str
+
+    @cached_property
+    def local_root(self) -> Path:
+        """A local folder with the images (an ``s3://`` root is mirrored on first use on this host)."""
+        return storage.localize(self.data_root)
+
+    def split(self, name: str) -> pd.DataFrame:
+        """The rows of one split in CSV order.
+
+        Raises:
+            DataError: when the dataset has no such split.
+        """
+        rows = self.frame[self.frame["split"] == name]
+        if rows.empty:
+            present = ", ".join(self.frame["split"].unique())
+            raise DataError([Problem(str(self.data_root), f"the dataset has no {name} split (present: {present})")])
+        return rows.reset_index(drop=True)
+
+    def has_split(self, name: str) -> bool:
+        return bool((self.frame["split"] == name).any())
+
+    def paths(self, name: str) -> list[Path]:
+        return [self.local_root / p for p in self.split(name)["path"]]
+
+    def patients(self, splits: tuple[str, ...]) -> set[str]:
+        """The patients with images in any of ``splits``."""
+        return set(self.frame.loc[self.frame["split"].isin(splits), "patient"])
+
+    def labels(self, name: str) -> np.ndarray:
+        return self.split(name).loc[:, list(LABELS)].to_numpy(dtype=np.float32)
+
+    def dataset(self, name: str, image_size: int) -> FundusDataset:
+        return FundusDataset(self.paths(name), self.labels(name), image_size)
+
+    def rows_dataset(self, rows: pd.DataFrame, image_size: int) -> FundusDataset:
+        """A dataset of some manifest rows (e.g. the images of some folds)."""
+        labels = rows.loc[:, list(LABELS)].to_numpy(dtype=np.float32)
+        return FundusDataset([self.local_root / p for p in rows["path"]], labels, image_size)
+
+    def cv_pool(self, cv: CVSpec) -> pd.DataFrame:
+        """The labelled pool (train + val, in manifest order) with each image's ``fold``: both eyes of a patient in
+        one fold, the labels stratified.
+
+        Raises:
+            OdirError: naming the profile field ``cv.folds`` when the pool has fewer patients than folds.
+        """
+        pool = self.frame[self.frame["split"].isin(CV_POOL)].reset_index(drop=True)
+        try:
+            folds = assign_folds(list(pool["id"]), pool.loc[:, list(LABELS)].to_numpy(), cv.folds, cv.seed)
+        except OdirError as error:
+            raise OdirError(f"profile field cv.folds: {error}") from None
+        return pool.assign(fold=folds)
+
+
+def log_manifest(manifest: Manifest) -> str:
+    """Logs the manifest to the active run; returns its URI (what later steps are given)."""
+    import mlflow
+
+    mlflow.log_text(manifest.frame.to_csv(index=False), f"{MANIFEST_DIR}/manifest.csv")
+    tracking.log_json({"data_root": manifest.data_root, "digest": manifest.digest}, f"{MANIFEST_DIR}/manifest.json")
+    return mlflow.get_artifact_uri(MANIFEST_DIR)
+
+
+def load_manifest(manifest_uri: str) -> Manifest:
+    """Downloads and reads a manifest logged by :func:`log_manifest`."""
+    local = Path(tracking.download(manifest_uri))
+    meta = json.loads((local / "manifest.json").read_text())
+    frame = pd.read_csv(local / "manifest.csv", dtype={"id": str, "patient": str, "path": str, "split": str})
+    return Manifest(frame, meta["data_root"], meta["digest"])
+
+
+def log_dataset(manifest: Manifest, context: str) -> None:
+    """Logs the manifest as the active run's MLflow dataset input (name ``odir``, source the dataset root)."""
+    import mlflow
+
+    with warnings.catch_warnings():  # a local path as source is "ambiguous" and integer columns get a hint: both moot
+        warnings.simplefilter("ignore", UserWarning)
+        dataset = mlflow.data.from_pandas(
+            manifest.frame, source=str(manifest.data_root), name="odir", digest=manifest.digest[:20]
+        )
+        mlflow.log_input(dataset, context=context)
+
+
+# --- predictions ----------------------------------------------------------------------------------------------------
+
+
+def predictions_frame(ids: list[str], labels: np.ndarray | None, probs: np.ndarray) -> pd.DataFrame:
+    """``id``, the true labels when known, then ``p_D``, ``p_G``, ``p_A``."""
+    frame = pd.DataFrame({"id": ids})
+    if labels is not None:
+        for column, label in enumerate(LABELS):
+            frame[label] = labels[:, column].astype(int)
+    for column, name in enumerate(PROB_COLUMNS):
+        frame[name] = probs[:, column]
+    return frame
+
+
+def read_predictions(predictions_uri: str) -> pd.DataFrame:
+    """A predictions artifact written by the evaluate step."""
+    return pd.read_csv(tracking.download(predictions_uri), dtype={"id": str})
+
+
+def probabilities_of(frame: pd.DataFrame) -> np.ndarray:
+    """The ``p_D``, ``p_G``, ``p_A`` columns of a predictions frame."""
+    return frame.loc[:, list(PROB_COLUMNS)].to_numpy(dtype=np.float64)
+
+
+def labels_of(frame: pd.DataFrame) -> np.ndarray:
+    """The true labels of a predictions frame."""
+    missing = [label for label in LABELS if label not in frame.columns]
+    if missing:
+        raise OdirError(f"predictions have no true labels ({', '.join(missing)} missing): use a labelled split")
+    return frame.loc[:, list(LABELS)].to_numpy()
+
+
+# --- thresholds -----------------------------------------------------------------------------------------------------
+
+
+def grid_of(name: str) -> tuple[float, ...]:
+    if name not in THRESHOLD_GRIDS:
+        raise ValueError(f"unknown threshold grid {name!r}; valid: {', '.join(THRESHOLD_GRIDS)}")
+    return THRESHOLD_GRIDS[name]
+
+
+def log_thresholds(result: ThresholdResult, grid: tuple[float, ...]) -> str:
+    """Logs ``thresholds.json`` and the thresholds' metrics to the active run; returns the artifact URI."""
+    import mlflow
+
+    payload = {
+        "thresholds": result.as_dict(), "grid": list(grid),
+        "objectives": dict(zip(LABELS, result.objectives, strict=True)),
+        "f1": dict(zip(LABELS, result.f1.tolist(), strict=True)),
+        "f1_default": dict(zip(LABELS, result.f1_default.tolist(), strict=True)),
+    }  # fmt: skip
+    mlflow.log_metrics({f"threshold_{label}": t for label, t in result.as_dict().items()})
+    mlflow.log_metrics({"f1_gain": result.f1_gain, "f1_macro_tuned": float(result.f1.mean())})
+    return tracking.log_json(payload, "thresholds.json")
+
+
+def read_thresholds(thresholds_uri: str) -> dict[str, float]:
+    """Per-class thresholds of a ``thresholds.json`` written by :func:`log_thresholds`."""
+    return tracking.read_json(thresholds_uri)["thresholds"]
+
+
+# --- checkpoints ----------------------------------------------------------------------------------------------------
+
+
+def member_checkpoints(model_uri: str) -> list[Path]:
+    """The local checkpoints of a registered member model: ``[best.pt]``, or its fold models in fold order (tensors
+    only, loadable with ``weights_only=True``)."""
+    folder = integrity.verified_checkpoints(model_uri)
+    if folder is None:
+        raise OdirError(f"{model_uri} has no checkpoints: not a member model of odir")
+    if (folder / "best.pt").exists():
+        return [folder / "best.pt"]
+    return sorted(folder.glob("fold_*.pt"), key=lambda path: int(path.stem.removeprefix("fold_")))
+
+
+def predict_with_checkpoints(checkpoints: list[Path], paths: list[str], views: tuple[str, ...]) -> np.ndarray:
+    """``(N, 3)`` probabilities of a member: its one model, or the mean over its fold models."""
+    probs = []
+    for checkpoint in checkpoints:
+        network, spec = load_trained(checkpoint)
+        probs.append(predict_images(network, paths, spec.image_size, views, spec.batch_size,
+                                    preprocess=spec.fundus_preprocess()))  # fmt: skip
+    return np.mean(probs, axis=0)
+
+
+# --- registered models: a member is its checkpoint, the ensemble its pyfunc ---------------------------------------
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Probabilities of a split and the thresholds that turn them into labels."""
+
+    probs: np.ndarray
+    thresholds: np.ndarray
+
+
+def is_ensemble(model_uri: str) -> bool:
+    name, _ = tracking.split_model_uri(model_uri)
+    return name == tracking.ENSEMBLE_MODEL
+
+
+def predict_split(model_uri: str, manifest: Manifest, split: str, views: tuple[str, ...]) -> Prediction:
+    """Runs a registered model (member or ensemble) over one split."""
+    return predict_paths(model_uri, [str(p) for p in manifest.paths(split)], views)
+
+
+def predict_paths(model_uri: str, paths: list[str], views: tuple[str, ...] = STUDY_VIEWS) -> Prediction:
+    """Runs a registered model over image files: the ensemble pyfunc as registered (its own views and
+    thresholds), a member with ``views`` and threshold 0.5."""
+    if is_ensemble(model_uri):
+        import mlflow
+
+        model = mlflow.pyfunc.load_model(str(integrity.verified_model_dir(model_uri)))
+        output = model.predict(pd.DataFrame({"image_path": paths}))
+        thresholds = np.asarray(model.unwrap_python_model().thresholds, dtype=np.float64)
+        return Prediction(probabilities_of(output), thresholds)
+    probs = predict_with_checkpoints(member_checkpoints(model_uri), paths, views)
+    return Prediction(probs, np.full(len(LABELS), DEFAULT_THRESHOLD))
+
+
+# --- tags -----------------------------------------------------------------------------------------------------------
+
+
+def registered_name(spec: ModelSpec) -> str:
+    """The registered model a spec's trainings become versions of."""
+    return f"{tracking.MODEL_PREFIX}{spec.name}"
+
+
+def spec_key(spec: ModelSpec) -> str:
+    """Identifies a spec: the same key means the same training recipe."""
+    return tracking.content_key(spec.model_dump())
+
+
+def train_tags(spec: ModelSpec, profile: str, digest: str) -> dict[str, str]:
+    """The tags that identify a training: model, profile, data, recipe and the code that trains it."""
+    return {"odir.model": spec.name, "profile": profile, "data_digest": digest, "spec_key": spec_key(spec),
+            "code_fingerprint": code_fingerprint("train")}  # fmt: skip
+
+
+def evaluate_key(
+    model_uri: str, split: str, views: tuple[str, ...], thresholds_uri: str | None = None,
+    exclude_shared_with: tuple[str, ...] = (),
+) -> str:  # fmt: skip
+    """Identifies an evaluation: the same key means the same predictions and scores."""
+    return tracking.content_key(model_uri, split, tuple(views), thresholds_uri, tuple(exclude_shared_with),
+                                code_fingerprint("evaluate"))  # fmt: skip
+
+
+def record_score(model_uri: str, split: str, digest: str, f1_macro: float) -> None:
+    """Tags a model version with its ``f1_macro`` on a split of the data with this digest (promotion reads it)."""
+    from mlflow import MlflowClient
+
+    name, version = tracking.split_model_uri(model_uri)
+    client = MlflowClient()
+    client.set_model_version_tag(name, version, f"score.{split}.f1_macro", f"{f1_macro:.6f}")
+    client.set_model_version_tag(name, version, f"score.{split}.digest", digest)
+
+
+def recorded_score(version_tags: dict[str, Any], split: str, digest: str) -> float | None:
+    """The score :func:`record_score` left on a version for this split and data, or None."""
+    if version_tags.get(f"score.{split}.digest") != digest:
+        return None
+    return float(version_tags[f"score.{split}.f1_macro"])

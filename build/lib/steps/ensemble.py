@@ -1,0 +1,261 @@
+"""Ensemble: member models + their validation predictions -> weights, thresholds and a registered pyfunc.
+
+Weights are given or derived from each member's validation ``f1_macro`` (normalised). With ``calibrate``, each
+member's probabilities are first temperature-scaled per class (temperatures fit on its validation predictions:
+focal and class-balanced losses do not give calibrated probabilities, and a weighted mean of uncalibrated members
+over-weights the overconfident one); the ECE before and after is logged. The ensemble's validation probabilities
+are the weighted mean of the saved (calibrated) member predictions (no network runs), and its per-class
+thresholds are tuned on them for each class's objective.
+
+Given out-of-fold member predictions (cross-validation: the frames carry each image's ``fold``), the registered
+ensemble is fit on all of them, and its honest CV score is **cross-fitted**: for each fold k, temperatures, weights
+and thresholds are fit on the other folds' predictions and applied to fold k, so no image is scored by anything
+fit on its own patient. Those scores (``cv_*``, with intervals over patients) and the cross-fitted predictions
+(``predictions/cv.csv``; probabilities shifted so that each fold's threshold sits at 0.5) are logged; promotion in
+CV mode compares them. The result is registered as ``odir-ensemble``: an MLflow
+pyfunc that holds the member checkpoints, the weights, the temperatures, the TTA views and the thresholds, and
+predicts labels from image paths or bytes.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from components import LABELS
+from components.calibration import apply_temperature, calibration_errors, fit_temperatures
+from components.data import patient_of
+from components.ensemble import align_members, normalise_weights, weighted_mean, weights_from_scores
+from components.metrics import DEFAULT_THRESHOLD, f1_macro, multilabel_report
+from components.scoring import scored_report
+from components.thresholds import ThresholdResult, tune_thresholds
+from components.tta import STUDY_VIEWS, check_views
+from steps import cli, integrity, tracking
+from steps.base import StepConfig, code_fingerprint, run_step
+from steps.contracts import (
+    grid_of,
+    labels_of,
+    load_manifest,
+    log_thresholds,
+    member_checkpoints,
+    predictions_frame,
+    read_predictions,
+    read_thresholds,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnsembleConfig(StepConfig):
+    """Combine registered members into the registered odir-ensemble pyfunc."""
+
+    member_model_uris: tuple[str, ...]
+    member_val_predictions: tuple[str, ...]
+    manifest_uri: str
+    weights: tuple[float, ...] | None = None
+    views: tuple[str, ...] = STUDY_VIEWS
+    grid: str = "study"
+    objectives: tuple[str, ...] = ("f1", "f1", "f1")
+    calibrate: bool = True
+    profile: str = "demo"
+    profile_key: str = ""
+
+
+@dataclass(frozen=True)
+class EnsembleResult:
+    """The registered ensemble version, its weights and thresholds, and its validation metrics."""
+
+    model_uri: str
+    version: str
+    run_id: str
+    weights: dict[str, float] = field(default_factory=dict)
+    thresholds: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _weights(config: EnsembleConfig, labels: np.ndarray, member_probs: list[np.ndarray]) -> np.ndarray:
+    if config.weights is not None:
+        if len(config.weights) != len(config.member_model_uris):
+            raise ValueError(f"{len(config.weights)} weights for {len(config.member_model_uris)} members")
+        return normalise_weights(config.weights)
+    return weights_from_scores([f1_macro(labels, probs) for probs in member_probs])
+
+
+def _register(
+    config: EnsembleConfig, names: list[str], weights: np.ndarray, thresholds: dict, temperatures: np.ndarray,
+    tags: dict,
+) -> str:  # fmt: skip
+    """Logs the pyfunc with the member checkpoints and registers it; returns the new version."""
+    import mlflow
+
+    from steps.ensemble_model import CONFIG_ARTIFACT, OdirEnsemble, input_schema, output_schema
+
+    code = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        config_path = Path(tmp) / "ensemble.json"
+        artifacts, keys = {}, []
+        for index, uri in enumerate(config.member_model_uris):  # one checkpoint, or one per fold model
+            checkpoints = {f"member_{index}_{k}": str(path) for k, path in enumerate(member_checkpoints(uri))}
+            artifacts.update(checkpoints)
+            keys.append(list(checkpoints))
+        payload = {"members": names, "model_uris": list(config.member_model_uris), "weights": weights.tolist(),
+                   "views": list(config.views), "thresholds": thresholds, "temperatures": temperatures.tolist(),
+                   "checkpoints": keys}  # fmt: skip
+        config_path.write_text(json.dumps(payload, indent=2))
+        artifacts[CONFIG_ARTIFACT] = str(config_path)
+        with warnings.catch_warnings():  # no input example on purpose: it would have to be an image file
+            warnings.filterwarnings("ignore", message=".*input example was not provided")
+            info = mlflow.pyfunc.log_model(
+                name="ensemble",
+                python_model=OdirEnsemble(),
+                artifacts=artifacts,
+                code_paths=[str(code / "components"), str(code / "steps")],
+                signature=mlflow.models.ModelSignature(inputs=input_schema(), outputs=output_schema()),
+                pip_requirements=tracking.pinned_requirements(
+                    "torch", "torchvision", "timm", "numpy", "pandas", "pillow"
+                ),
+            )
+    return integrity.register(info.model_uri, tracking.ENSEMBLE_MODEL, tags)  # with its tags and files' SHA-256
+
+
+def _temperatures(config: EnsembleConfig, labels: np.ndarray, member_probs: list[np.ndarray]) -> np.ndarray:
+    """``(members, 3)`` temperatures fit on these predictions, all 1 without ``calibrate``."""
+    if not config.calibrate:
+        return np.ones((len(member_probs), len(LABELS)))
+    return np.stack([fit_temperatures(labels, probs) for probs in member_probs])
+
+
+def _calibrate(
+    config: EnsembleConfig, names: list[str], labels: np.ndarray, member_probs: list[np.ndarray]
+) -> np.ndarray:
+    """``(members, 3)`` temperatures fit on the validation predictions (all 1 without ``calibrate``), logged with
+    each member's ECE before and after (on the predictions they were fit on: the evaluate step's test-split ECE of
+    the ensemble is the out-of-sample figure)."""
+    import mlflow
+
+    temperatures = _temperatures(config, labels, member_probs)
+    if not config.calibrate:
+        return temperatures
+    for name, probs, member_t in zip(names, member_probs, temperatures, strict=True):
+        before = calibration_errors(labels, probs)
+        after = calibration_errors(labels, apply_temperature(probs, member_t))
+        mlflow.log_metrics({f"{name}.temperature_{c}": float(t) for c, t in zip(LABELS, member_t, strict=True)})
+        mlflow.log_metrics({f"{name}.val_{k}_before": v for k, v in before.items()})
+        mlflow.log_metrics({f"{name}.val_{k}_after": v for k, v in after.items()})
+    tracking.log_json({n: dict(zip(LABELS, t.tolist(), strict=True)) for n, t in zip(names, temperatures, strict=True)},
+                      "temperatures.json")  # fmt: skip
+    return temperatures
+
+
+def _reused(run) -> EnsembleResult:
+    """The result of an earlier, finished ensemble run with the same members, predictions and settings."""
+    uri = run.data.tags["registered_model_uri"]
+    weights = tracking.read_json(run.data.tags["weights_uri"])
+    thresholds = read_thresholds(run.data.tags["thresholds_uri"])
+    metrics = {k: v for k, v in run.data.metrics.items() if k.startswith(("val_", "cv_"))}
+    return EnsembleResult(uri, tracking.split_model_uri(uri)[1], run.info.run_id, weights, thresholds, metrics)
+
+
+def run(config: EnsembleConfig) -> EnsembleResult:
+    """Weights, thresholds, metrics and the registered pyfunc; see the module docstring."""
+    if len(config.member_model_uris) != len(config.member_val_predictions):
+        raise ValueError("one validation predictions artifact is needed per member")
+    check_views(config.views)
+    grid_of(config.grid)  # an unknown grid fails before any work
+    names = [tracking.split_model_uri(uri)[0].removeprefix(tracking.MODEL_PREFIX) for uri in config.member_model_uris]
+    frames = {name: read_predictions(uri) for name, uri in zip(names, config.member_val_predictions, strict=True)}
+    _, member_probs = align_members(frames)
+    folds = frames[names[0]]["fold"].to_numpy() if "fold" in frames[names[0]].columns else None
+    digest = load_manifest(config.manifest_uri).digest
+    key = tracking.content_key(
+        config.member_model_uris, config.member_val_predictions, config.weights, config.views, config.grid,
+        config.objectives, config.calibrate, code_fingerprint("ensemble"),
+    )  # fmt: skip
+    tags = {"profile": config.profile, "profile_key": config.profile_key, "data_digest": digest, "ensemble_key": key}
+    work = functools.partial(_combine, config, names, frames[names[0]], member_probs, folds, tags)
+    return run_step(config, "ensemble", tags, "ensemble", work, _reused)
+
+
+def _fit(
+    config: EnsembleConfig, labels: np.ndarray, member_probs: list[np.ndarray], temperatures: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, ThresholdResult]:
+    """Weights and thresholds on (calibrated) member predictions; returns the weights, the ensemble's probabilities
+    and the tuned thresholds."""
+    calibrated = [apply_temperature(p, t) for p, t in zip(member_probs, temperatures, strict=True)]
+    weights = _weights(config, labels, calibrated)
+    probs = weighted_mean(calibrated, weights)
+    return weights, probs, tune_thresholds(labels, probs, grid_of(config.grid), config.objectives)
+
+
+def _cross_fitted(
+    config: EnsembleConfig, frame: pd.DataFrame, member_probs: list[np.ndarray], folds: np.ndarray
+) -> dict[str, float]:
+    """The cross-fitted CV scores and predictions (see the module docstring), logged; returns the ``cv_`` metrics."""
+    import mlflow
+
+    labels = labels_of(frame)
+    probs, shifted = np.zeros_like(member_probs[0]), np.zeros_like(member_probs[0])
+    for fold in np.unique(folds):
+        fit, held_out = folds != fold, folds == fold
+        temperatures = _temperatures(config, labels[fit], [p[fit] for p in member_probs])
+        weights, _, tuned = _fit(config, labels[fit], [p[fit] for p in member_probs], temperatures)
+        calibrated = [apply_temperature(p[held_out], t) for p, t in zip(member_probs, temperatures, strict=True)]
+        probs[held_out] = weighted_mean(calibrated, weights)
+        shifted[held_out] = np.clip(probs[held_out] - tuned.thresholds + DEFAULT_THRESHOLD, 0.0, 1.0)
+    patients = [patient_of(i) for i in frame["id"]]
+    at_threshold = scored_report(labels, shifted, (DEFAULT_THRESHOLD,) * len(LABELS), patients)
+    ranked = scored_report(labels, probs, (DEFAULT_THRESHOLD,) * len(LABELS), patients)  # same resamples (seed)
+    report = {k: (at_threshold if _at_threshold(k) else ranked)[k] for k in at_threshold}
+    metrics = tracking.prefixed(report, "cv_")
+    mlflow.log_metrics(metrics)
+    cross_fitted = predictions_frame(list(frame["id"]), labels, shifted).assign(fold=folds)
+    mlflow.log_text(cross_fitted.to_csv(index=False), "predictions/cv.csv")
+    mlflow.set_tag("cv_predictions_uri", mlflow.get_artifact_uri("predictions/cv.csv"))
+    return metrics
+
+
+def _at_threshold(metric: str) -> bool:
+    """Whether a metric depends on the thresholds (scored on the shifted probabilities), not on the ranking."""
+    return metric.startswith(("f1", "precision", "recall", "sensitivity_", "specificity_", "support"))
+
+
+def _combine(
+    config: EnsembleConfig, names: list[str], frame: pd.DataFrame, member_probs: list[np.ndarray],
+    folds: np.ndarray | None, tags: dict[str, str], run,
+) -> EnsembleResult:  # fmt: skip
+    import mlflow
+
+    grid = grid_of(config.grid)
+    labels = labels_of(frame)
+    temperatures = _calibrate(config, names, labels, member_probs)
+    weights, probs, tuned = _fit(config, labels, member_probs, temperatures)
+    mlflow.log_params({"members": ",".join(names), "tta_views": ",".join(config.views), "grid": config.grid,
+                       "objectives": ",".join(config.objectives), "calibrate": config.calibrate})  # fmt: skip
+    weights_uri = tracking.log_json(dict(zip(names, weights.tolist(), strict=True)), "weights.json")
+    mlflow.set_tags({"weights_uri": weights_uri, "thresholds_uri": log_thresholds(tuned, grid)})
+    metrics = tracking.prefixed(multilabel_report(labels, probs, tuned.thresholds), "val_")
+    mlflow.log_metrics(metrics)
+    if folds is not None:
+        metrics.update(_cross_fitted(config, frame, member_probs, folds))
+    version_tags = {**tags, "kind": "ensemble", "members": ",".join(config.member_model_uris)}
+    version = _register(config, names, weights, tuned.as_dict(), temperatures, version_tags)
+    mlflow.set_tag("registered_model_uri", f"models:/{tracking.ENSEMBLE_MODEL}/{version}")
+    log.info("registered %s version %s (weights %s)", tracking.ENSEMBLE_MODEL, version, np.round(weights, 3))
+    return EnsembleResult(
+        f"models:/{tracking.ENSEMBLE_MODEL}/{version}", version, run.info.run_id,
+        dict(zip(names, weights.tolist(), strict=True)), tuned.as_dict(), metrics,
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    sys.exit(cli.main(EnsembleConfig, run))

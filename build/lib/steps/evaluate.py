@@ -1,0 +1,190 @@
+"""Evaluate: a registered model + a manifest split -> a predictions artifact and metrics under the split's prefix.
+
+Works for members (their checkpoint, with or without 5-view TTA) and for the ensemble pyfunc (TTA and
+thresholds inside). Logs, under the split's prefix (``val_``, ``offsite_``):
+
+- ``f1_macro``, ``f1_course`` and per class precision, recall, F1, AUROC, average precision, sensitivity and
+  specificity at the thresholds, sensitivity at 90%/95% specificity, specificity at 90% sensitivity and the
+  expected calibration error (``ece_<C>``, 15 bins);
+- beside each headline metric its 95% interval, ``<metric>_ci_low`` / ``<metric>_ci_high``, from a bootstrap
+  that resamples *patients* (both eyes of one go together; 1000 resamples, seed 0): on ~200 images a point
+  estimate alone is a guess;
+- the per-class table, a figure of the classes' PR curves and confusion matrices, a reliability diagram, and
+  ``predictions/<split>.csv`` (id, true labels, ``p_D``, ``p_G``, ``p_A``), which later steps read instead of
+  running the network again.
+
+With ``min_f1_macro`` set it is a gate: below it the step fails after logging.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from components import LABELS
+from components.calibration import reliability_figure
+from components.errors import OdirError
+from components.metrics import binarize
+from components.scoring import scored_report
+from components.tta import STUDY_VIEWS
+from steps import cli, tracking
+from steps.base import StepConfig, run_step
+from steps.contracts import (
+    LABELLED_SPLITS,
+    Manifest,
+    evaluate_key,
+    load_manifest,
+    predict_split,
+    predictions_frame,
+    read_thresholds,
+    record_score,
+)
+
+log = logging.getLogger(__name__)
+
+
+class GateError(OdirError):
+    """A model scored below the configured minimum."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluateConfig(StepConfig):
+    """Predict one split of a manifest with a registered model and log predictions and metrics."""
+
+    model_uri: str
+    manifest_uri: str
+    split: str = "val"
+    tta: bool = True
+    views: tuple[str, ...] = STUDY_VIEWS
+    thresholds_uri: str | None = None
+    min_f1_macro: float | None = None
+    exclude_shared_with: tuple[str, ...] = ()  # score without the images of patients also in these splits
+
+
+@dataclass(frozen=True)
+class EvaluateResult:
+    """Where the predictions are and the metrics (prefixed by split) they scored."""
+
+    predictions_uri: str
+    run_id: str
+    split: str
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _per_class_table(report: dict[str, float]) -> pd.DataFrame:
+    rows = ["precision", "recall", "f1", "f1_course", "auroc", "ap", "sensitivity", "specificity", "sens_at_spec90",
+            "sens_at_spec95", "spec_at_sens90", "ece", "support"]  # fmt: skip
+    return pd.DataFrame({m: [report[f"{m}_{label}"] for label in LABELS] for m in rows}, index=list(LABELS))
+
+
+TICKS = (0.0, 0.25, 0.5, 0.75, 1.0)  # fixed: matplotlib's tick locators cost a third of drawing the figure
+
+
+def _log_figures(labels: np.ndarray, probs: np.ndarray, thresholds: np.ndarray, split: str) -> None:
+    """``figures/<split>.png``: the classes' precision-recall curves (with average precision) on one axis, then
+    each class's confusion matrix at its threshold.
+
+    Four axes drawn with matplotlib's object API, a fixed layout and fixed ticks: 0.08 s, against 0.3 s for a
+    figure per class laid out by ``tight_layout`` (which draws twice); and no pyplot state shared between threads.
+    """
+    import mlflow
+    from matplotlib.figure import Figure
+    from sklearn.metrics import confusion_matrix, precision_recall_curve
+
+    predicted = binarize(probs, thresholds)
+    figure = Figure(figsize=(13, 3.4))
+    pr_axis, *cm_axes = figure.subplots(1, 1 + len(LABELS), gridspec_kw={"width_ratios": [1.6] + [1] * len(LABELS)})
+    for column, (label, cm_axis) in enumerate(zip(LABELS, cm_axes, strict=True)):
+        truth = labels[:, column]
+        if 0 < truth.sum() < len(truth):  # a curve needs both classes
+            precision, recall, _ = precision_recall_curve(truth, probs[:, column])
+            average_precision = -np.sum(np.diff(recall) * precision[:-1])  # sklearn's average_precision_score
+            pr_axis.step(recall, precision, where="post", label=f"{label}  AP {average_precision:.3f}")
+        matrix = confusion_matrix(truth, predicted[:, column], labels=[0, 1])
+        cm_axis.imshow(matrix, cmap="Blues")
+        for (row, col), count in np.ndenumerate(matrix):
+            colour = "white" if count > matrix.max() / 2 else "black"
+            cm_axis.text(col, row, str(count), ha="center", va="center", color=colour)
+        cm_axis.set(xticks=[0, 1], yticks=[0, 1], xlabel="predicted", ylabel="true",
+                    title=f"{label} at threshold {thresholds[column]:.2f}")  # fmt: skip
+    pr_axis.set(xlim=(0, 1), ylim=(0, 1.05), xticks=TICKS, yticks=TICKS, xlabel="recall", ylabel="precision",
+                title=f"precision-recall ({split})")  # fmt: skip
+    if pr_axis.lines:
+        pr_axis.legend(loc="lower left")
+    figure.subplots_adjust(left=0.05, right=0.98, bottom=0.17, top=0.88, wspace=0.35)
+    mlflow.log_figure(figure, f"figures/{split}.png")
+
+
+def run(config: EvaluateConfig) -> EvaluateResult:
+    """Predicts, logs predictions, metrics, table and figures; enforces the gate. See the module docstring."""
+    manifest = load_manifest(config.manifest_uri)
+    name, version = tracking.split_model_uri(config.model_uri)
+    views = config.views if config.tta else ("identity",)
+    model_uri = f"models:/{name}/{version}"  # an alias resolved: the reuse key names the version
+    key = evaluate_key(model_uri, config.split, views, config.thresholds_uri, config.exclude_shared_with)
+    model = name.removeprefix(tracking.MODEL_PREFIX)
+    tags = {"odir.model": model, "model_version": model_uri, "split": config.split, "data_digest": manifest.digest,
+            "evaluate_key": key}  # fmt: skip
+
+    def reused(done) -> EvaluateResult:
+        if config.split in LABELLED_SPLITS:
+            _gate(config, done.data.metrics[f"{tracking.split_prefix(config.split)}f1_macro"])
+        return EvaluateResult(done.data.tags["predictions_uri"], done.info.run_id, config.split, done.data.metrics)
+
+    work = functools.partial(_evaluate, config, manifest, model_uri, views)
+    return run_step(config, "evaluate", tags, f"evaluate {model} {config.split}", work, reused)
+
+
+def _evaluate(
+    config: EvaluateConfig, manifest: Manifest, model_uri: str, views: tuple[str, ...], run
+) -> EvaluateResult:
+    import mlflow
+
+    mlflow.log_params({"model_uri": model_uri, "split": config.split, "tta_views": ",".join(views)})
+    started = time.perf_counter()
+    prediction = predict_split(model_uri, manifest, config.split, views)
+    mlflow.log_metric("predict_seconds", time.perf_counter() - started)  # model loading included
+    thresholds = prediction.thresholds
+    if config.thresholds_uri:
+        saved = read_thresholds(config.thresholds_uri)
+        thresholds = np.array([saved[label] for label in LABELS])
+    labelled = config.split in LABELLED_SPLITS
+    labels = manifest.labels(config.split) if labelled else None
+    frame = predictions_frame(list(manifest.split(config.split)["id"]), labels, prediction.probs)
+    mlflow.log_text(frame.to_csv(index=False), f"predictions/{config.split}.csv")
+    predictions_uri = mlflow.get_artifact_uri(f"predictions/{config.split}.csv")
+    mlflow.set_tag("predictions_uri", predictions_uri)
+    metrics: dict[str, float] = {}
+    mlflow.log_param("thresholds", ",".join(f"{t:.6g}" for t in thresholds))
+    if labelled:
+        rows = manifest.split(config.split)
+        kept = ~rows["patient"].isin(manifest.patients(config.exclude_shared_with)).to_numpy()
+        mlflow.log_metric("scored_images", int(kept.sum()))
+        labels, probs = labels[kept], prediction.probs[kept]
+        report = scored_report(labels, probs, thresholds, list(rows["patient"][kept]))
+        metrics = tracking.prefixed(report, tracking.split_prefix(config.split))
+        mlflow.log_metrics(metrics)
+        mlflow.log_text(_per_class_table(report).to_csv(), f"tables/{config.split}_per_class.csv")
+        _log_figures(labels, probs, thresholds, config.split)
+        mlflow.log_figure(reliability_figure(labels, probs), f"figures/{config.split}_reliability.png")
+        record_score(model_uri, config.split, manifest.digest, report["f1_macro"])
+        _gate(config, report["f1_macro"])
+    return EvaluateResult(predictions_uri, run.info.run_id, config.split, metrics)
+
+
+def _gate(config: EvaluateConfig, f1_macro: float) -> None:
+    if config.min_f1_macro is not None and f1_macro < config.min_f1_macro:
+        raise GateError(
+            f"{config.model_uri} scored f1_macro {f1_macro:.4f} on {config.split}, below the minimum "
+            f"{config.min_f1_macro:.4f}"
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(cli.main(EvaluateConfig, run))

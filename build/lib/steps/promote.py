@@ -1,0 +1,240 @@
+"""Promote: the new ensemble becomes ``@champion`` only when the evidence says it is better than the champion on the
+same images, or when there is no champion; otherwise it becomes ``@challenger``.
+
+Both versions' predictions on the split (the evaluate step's artifacts for this data, or predicted here when a
+version was never evaluated on it) are compared with a **paired bootstrap over patients**: the same resampled
+patients score both, each at its own thresholds, and the challenger wins only when it beats the champion in at
+least ``min_probability`` of the resamples (ties count half). On ~200 images a 0.02 better F1 is often noise; a
+tie or a marginal win keeps the champion.
+
+In cross-validation mode without a test split (``split`` ``cv``), the images are the labelled pool and each version
+is represented by its cross-fitted out-of-fold predictions (the ensemble step's ``predictions/cv.csv``). A
+champion without them for the same images (trained on other data or folds) is run on the pool instead: it may
+have trained on some of those images, so its score is optimistic, and a challenger that beats it anyway is
+better still. The decision, the probability and both intervals are logged on the
+promote run and as tags of the challenger's version. Aliases are moved last, after everything else succeeded, and
+under a lock held in the registry, so two concurrent promotions compare one after the other.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from components.bootstrap import PairedResult, paired_bootstrap, pick, report_metrics
+from components.errors import OdirError
+from steps import cli, integrity, locks, tracking
+from steps.base import StepConfig
+from steps.contracts import (
+    CV_POOL,
+    Manifest,
+    labels_of,
+    load_manifest,
+    predict_paths,
+    predict_split,
+    probabilities_of,
+    read_predictions,
+    record_score,
+)
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+RESAMPLES = 1000
+
+
+@dataclass(frozen=True, kw_only=True)
+class PromoteConfig(StepConfig):
+    """Compare a new registered version with the champion on the same images and move the aliases (``reuse`` does
+    not apply: the champion may have changed since).
+
+    Attributes:
+        metric: what is compared (a key of ``multilabel_report``: ``f1_macro``, ``f1_course``, ``auroc_G`` ...).
+        min_probability: the share of patient resamples the challenger must win to be promoted.
+    """
+
+    model_uri: str
+    manifest_uri: str
+    split: str = "offsite_test"
+    metric: str = "f1_macro"
+    min_probability: float = 0.9
+
+
+@dataclass(frozen=True)
+class PromoteResult:
+    """The decision (``champion`` or ``challenger``), the scores and the evidence (None: there was no champion)."""
+
+    decision: str
+    version: str
+    score: float
+    champion_version: str | None
+    champion_score: float | None
+    run_id: str
+    prob_better: float | None = None
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A version's probabilities on a split and the thresholds that make its labels."""
+
+    probs: np.ndarray
+    thresholds: np.ndarray
+
+
+def decide(
+    labels: np.ndarray, patients: list[str], champion: Scored, challenger: Scored, metric: str, min_probability: float
+) -> tuple[bool, PairedResult]:
+    """Whether the challenger is better with at least ``min_probability``, and the paired comparison."""
+    compared = paired_bootstrap(
+        pick(report_metrics(tuple(champion.thresholds)), metric), labels, champion.probs, challenger.probs, patients,
+        resamples=RESAMPLES, seed=0, metric_b=pick(report_metrics(tuple(challenger.thresholds)), metric),
+    )  # fmt: skip
+    return bool(compared.prob_b_better >= min_probability), compared
+
+
+@dataclass(frozen=True)
+class Images:
+    """The images both versions are compared on."""
+
+    ids: list[str]
+    labels: np.ndarray
+    patients: list[str]
+    paths: list[str]
+
+
+def images_of(manifest: Manifest, split: str, cv_frame: pd.DataFrame | None) -> Images:
+    """A split's images, or the pool of a cross-validated ensemble's predictions (``cv``)."""
+    if split != "cv":
+        rows = manifest.split(split)
+        return Images(list(rows["id"]), manifest.labels(split), list(rows["patient"]),
+                      [str(p) for p in manifest.paths(split)])  # fmt: skip
+    if cv_frame is None:
+        raise OdirError("split cv: the version has no cross-fitted predictions (it was not built in CV mode)")
+    pool = manifest.frame[manifest.frame["split"].isin(CV_POOL)].set_index("id").loc[cv_frame["id"]]
+    return Images(list(cv_frame["id"]), labels_of(cv_frame).astype(float), list(pool["patient"]),
+                  [str(manifest.local_root / p) for p in pool["path"]])  # fmt: skip
+
+
+def cv_predictions(model_uri: str, experiment: str) -> pd.DataFrame | None:
+    """The cross-fitted out-of-fold predictions of an ensemble version, or None."""
+    done = tracking.find_finished_run(experiment, "ensemble", {"registered_model_uri": model_uri})
+    uri = done.data.tags.get("cv_predictions_uri") if done else None
+    return read_predictions(uri) if uri else None
+
+
+def scored_on(model_uri: str, manifest: Manifest, split: str, experiment: str, images: Images) -> Scored:
+    """A version's predictions on the compared images: its cross-fitted ones (``cv``) or the evaluate step's on
+    this split of this data, else predicted now."""
+    name, version = tracking.split_model_uri(model_uri)
+    if split == "cv":
+        frame = cv_predictions(f"models:/{name}/{version}", experiment)
+        if frame is not None and list(frame["id"]) == images.ids:  # shifted: each fold's thresholds sit at 0.5
+            return Scored(probabilities_of(frame), np.full(3, 0.5))
+        prediction = predict_paths(f"models:/{name}/{version}", images.paths)
+        return Scored(prediction.probs, prediction.thresholds)
+    tags = {"model_version": f"models:/{name}/{version}", "split": split, "data_digest": manifest.digest}
+    done = tracking.find_finished_run(experiment, "evaluate", tags)
+    if done is not None and "thresholds" in done.data.params:
+        frame = read_predictions(done.data.tags["predictions_uri"])
+        thresholds = np.array([float(t) for t in done.data.params["thresholds"].split(",")])
+        return Scored(probabilities_of(frame), thresholds)
+    prediction = predict_split(f"models:/{name}/{version}", manifest, split, views=("identity",))
+    return Scored(prediction.probs, prediction.thresholds)
+
+
+def current_champion(name: str) -> str | None:
+    """The version holding ``@champion``, or None."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(MlflowClient().get_model_version_by_alias(name, CHAMPION).version)
+    except MlflowException:
+        return None
+
+
+def sound_champion(name: str) -> str | None:
+    """The champion's version, unless its files fail their SHA-256 check: a broken champion is set aside (its
+    alias removed) so that a sound version takes its place instead of being compared with it."""
+    version = current_champion(name)
+    if version is not None and (problems := integrity.check(name, version).problems):
+        log.warning("%s version %s, the champion, fails verification (%s): set aside", name, version,
+                    "; ".join(problems))  # fmt: skip
+        integrity.set_aside(name, version, problems)
+        return None
+    return version
+
+
+def run(config: PromoteConfig) -> PromoteResult:
+    """Compares and moves the aliases; see the module docstring."""
+    manifest = load_manifest(config.manifest_uri)
+    name, version = tracking.split_model_uri(config.model_uri)
+    cv_frame = cv_predictions(f"models:/{name}/{version}", config.experiment) if config.split == "cv" else None
+    images = images_of(manifest, config.split, cv_frame)
+    tags = {"split": config.split}
+    with (
+        tracking.step_run("promote", config.experiment, config.parent_run_id, "promote", tags) as run,
+        locks.registry_lock(f"promote-{name}"),  # concurrent promotions compare one after the other
+    ):
+        return _promote(config, manifest, images, name, version, run)
+
+
+def _promote(config: PromoteConfig, manifest: Manifest, images: Images, name: str, version: str, run) -> PromoteResult:
+    import mlflow
+
+    labels = images.labels
+    challenger = scored_on(f"models:/{name}/{version}", manifest, config.split, config.experiment, images)
+    champion_version = sound_champion(name)
+    mlflow.log_params({"model_uri": f"models:/{name}/{version}", "split": config.split, "metric": config.metric,
+                       "min_probability": config.min_probability,
+                       "champion_version": champion_version or "none"})  # fmt: skip
+    if champion_version is None or champion_version == version:
+        decision, evidence, champion_score = CHAMPION, None, None
+    else:
+        champion = scored_on(f"models:/{name}/{champion_version}", manifest, config.split, config.experiment, images)
+        wins, evidence = decide(labels, images.patients, champion, challenger, config.metric, config.min_probability)
+        decision, champion_score = (CHAMPION if wins else CHALLENGER), evidence.score_a
+        _log_evidence(name, version, evidence, decision)
+    score = _score(challenger, labels, config.metric)
+    record_score(f"models:/{name}/{version}", config.split, manifest.digest, _score(challenger, labels, "f1_macro"))
+    mlflow.log_param("decision", decision)
+    mlflow.log_metrics({"score": score, **({"champion_score": champion_score} if champion_score is not None else {})})
+    mlflow.MlflowClient().set_registered_model_alias(name, decision, version)
+    log.info(
+        "%s version %s (%s %.4f on %s) is %s; champion was %s%s", name, version, config.metric, score, config.split,
+        decision, champion_version or "none",
+        f" ({champion_score:.4f}; P(better) {evidence.prob_b_better:.2f}, needed {config.min_probability})"
+        if evidence else "",
+    )  # fmt: skip
+    prob = evidence.prob_b_better if evidence else None
+    return PromoteResult(decision, version, score, champion_version, champion_score, run.info.run_id, prob)
+
+
+def _score(scored: Scored, labels: np.ndarray, metric: str) -> float:
+    return float(report_metrics(tuple(scored.thresholds))(labels, scored.probs)[metric])
+
+
+def _log_evidence(name: str, version: str, evidence: PairedResult, decision: str) -> None:
+    """The comparison on the promote run, and its outcome on the challenger's version."""
+    import mlflow
+
+    mlflow.log_metrics({
+        "prob_better": evidence.prob_b_better, "difference": evidence.difference,
+        "difference_ci_low": evidence.interval[0], "difference_ci_high": evidence.interval[1],
+        "score_ci_low": evidence.interval_b[0], "score_ci_high": evidence.interval_b[1],
+        "champion_score_ci_low": evidence.interval_a[0], "champion_score_ci_high": evidence.interval_a[1],
+    })  # fmt: skip
+    client = mlflow.MlflowClient()
+    client.set_model_version_tag(name, version, "promotion.decision", decision)
+    client.set_model_version_tag(name, version, "promotion.prob_better", f"{evidence.prob_b_better:.3f}")
+    interval = f"[{evidence.interval[0]:+.3f}, {evidence.interval[1]:+.3f}]"
+    client.set_model_version_tag(name, version, "promotion.difference_ci", interval)
+
+
+if __name__ == "__main__":
+    sys.exit(cli.main(PromoteConfig, run))

@@ -1,0 +1,118 @@
+"""Datasets in S3-compatible object storage: ``s3://bucket/prefix`` as a dataset root.
+
+The objects under the prefix are mirrored to a local folder (``.odir/s3/<bucket>/<prefix>`` under the project
+root) and validated there exactly like a local dataset; a later call downloads only objects whose size or ETag
+changed. The endpoint comes from ``AWS_ENDPOINT_URL`` or ``MLFLOW_S3_ENDPOINT_URL`` (MinIO, SeaweedFS, ...), the
+credentials from the usual ``AWS_*`` variables.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from components.errors import DataError, Problem
+
+log = logging.getLogger(__name__)
+
+
+def is_s3(root: str | Path) -> bool:
+    return str(root).startswith("s3://")
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    """``s3://bucket/a/b`` -> ``("bucket", "a/b")``."""
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    if not bucket:
+        raise DataError([Problem(uri, "an S3 dataset root needs a bucket: s3://bucket/prefix")])
+    return bucket, prefix.strip("/")
+
+
+def client():
+    """A boto3 S3 client for the configured endpoint."""
+    import boto3
+    from botocore.config import Config
+
+    from steps.tracking import RetryPolicy
+
+    endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("MLFLOW_S3_ENDPOINT_URL")
+    policy = RetryPolicy.from_env()  # the one policy of every store (steps/tracking.py)
+    retries = Config(retries={"max_attempts": policy.attempts, "mode": "standard"},
+                     connect_timeout=policy.timeout_s, read_timeout=60)  # fmt: skip
+    region = os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
+    return boto3.client("s3", endpoint_url=endpoint, region_name=region, config=retries)
+
+
+def mirror_folder(uri: str) -> Path:
+    from steps.tracking import project_root
+
+    bucket, prefix = split_s3(uri)
+    return project_root() / ".odir" / "s3" / bucket / prefix
+
+
+def localize(root: str | Path) -> Path:
+    """A local folder holding the dataset: ``root`` itself, or the synchronised mirror of an ``s3://`` root.
+
+    Raises:
+        DataError: when the bucket or prefix cannot be read (naming the URI and the reason) or holds nothing.
+    """
+    if not is_s3(root):
+        return Path(root)
+    uri = str(root)
+    bucket, prefix = split_s3(uri)
+    target = mirror_folder(uri)
+    index_file = target / ".odir-s3-index.json"
+    index = json.loads(index_file.read_text()) if index_file.exists() else {}
+    s3 = client()
+    fetched, seen = 0, {}
+    try:
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/" if prefix else ""):
+            for item in page.get("Contents", []):
+                relative = item["Key"][len(prefix) + 1 :] if prefix else item["Key"]
+                if not relative or relative.endswith("/"):
+                    continue
+                stamp = f"{item['Size']}:{item['ETag']}"
+                seen[relative] = stamp
+                local = target / relative
+                if index.get(relative) != stamp or not local.exists():
+                    local.parent.mkdir(parents=True, exist_ok=True)
+                    s3.download_file(bucket, item["Key"], str(local))
+                    fetched += 1
+    except Exception as error:  # botocore's errors: no such bucket, access denied, endpoint unreachable
+        from steps.tracking import StoreUnreachable, store_unreachable, unreachable_message
+
+        if store_unreachable(error):  # not bad input: exit 3, as for the tracking server
+            raise StoreUnreachable(unreachable_message(error)) from None
+        raise DataError([Problem(uri, f"cannot read the dataset from object storage ({error})")]) from None
+    if not seen:
+        raise DataError([Problem(uri, "no objects under this prefix")])
+    for stale in set(index) - set(seen):
+        (target / stale).unlink(missing_ok=True)
+    index_file.write_text(json.dumps(seen))
+    log.info("%s: %d objects, %d downloaded to %s", uri, len(seen), fetched, target)
+    return target
+
+
+def upload_folder(folder: Path | str, uri: str) -> int:
+    """Uploads every file under ``folder`` to ``uri`` (``s3://bucket/prefix``); returns the number of files."""
+    bucket, prefix = split_s3(uri)
+    s3 = client()
+    count = 0
+    for path in sorted(Path(folder).rglob("*")):
+        if path.is_file():
+            key = "/".join(part for part in (prefix, path.relative_to(folder).as_posix()) if part)
+            s3.upload_file(str(path), bucket, key)
+            count += 1
+    return count
+
+
+def ensure_bucket(name: str) -> bool:
+    """Creates the bucket unless it exists; returns whether it was created."""
+    s3 = client()
+    existing = {bucket["Name"] for bucket in s3.list_buckets().get("Buckets", [])}
+    if name in existing:
+        return False
+    s3.create_bucket(Bucket=name)
+    return True

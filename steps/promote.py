@@ -39,6 +39,7 @@ from steps.contracts import (
     probabilities_of,
     read_predictions,
     record_score,
+    recorded_score,
 )
 
 log = logging.getLogger(__name__)
@@ -170,10 +171,32 @@ def sound_champion(name: str) -> str | None:
     return version
 
 
+def _already_decided(name: str, version: str, split: str, digest: str) -> PromoteResult | None:
+    """A re-run with nothing new to decide records nothing (no new run): the version is the champion, or it lost
+    to the version that is still champion, on the same data. None when there is something to decide."""
+    from mlflow import MlflowClient
+
+    champion = sound_champion(name)
+    tags = MlflowClient().get_model_version(name, version).tags
+    score = recorded_score(tags, split, digest)
+    if score is None or champion is None:
+        return None
+    if champion == version:
+        log.info("%s version %s (f1_macro %.4f on %s) stays champion: nothing changed", name, version, score, split)
+        return PromoteResult(CHAMPION, version, score, version, None, "", None)
+    if tags.get("promotion.decision") == CHALLENGER and tags.get("promotion.champion_version") == champion:
+        log.info("%s version %s stays challenger to champion version %s: compared before on the same data", name,
+                 version, champion)  # fmt: skip
+        return PromoteResult(CHALLENGER, version, score, champion, None, "", float(tags["promotion.prob_better"]))
+    return None
+
+
 def run(config: PromoteConfig) -> PromoteResult:
     """Compares and moves the aliases; see the module docstring."""
     manifest = load_manifest(config.manifest_uri)
     name, version = tracking.split_model_uri(config.model_uri)
+    if (unchanged := _already_decided(name, version, config.split, manifest.digest)) is not None:
+        return unchanged
     cv_frame = cv_predictions(f"models:/{name}/{version}", config.experiment) if config.split == "cv" else None
     images = images_of(manifest, config.split, cv_frame)
     tags = {"split": config.split}
@@ -199,7 +222,7 @@ def _promote(config: PromoteConfig, manifest: Manifest, images: Images, name: st
         champion = scored_on(f"models:/{name}/{champion_version}", manifest, config.split, config.experiment, images)
         wins, evidence = decide(labels, images.patients, champion, challenger, config.metric, config.min_probability)
         decision, champion_score = (CHAMPION if wins else CHALLENGER), evidence.score_a
-        _log_evidence(name, version, evidence, decision)
+        _log_evidence(name, version, evidence, decision, champion_version)
     score = _score(challenger, labels, config.metric)
     record_score(f"models:/{name}/{version}", config.split, manifest.digest, _score(challenger, labels, "f1_macro"))
     mlflow.log_param("decision", decision)
@@ -223,7 +246,7 @@ def _score(scored: Scored, labels: np.ndarray, metric: str) -> float:
     return float(report_metrics(tuple(scored.thresholds))(labels, scored.probs)[metric])
 
 
-def _log_evidence(name: str, version: str, evidence: PairedResult, decision: str) -> None:
+def _log_evidence(name: str, version: str, evidence: PairedResult, decision: str, champion_version: str) -> None:
     """The comparison on the promote run, and its outcome on the challenger's version."""
     import mlflow
 
@@ -235,6 +258,7 @@ def _log_evidence(name: str, version: str, evidence: PairedResult, decision: str
     })  # fmt: skip
     client = mlflow.MlflowClient()
     client.set_model_version_tag(name, version, "promotion.decision", decision)
+    client.set_model_version_tag(name, version, "promotion.champion_version", champion_version)
     client.set_model_version_tag(name, version, "promotion.prob_better", f"{evidence.prob_b_better:.3f}")
     interval = f"[{evidence.interval[0]:+.3f}, {evidence.interval[1]:+.3f}]"
     client.set_model_version_tag(name, version, "promotion.difference_ci", interval)

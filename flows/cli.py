@@ -120,6 +120,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         raise DataError([Problem(str(folder), f"no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")])
     check_output(args.out)
     tracking.setup()
+    tracking.registered_version(args.model)  # a wrong URI or a model that is not there: one line, before the work
     prediction = predict_paths(args.model, [str(p) for p in images])
     labels = binarize(prediction.probs, prediction.thresholds)
     frame = pd.DataFrame({"id": [p.name for p in images]})
@@ -346,6 +347,19 @@ def _cmd_upload(args: argparse.Namespace) -> int:
     return 0
 
 
+def _port(text: str) -> int:
+    """An argparse type: a TCP port a user may bind (1024-65535)."""
+    if not text.isdigit() or not 1024 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port between 1024 and 65535")
+    return int(text)
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
     parser = argparse.ArgumentParser(
@@ -421,12 +435,12 @@ def build_parser() -> argparse.ArgumentParser:
     verify.set_defaults(handler=_cmd_verify)
 
     serve = commands.add_parser("serve", help=f"serve the deployments {', '.join(SERVED)}")
-    serve.add_argument("--limit", type=int, default=4, help="flow runs at once (default 4)")
+    serve.add_argument("--limit", type=_positive, default=4, help="flow runs at once (default 4)")
     serve.set_defaults(handler=_cmd_serve)
 
     up = commands.add_parser("up", help="start a local Prefect server, the MLflow UI and odir serve (127.0.0.1)")
-    up.add_argument("--prefect-port", type=int, default=4200, help="Prefect server and UI port (default 4200)")
-    up.add_argument("--mlflow-port", type=int, default=5000, help="MLflow UI port (default 5000)")
+    up.add_argument("--prefect-port", type=_port, default=4200, help="Prefect server and UI port (default 4200)")
+    up.add_argument("--mlflow-port", type=_port, default=5000, help="MLflow UI port (default 5000)")
     up.set_defaults(handler=_cmd_up)
 
     down = commands.add_parser("down", help="stop what odir up started")

@@ -211,9 +211,12 @@ def unreachable_message(error: BaseException) -> str:
         if s3 and ("s3" in text.lower() or "endpoint" in text.lower())
         else ("tracking server", tracking_uri())
     )
+    cause = error
+    while cause.__cause__ or cause.__context__:
+        cause = cause.__cause__ or cause.__context__
     return (
-        f"{what} {uri} stopped answering (retry policy: {RetryPolicy.from_env().describe()}); "
-        "nothing finished is lost: run the same command again when it is back"
+        f"{what} {uri} stopped answering (retry policy: {RetryPolicy.from_env().describe()}; last error: "
+        f"{type(cause).__name__}); nothing finished is lost: run the same command again when it is back"
     )
 
 
@@ -402,6 +405,34 @@ def split_model_uri(model_uri: str) -> tuple[str, str]:
     if not version:
         raise ValueError(f"model URI {model_uri!r} names no version or alias")
     return name, version
+
+
+def registered_version(model_uri: str) -> tuple[str, str]:
+    """(name, version) of a registered model URI that exists in the store.
+
+    Raises:
+        OdirError: a malformed URI, or a model, version or alias the registry does not have (naming the store and
+            the odir models it has).
+    """
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from components.errors import OdirError
+
+    try:
+        name, version = split_model_uri(model_uri)
+        MlflowClient().get_model_version(name, version)
+        return name, version
+    except ValueError as error:
+        raise OdirError(str(error)) from None
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+    known = sorted(
+        m.name for m in MlflowClient().search_registered_models(f"name LIKE '{MODEL_PREFIX}%'")
+        if not m.name.startswith("odir-lock-")
+    )  # fmt: skip
+    raise OdirError(f"{model_uri}: not found in {tracking_uri()} (registered: {', '.join(known) or 'none'})")
 
 
 def model_version_run(model_uri: str) -> tuple[str, str, str]:

@@ -1,0 +1,53 @@
+"""Every command of the CLI against the mistakes users make: one clean message, a non-zero exit, no traceback
+(Prefect's included), and no run left in the store for a typo."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.store import odir_env
+
+ODIR = str(Path(sys.executable).parent / "odir")
+CHECKOUT = Path(__file__).resolve().parents[2]
+
+MISTAKES = {
+    "full: unknown profile": (["full", "--profile", "nosuch"], "nosuch.yaml: profile not found; known profiles:"),
+    "full: profile file missing": (["full", "--profile", "{tmp}/gone.yaml"], "gone.yaml: profile not found"),
+    "full: data root missing": (["full", "--data", "{tmp}/nodata"], "nodata: dataset root not found"),
+    "full: unwritable output": (["full", "--out", "/proc/odir.csv"], "/proc/odir.csv: cannot be written"),
+    "experiments: unknown grid": (["experiments", "--grid", "nosuch"], "experiment grid not found; known grids:"),
+    "train: unknown profile": (["train", "--profile", "nosuch", "--data", "{tmp}"], "profile not found"),
+    "predict: images missing": (["predict", "--images", "{tmp}/none"], "none: not found"),
+    "predict: unknown model": (["predict", "--images", "{images}", "--model", "models:/nosuch@champion",
+                                "--out", "{tmp}/p.csv"], "models:/nosuch@champion: not found in"),  # fmt: skip
+    "predict: malformed model URI": (["predict", "--images", "{images}", "--model", "nosuch", "--out",
+                                      "{tmp}/p.csv"], "expected a registered model URI"),  # fmt: skip
+    "validate: root missing": (["validate", "{tmp}/nodata"], "dataset root not found"),
+    "up: bad port": (["up", "--prefect-port", "80"], "'80' is not a port between 1024 and 65535"),
+    "serve: bad limit": (["serve", "--limit", "0"], "'0' is not a whole number of at least 1"),
+    "upload: folder missing": (["upload", "{tmp}/nodata", "s3://bucket/x"], "nodata: not found"),
+    "upload: not an S3 URI": (["upload", "{tmp}", "s3://"], "an S3 dataset root needs a bucket"),
+}
+
+
+@pytest.mark.parametrize("mistake", list(MISTAKES))
+def test_a_mistake_is_one_message_and_leaves_no_run(mistake: str, tmp_path: Path, tiny_data: Path) -> None:
+    args, message = MISTAKES[mistake]
+    home = tmp_path / "home"
+    names = {"tmp": str(tmp_path), "images": str(tiny_data / "images" / "onsite_test")}
+    done = subprocess.run([ODIR, *(a.format(**names) for a in args)], env=odir_env(home), cwd=CHECKOUT,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr + done.stdout
+    assert message in done.stderr + done.stdout
+    assert len([line for line in done.stderr.splitlines() if line.strip()]) <= 3  # a usage line at most besides
+    store = home / "mlruns" / "mlflow.db"
+    if store.exists():  # predict opens the store to look the model up: still no run in it
+        import sqlite3
+
+        with sqlite3.connect(store) as db:
+            assert db.execute("SELECT count(*) FROM runs").fetchone()[0] == 0

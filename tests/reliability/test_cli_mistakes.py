@@ -22,10 +22,14 @@ MISTAKES = {
     "experiments: unknown grid": (["experiments", "--grid", "nosuch"], "experiment grid not found; known grids:"),
     "train: unknown profile": (["train", "--profile", "nosuch", "--data", "{tmp}"], "profile not found"),
     "predict: images missing": (["predict", "--images", "{tmp}/none"], "none: not found"),
-    "predict: unknown model": (["predict", "--images", "{images}", "--model", "models:/nosuch@champion",
-                                "--out", "{tmp}/p.csv"], "models:/nosuch@champion: not found in"),  # fmt: skip
-    "predict: malformed model URI": (["predict", "--images", "{images}", "--model", "nosuch", "--out",
-                                      "{tmp}/p.csv"], "expected a registered model URI"),  # fmt: skip
+    "predict: unknown model": (
+        ["predict", "--images", "{images}", "--model", "models:/nosuch@champion", "--out", "{tmp}/p.csv"],
+        "models:/nosuch@champion: not found in",
+    ),
+    "predict: malformed model URI": (
+        ["predict", "--images", "{images}", "--model", "nosuch", "--out", "{tmp}/p.csv"],
+        "expected a registered model URI",
+    ),
     "validate: root missing": (["validate", "{tmp}/nodata"], "dataset root not found"),
     "up: bad port": (["up", "--prefect-port", "80"], "'80' is not a port between 1024 and 65535"),
     "serve: bad limit": (["serve", "--limit", "0"], "'0' is not a whole number of at least 1"),

@@ -77,4 +77,6 @@ def test_a_worker_without_the_flow_hosts_files_trains_from_the_spec(
     assert run["parameters"]["spec"]["name"] == "remote-a" and run["parameters"]["profile"] == "remote"
     assert str(profile) not in json.dumps(run["parameters"])  # no host path travels
     assert not (worker_host / "configs").exists()
-    assert list((worker_host / ".odir" / "work").glob("*/remote/remote-a/*/last.pt"))  # it trained on the worker
+    # it trained on the worker, its checkpoints in the folder its store owns (beside the store's SQLite file here)
+    assert list((stack.home / "mlruns" / "mlflow-work").glob("*/remote/remote-a/*/last.pt"))
+    assert not (flow_host / ".odir" / "work").exists()

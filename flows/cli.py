@@ -242,6 +242,14 @@ def _cmd_experiments(args: argparse.Namespace) -> int:
     return 0
 
 
+def _runs_page(ui: str) -> str:
+    """The MLflow UI's page of the pipeline runs. MLflow 3's UI opens in its GenAI mode unless the URL says
+    otherwise (the experiment's kind tag is not enough in 3.17)."""
+    experiment_id = tracking.setup()
+    return (f"{ui}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+            "&searchFilter=tags.%60odir.step%60%3D%27pipeline%27")  # fmt: skip
+
+
 def _print_summary(summary: dict) -> None:
     """The pipeline's result as a reader wants it: scores with intervals, the decision, where things are."""
     print(f"\nodir pipeline finished: profile {summary.get('profile')}, data {summary['data_digest'][:12]}")
@@ -266,6 +274,7 @@ def _print_summary(summary: dict) -> None:
     if summary.get("submission"):
         print(f"submission: {summary['submission']}")
     print("\nLook at the runs and models:  .venv/bin/mlflow ui --backend-store-uri " + _tracking_uri_for_humans())
+    print(f"  then open {_runs_page('http://127.0.0.1:5000')} (the pipeline runs, their scores in the name)")
     print("Or start everything (Prefect UI, MLflow UI, deployments):  make up")
 
 
@@ -315,7 +324,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
     except RuntimeError as error:  # a service that did not come up: the message names it and its log
         print(f"odir up: {error}", file=sys.stderr)
         return 1
-    print(f"\nPrefect UI  {urls['prefect_ui']}\nMLflow UI   {urls['mlflow_ui']}\n")
+    print(f"\nPrefect UI  {urls['prefect_ui']}\nMLflow UI   {_runs_page(urls['mlflow_ui'])}\n")
     print(f"Run the pipeline:\n  export PREFECT_API_URL={urls['api']}")
     print("  .venv/bin/prefect deployment run odir/full --watch")
     print("Stop everything:  make down")

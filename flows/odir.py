@@ -186,6 +186,11 @@ def _record_headline(pid: str, summary: dict[str, Any]) -> None:
         note = (f"**{summary['ensemble']}** on {summary['scored_split']} ({summary['split_mode']}): "
                 f"{summary['decision']}.\n\n| metric | value [95% CI] |\n|---|---|\n" + "\n".join(lines))  # fmt: skip
         client.set_tag(pid, "mlflow.note.content", note)
+        f1, low, high = summary["scores"]["f1_macro"]
+        if f1 is not None:  # the runs list shows names, not metrics, until a user picks columns: the headline there
+            interval = f" [{low:.3f}, {high:.3f}]" if low is not None and low == low else ""
+            name = f"pipeline {summary['profile']} · f1_macro {f1:.3f}{interval} on {summary['scored_split']}"
+            client.set_tag(pid, "mlflow.runName", name)
 
 
 def profile_key(profile: Profile) -> str:

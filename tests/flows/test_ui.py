@@ -1,0 +1,106 @@
+"""What a user sees in the UIs, in a real browser (Playwright driving Debian's Chromium): the MLflow UI on a store
+filled by a tiny pipeline run, the Prefect UI of the server that ran it with ``odir serve``'s deployments.
+
+Group ``ui``: skipped, with the reason, where Chromium or Playwright is missing (``make test`` installs Playwright;
+Chromium comes from the system: ``apt-get install -y chromium``). Screenshots go to pytest's temporary folder.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.flows.conftest import CHECKOUT, Stack
+from tests.servers import free_port, stop, wait_for
+
+pytestmark = pytest.mark.ui
+BIN = Path(sys.executable).parent
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+playwright = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install -e '.[dev]')")
+if CHROMIUM is None:
+    pytest.skip("no Chromium on PATH (apt-get install -y chromium)", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def filled(stack: Stack, tiny_data: Path, tiny_profile: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A store with one tiny pipeline run, its MLflow UI on a free port, and odir serve's deployments."""
+    home = tmp_path_factory.mktemp("ui-store")
+    env = {**stack.env, "ODIR_HOME": str(home)}
+    done = subprocess.run([str(BIN / "odir"), "full", "--profile", str(tiny_profile), "--data", str(tiny_data)],
+                          env=env, cwd=CHECKOUT, capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    port = free_port()
+    ui = stack.start(str(BIN / "mlflow"), "ui", "--backend-store-uri", f"sqlite:///{home / 'mlruns' / 'mlflow.db'}",
+                     "--host", "127.0.0.1", "--port", str(port), log=home / "mlflow-ui.log", env=env)  # fmt: skip
+    serve = stack.start(str(BIN / "odir"), "serve", log=home / "serve.log", env=env)
+    try:
+        wait_for(f"http://127.0.0.1:{port}/health", ui, seconds=240)
+        wait_for(f"{stack.api}/deployments/name/odir/full", serve, seconds=240)
+        yield {"mlflow": f"http://127.0.0.1:{port}", "store": f"sqlite:///{home / 'mlruns' / 'mlflow.db'}",
+               "prefect": stack.api.removesuffix("/api"), "env": env}  # fmt: skip
+    finally:
+        stop(serve)
+        stop(ui)
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield browser.new_page(viewport={"width": 1600, "height": 1000})
+        browser.close()
+
+
+def _text(page, url: str, expected: str, shots: Path) -> str:
+    """The page's text once ``expected`` shows (the UIs render after their API calls)."""
+    page.goto(url)
+    try:
+        page.get_by_text(expected, exact=False).first.wait_for(timeout=60_000)
+    finally:
+        page.screenshot(path=str(shots / f"{abs(hash(url))}.png"), full_page=True)
+    return page.inner_text("body")
+
+
+def test_mlflow_ui_shows_the_headline_the_champion_and_the_learning_curves(filled: dict, page,
+                                                                           tmp_path: Path) -> None:  # fmt: skip
+    from flows.cli import _runs_page
+
+    client = MlflowClient(tracking_uri=filled["store"])
+    experiment = client.get_experiment_by_name("odir")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", filled["store"])
+        runs_page = _runs_page(filled["mlflow"])
+    runs = _text(page, runs_page, "pipeline tiny · f1_macro", tmp_path)
+    assert "odir: multi-label classifiers for fundus photographs" in runs  # the experiment's description
+    models = _text(page, f"{filled['mlflow']}/#/models/odir-ensemble", "odir ensemble", tmp_path)
+    assert "@champion" in models or "champion" in models
+    query = "tags.`odir.step` = 'train' and tags.`odir.model` = 'tiny-a'"
+    [train] = client.search_runs([experiment.experiment_id], query)
+    curves = f"{filled['mlflow']}/#/experiments/{experiment.experiment_id}/runs/{train.info.run_id}/model-metrics"
+    _text(page, curves + "?workflowType=machine_learning", "Model metrics", tmp_path)
+    page.get_by_placeholder("Search metric charts").fill("val_f1_macro")  # as the README tells a user
+    chart = page.get_by_text("val_f1_macro", exact=True).first
+    chart.wait_for(timeout=60_000)  # the learning curve's chart (per epoch), beside best_val_f1_macro's
+    page.screenshot(path=str(tmp_path / "learning-curve.png"))
+
+
+def test_prefect_ui_shows_the_deployment_and_a_flow_runs_tasks(filled: dict, page, tmp_path: Path) -> None:
+    deployments = _text(page, f"{filled['prefect']}/deployments", "full", tmp_path)
+    assert "odir" in deployments
+    query = json.dumps({"flow_runs": {"name": {"like_": "odir"}}, "sort": "START_TIME_DESC", "limit": 50}).encode()
+    request = urllib.request.Request(f"{filled['prefect']}/api/flow_runs/filter", query,
+                                     {"Content-Type": "application/json"})  # fmt: skip
+    with urllib.request.urlopen(request, timeout=30) as response:
+        runs = [r for r in json.loads(response.read()) if r["state_type"] == "COMPLETED"]
+    flow_run = next(r for r in runs if r["name"].startswith("odir "))  # the pipeline's run, not a train subflow
+    tasks = _text(page, f"{filled['prefect']}/runs/flow-run/{flow_run['id']}", "ingest", tmp_path)
+    assert "promote" in tasks or "ensemble" in tasks

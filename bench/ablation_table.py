@@ -12,7 +12,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import pandas as pd
 from mlflow import MlflowClient
+
+from components import LABELS
+from components.bootstrap import paired_bootstrap, pick, report_metrics
+from components.data import patient_of
+from components.ensemble import PROB_COLUMNS
 
 DEFAULT_STORE = f"sqlite:///{Path('.odir/ablation/mlruns/mlflow.db').resolve()}"
 
@@ -29,11 +35,40 @@ def _per_class(metrics: dict[str, float]) -> str:
     return " / ".join(f"{metrics.get(f'cv_f1_{c}', float('nan')):.2f}" for c in "DGA")
 
 
-def rows(store: str, profiles: list[str] | None = None) -> list[str]:
+def _cross_fitted(client: MlflowClient, ensemble) -> pd.DataFrame | None:
+    """The ensemble run's cross-fitted out-of-fold predictions (probabilities shifted so each fold's thresholds
+    sit at 0.5), or None."""
+    if "cv_predictions_uri" not in ensemble.data.tags:
+        return None
+    path = client.download_artifacts(ensemble.info.run_id, "predictions/cv.csv")
+    return pd.read_csv(path, dtype={"id": str}).sort_values("id").reset_index(drop=True)
+
+
+def _paired(before: pd.DataFrame | None, after: pd.DataFrame | None) -> str:
+    """f1_macro of ``after`` minus ``before`` on the same images, 95% interval and P(better) over patient resamples."""
+    if before is None or after is None or list(before["id"]) != list(after["id"]):
+        return "-"
+    labels = after.loc[:, list(LABELS)].to_numpy()
+    patients = [patient_of(i) for i in after["id"]]
+    score = pick(report_metrics((0.5,) * len(LABELS)), "f1_macro")
+    probs = [frame.loc[:, list(PROB_COLUMNS)].to_numpy() for frame in (before, after)]
+    compared = paired_bootstrap(score, labels, probs[0], probs[1], patients, resamples=1000, seed=0)
+    low, high = compared.interval
+    return f"{compared.difference:+.3f} [{low:+.3f}, {high:+.3f}], P(better) {compared.prob_b_better:.2f}"
+
+
+def rows(store: str, profiles: list[str] | None = None, baseline: str | None = None) -> list[str]:
+    """One table row per profile; ``baseline`` (``STORE#PROFILE``) is the row every other is compared with first."""
     client = MlflowClient(tracking_uri=store)
     experiment = client.get_experiment_by_name("odir")
     pipelines = client.search_runs([experiment.experiment_id], "tags.`odir.step` = 'pipeline'",
                                    order_by=["attributes.start_time ASC"])  # fmt: skip
+    previous = None
+    if baseline:
+        base_store, base_profile = baseline.rsplit("#", 1)
+        base_client = MlflowClient(tracking_uri=base_store)
+        base_id = base_client.get_experiment_by_name("odir").experiment_id
+        previous = _cross_fitted(base_client, _finished(base_client, base_id, "ensemble", base_profile))
     lines, seen = [], set()
     for pipeline in pipelines:  # the first pipeline run of a profile is the one that trained: its minutes count
         profile = pipeline.data.tags.get("profile") or pipeline.data.params.get("profile", "?")
@@ -50,10 +85,12 @@ def rows(store: str, profiles: list[str] | None = None) -> list[str]:
         seen.add(profile)
         minutes = (pipeline.info.end_time - pipeline.info.start_time) / 60000
         member, fitted = train.data.metrics, ensemble.data.metrics
+        current = _cross_fitted(client, ensemble)
+        change, previous = _paired(previous, current), current
         lines.append(
             f"| {profile} | {_interval(member, 'f1_macro')} | {_interval(member, 'f1_course')} | {_per_class(member)} "
             f"| {_interval(fitted, 'f1_macro')} | {_interval(fitted, 'f1_course')} | {_per_class(fitted)} "
-            f"| {minutes:.0f} |"
+            f"| {change} | {minutes:.0f} |"
         )
     return lines
 
@@ -67,7 +104,8 @@ def _finished(client: MlflowClient, experiment_id: str, step: str, profile: str)
 
 HEADER = (
     "| profile | member OOF f1_macro | member OOF f1_course | member F1 D / G / A | ensemble cross-fitted f1_macro "
-    "| ensemble f1_course | ensemble F1 D / G / A | minutes |\n|---|---|---|---|---|---|---|---|"
+    "| ensemble f1_course | ensemble F1 D / G / A | ensemble f1_macro vs the row before (paired) | minutes |\n"
+    "|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -75,10 +113,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.ablation_table", description=__doc__.splitlines()[0])
     parser.add_argument("--store", default=DEFAULT_STORE, help=f"tracking URI (default {DEFAULT_STORE})")
     parser.add_argument("--profiles", nargs="*", help="only these profiles, in the store's order")
+    parser.add_argument("--baseline", help="STORE#PROFILE: the row the first one is compared with (paired)")
     parser.add_argument("--times", help="ignored (bench/ablation.sh passes its wall times file)")
     args = parser.parse_args()
     print(HEADER)
-    print("\n".join(rows(args.store, args.profiles)))
+    print("\n".join(rows(args.store, args.profiles, args.baseline)))
 
 
 if __name__ == "__main__":

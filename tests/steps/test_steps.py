@@ -351,3 +351,9 @@ def test_training_code_changes_retrain_and_docstring_changes_reuse(
         assert trained() != first  # the code changed: trained again
     finally:
         base.code_fingerprint.cache_clear()
+
+
+def test_train_params_say_what_was_in_effect(pipeline: dict) -> None:
+    """amp and channels_last are CUDA-only: on this CPU run the params say False, whatever the spec asked."""
+    params = MlflowClient().get_run(pipeline["members"][0].run_id).data.params
+    assert (params["amp"], params["channels_last"]) == ("False", "False")

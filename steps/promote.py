@@ -193,6 +193,7 @@ def _already_decided(name: str, version: str, split: str, digest: str) -> Promot
 
 def run(config: PromoteConfig) -> PromoteResult:
     """Compares and moves the aliases; see the module docstring."""
+    tracking.setup(config.experiment)  # the registry is read before the promote run opens
     manifest = load_manifest(config.manifest_uri)
     name, version = tracking.split_model_uri(config.model_uri)
     if (unchanged := _already_decided(name, version, config.split, manifest.digest)) is not None:

@@ -489,6 +489,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(chatty).setLevel(logging.WARNING)
     for handler in logging.getLogger().handlers:
         handler.addFilter(_quiet_prefect)
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial MLflow database tables"
+    # pickled models are chosen on purpose (steps/train.py: _log_model; the ensemble's pyfunc) and odir loads
+    # checkpoints with weights_only: a warning per model that a user cannot act on
+    for logger in ("mlflow.pytorch", "mlflow.pyfunc"):
+        logging.getLogger(logger).addFilter(lambda record: "CloudPickle" not in record.getMessage())
     try:
         if args.command in STORE_COMMANDS:
             tracking.check_store()

@@ -9,7 +9,7 @@ Whatever loads a version (predict, evaluate, submit, promote) goes through :func
 :func:`verified_checkpoints`, which fail with :class:`IntegrityError` naming the version, the file and the recovery
 command; reuse of a finished run (``steps.base.run_step``) checks its version the same way and does the work again
 when it fails, marking the broken run FAILED so it is never picked again. Versions registered before this had no
-digests: they are used unchecked (:func:`problems` says so).
+digests: they are used unchecked (:attr:`Check.recorded` says so).
 """
 
 from __future__ import annotations
@@ -148,14 +148,28 @@ def verified_checkpoints(model_uri: str) -> Path | None:
 def sound_reuse(run) -> bool:
     """Whether a finished run's registered version (if it has one) still verifies; a broken one is set aside
     (:func:`set_aside`: its run marked FAILED, so no later reuse picks it) and the caller does the work again."""
+    from mlflow import MlflowClient
+
     uri = run.data.tags.get("registered_model_uri")
     if not uri:
         return True
+    from mlflow.exceptions import MlflowException
+
     name, version = tracking.split_model_uri(uri)
-    found = check(name, version)
+    client = MlflowClient()
+    try:
+        found = check(name, version)
+    except MlflowException as error:  # the version was deleted from the registry: redo the work, once
+        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        client.set_terminated(run.info.run_id, "FAILED")
+        log.warning("not reusing run %s: its version %s is gone from the registry", run.info.run_id, uri)
+        return False
     if not found.problems:
         return True
     set_aside(name, version, found.problems)
+    if client.get_run(run.info.run_id).info.status == "FINISHED":  # set_aside marks the version's run; be sure
+        client.set_terminated(run.info.run_id, "FAILED")
     log.warning("%s: not reusing run %s, its version fails verification (%s); doing the work again",
                 run.data.tags.get(tracking.STEP_TAG, "step"), run.info.run_id, "; ".join(found.problems))  # fmt: skip
     return False

@@ -97,8 +97,9 @@ class Check:
     recorded: bool
 
 
-def check(name: str, version: str) -> Check:
-    """Downloads a version's files and compares them with the digests recorded at registration."""
+def check(name: str, version: str, parts: tuple[str, ...] = (MODEL_PART, CHECKPOINT_PART)) -> Check:
+    """Downloads a version's files of ``parts`` (its model, its run's checkpoints) and compares them with the
+    digests recorded at registration; a caller that loads only one part downloads and hashes only that one."""
     from mlflow import MlflowClient
 
     model_version = MlflowClient().get_model_version(name, version)
@@ -106,8 +107,9 @@ def check(name: str, version: str) -> Check:
     problems: list[str] = []
     model_dir = checkpoint_dir = None
     try:
-        model_dir = Path(tracking.download(f"models:/{name}/{version}"))
-        if any(path.startswith(CHECKPOINT_PART) for path in expected) or not expected:
+        if MODEL_PART in parts:
+            model_dir = Path(tracking.download(f"models:/{name}/{version}"))
+        if CHECKPOINT_PART in parts and (any(path.startswith(CHECKPOINT_PART) for path in expected) or not expected):
             checkpoint_dir = _run_checkpoints(model_version.run_id)
     except Exception as error:  # files gone from the artifact store
         if tracking.store_unreachable(error):
@@ -126,8 +128,8 @@ def check(name: str, version: str) -> Check:
     return Check(model_dir, checkpoint_dir, tuple(problems), bool(expected))
 
 
-def _verified(name: str, version: str) -> Check:
-    found = check(name, version)
+def _verified(name: str, version: str, part: str) -> Check:
+    found = check(name, version, (part,))
     if found.problems:
         raise IntegrityError(f"models:/{name}/{version}: {'; '.join(found.problems)}. {recovery_hint(name, version)}")
     return found
@@ -136,13 +138,13 @@ def _verified(name: str, version: str) -> Check:
 def verified_model_dir(model_uri: str) -> Path:
     """The local folder of a registered version's model, its files checked (:class:`IntegrityError` if not)."""
     name, version = tracking.split_model_uri(model_uri)
-    return _verified(name, version).model_dir
+    return _verified(name, version, MODEL_PART).model_dir
 
 
 def verified_checkpoints(model_uri: str) -> Path | None:
     """The local ``checkpoints/`` folder of a registered version's run, its files checked."""
     name, version = tracking.split_model_uri(model_uri)
-    return _verified(name, version).checkpoint_dir
+    return _verified(name, version, CHECKPOINT_PART).checkpoint_dir
 
 
 def sound_reuse(run) -> bool:

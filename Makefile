@@ -4,6 +4,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-odir
 DEMO_DATA ?= data/demo
+# trainings at once on each gpu pool (make deploy): one per GPU
+ODIR_GPUS ?= 1
 
 .PHONY: install demo test test-integration lint format bench up down deploy clean help
 
@@ -56,6 +58,8 @@ deploy: install
 	$(BIN)/prefect work-pool inspect gpu >/dev/null 2>&1 || $(BIN)/prefect work-pool create gpu --type process
 	$(BIN)/prefect work-pool inspect gpu-k8s >/dev/null 2>&1 || $(BIN)/prefect work-pool create gpu-k8s \
 		--type kubernetes --base-job-template infra/k8s/gpu-job-template.json
+	$(BIN)/prefect work-pool set-concurrency-limit gpu $(ODIR_GPUS)
+	$(BIN)/prefect work-pool set-concurrency-limit gpu-k8s $(ODIR_GPUS)
 	ODIR_ROOT=$(CURDIR) $(BIN)/prefect --no-prompt deploy --all
 
 clean:

@@ -33,10 +33,12 @@ from pydantic import (
 from components import LABELS
 from components.augment import AugmentPipeline, build_augment, parse_augment
 from components.errors import OdirError
+from components.explain import GALLERY_PER_KIND
 from components.folds import CVSpec
 from components.fundus import FundusPreprocess, parse_preprocess
 from components.losses import LOSSES
 from components.models import BACKBONES
+from components.referral import ReferralSpec
 from components.thresholds import parse_objective
 from components.tta import STUDY_VIEWS, check_views
 
@@ -185,6 +187,11 @@ class Profile(BaseModel):
         cv: patient-grouped k-fold cross-validation on train + val instead of the given splits (None).
         exclude_shared_patients: in given-splits mode, score val without the images of patients also in train.
         promotion: the evidence a new ensemble needs to become champion.
+        referral: when a prediction is referred to a human grader (margin to the threshold, largest spreads);
+            carried by the registered ensemble (:class:`components.referral.ReferralSpec` documents the defaults).
+        gradcam_gallery: per class, the evaluate step logs Grad-CAM overlays of at most this many true positives,
+            false positives and false negatives of the evaluated split (``gradcam/<split>/<class>/``); 0 logs none
+            (tiny test profiles: faster).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -200,6 +207,8 @@ class Profile(BaseModel):
     cv: CVSpec | None = None
     exclude_shared_patients: bool = False
     promotion: PromotionSpec = Field(default_factory=PromotionSpec)
+    referral: ReferralSpec = Field(default_factory=ReferralSpec)
+    gradcam_gallery: int = Field(default=GALLERY_PER_KIND, ge=0, le=50)
 
     @field_validator("threshold_objectives")
     @classmethod

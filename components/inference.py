@@ -12,10 +12,9 @@ from torch.utils.data import DataLoader
 from components.data import IMAGE_CACHE, FundusDataset, ImageCache, to_model_input
 from components.fundus import FundusPreprocess
 from components.models import Classifier
-from components.tta import STUDY_VIEWS, predict_proba
+from components.tta import STUDY_VIEWS, predict_view_probs
 
 
-@torch.no_grad()
 def predict_images(
     model: Classifier,
     images: FundusDataset | Sequence[Path | str],
@@ -25,7 +24,22 @@ def predict_images(
     cache: ImageCache | None = IMAGE_CACHE,
     preprocess: FundusPreprocess | None = None,
 ) -> np.ndarray:
-    """``(N, 3)`` mean sigmoid probabilities over ``views`` for image files (or a dataset), in order.
+    """``(N, 3)`` mean sigmoid probabilities over ``views`` for image files (or a dataset), in order (arguments as
+    :func:`predict_image_views`)."""
+    return predict_image_views(model, images, image_size, views, batch_size, cache, preprocess).mean(axis=0)
+
+
+@torch.no_grad()
+def predict_image_views(
+    model: Classifier,
+    images: FundusDataset | Sequence[Path | str],
+    image_size: int,
+    views: Sequence[str] = STUDY_VIEWS,
+    batch_size: int = 32,
+    cache: ImageCache | None = IMAGE_CACHE,
+    preprocess: FundusPreprocess | None = None,
+) -> np.ndarray:
+    """``(V, N, 3)`` sigmoid probabilities of each of ``views`` for image files (or a dataset), in order.
 
     ``preprocess`` is the fundus preprocessing the model was trained with (``ModelSpec.fundus_preprocess()``): the
     images are given it here as they were in training.
@@ -42,7 +56,7 @@ def predict_images(
     max_batch = None if device.type == "cuda" else batch_size
     chunks = []
     for batch, _ in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        chunks.append(predict_proba(model, to_model_input(batch.to(device)), views, max_batch).cpu())
+        chunks.append(predict_view_probs(model, to_model_input(batch.to(device)), views, max_batch).cpu())
     if not chunks:
-        return np.zeros((0, 3), dtype=np.float64)
-    return torch.cat(chunks).double().numpy()
+        return np.zeros((len(views), 0, 3), dtype=np.float64)
+    return torch.cat(chunks, dim=1).double().numpy()

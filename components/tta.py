@@ -44,13 +44,14 @@ def stack_views(images: torch.Tensor, views: Sequence[str] = STUDY_VIEWS) -> tor
 
 
 @torch.no_grad()
-def predict_proba(
+def predict_view_probs(
     model: Callable[[torch.Tensor], torch.Tensor],
     images: torch.Tensor,
     views: Sequence[str] = STUDY_VIEWS,
     max_batch: int | None = None,
 ) -> torch.Tensor:
-    """Mean sigmoid probability over the views, ``(B, classes)``.
+    """Sigmoid probabilities of each view, ``(V, B, classes)``: their mean is the TTA prediction, their spread a
+    measure of how sure the model is (``components.referral``).
 
     Args:
         model: maps a float batch to logits.
@@ -62,4 +63,14 @@ def predict_proba(
     stacked = stack_views(images, views)
     chunk = max_batch or stacked.shape[0]
     logits = torch.cat([model(part) for part in torch.split(stacked, chunk)])
-    return torch.sigmoid(logits.float()).view(len(views), images.shape[0], -1).mean(dim=0)
+    return torch.sigmoid(logits.float()).view(len(views), images.shape[0], -1)
+
+
+def predict_proba(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    views: Sequence[str] = STUDY_VIEWS,
+    max_batch: int | None = None,
+) -> torch.Tensor:
+    """Mean sigmoid probability over the views, ``(B, classes)`` (arguments as :func:`predict_view_probs`)."""
+    return predict_view_probs(model, images, views, max_batch).mean(dim=0)

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 EXIT_INVALID = 2
 EXIT_UNREACHABLE = 3
 # the commands that check the tracking server and object store answer before any work
-STORE_COMMANDS = ("full", "experiments", "predict", "verify", "bucket", "upload")
+STORE_COMMANDS = ("full", "experiments", "predict", "explain", "check-drift", "verify", "bucket", "upload", "ingest")
 
 
 def _print_report(root: Path, check_images: bool) -> int:
@@ -100,37 +100,59 @@ def _print_offsite(checkpoint: Path, offsite: Split, size: int) -> None:
     print(f"{'':<24} offsite f1_macro {report['f1_macro']:.4f}  offsite f1_course {report['f1_course']:.4f}")
 
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
-
-
 def _cmd_predict(args: argparse.Namespace) -> int:
-    import pandas as pd
-
-    from components.ensemble import PROB_COLUMNS
-    from components.errors import DataError, Problem
-    from components.metrics import binarize
-    from steps import tracking
+    from components.data import image_files
     from steps.contracts import predict_paths
 
-    folder = Path(args.images)
-    if not folder.is_dir():
-        raise DataError([Problem(str(folder), "not found" if not folder.exists() else "not a folder of images")])
-    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not images:
-        raise DataError([Problem(str(folder), f"no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")])
+    images = image_files(args.images)
     check_output(args.out)
     tracking.setup()
     tracking.registered_version(args.model)  # a wrong URI or a model that is not there: one line, before the work
     prediction = predict_paths(args.model, [str(p) for p in images])
-    labels = binarize(prediction.probs, prediction.thresholds)
-    frame = pd.DataFrame({"id": [p.name for p in images]})
-    for column, label in enumerate(LABELS):
-        frame[label] = labels[:, column]
-    for column, name in enumerate(PROB_COLUMNS):
-        frame[name] = prediction.probs[:, column].round(6)
+    frame = prediction.frame.round(6)
+    frame.insert(0, "id", [p.name for p in images])
+    if args.check_drift:
+        frame = frame.assign(**_drift_columns(images, args.model))
     frame.to_csv(args.out, index=False)
+    referred = int(frame["refer"].sum())
     print(f"{len(frame)} predictions from {args.model} written to {Path(args.out).resolve()}")
+    print(f"{referred} of {len(frame)} referred to a grader (refer = 1: near a threshold, or views or members "
+          "disagree)")  # fmt: skip
     return 0
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from components.data import image_files
+    from steps.explain import INDEX_FILE, explain
+
+    images = image_files(args.images)
+    check_output(args.out, folder=True)
+    tracking.setup()
+    tracking.registered_version(args.model)  # a wrong URI or a model that is not there: one line, before the work
+    overlays = explain(args.model, images, args.out)
+    out = Path(args.out).resolve()
+    print(f"{len(overlays)} Grad-CAM overlays ({len(images)} images x {len(LABELS)} classes) from {args.model} "
+          f"written to {out}; index: {out / INDEX_FILE}")  # fmt: skip
+    return 0
+
+
+def _cmd_check_drift(args: argparse.Namespace) -> int:
+    from steps.drift import check_images, format_report, image_files
+
+    report = check_images(image_files(args.images), args.model, alpha=args.alpha)
+    print(format_report(report))
+    return 1 if report.drift or report.ood_count else 0
+
+
+def _drift_columns(images: list[Path], model_uri: str) -> dict[str, list]:
+    """``odir predict --check-drift``: the images against the model's drift reference, the report printed and
+    logged; returns the per-image columns ``ood`` (0/1) and ``ood_reasons``."""
+    from steps.drift import check_images, format_report
+
+    report = check_images(images, model_uri)
+    print(format_report(report))
+    return {"ood": [int(c.out_of_distribution) for c in report.images],
+            "ood_reasons": ["; ".join(c.reasons) for c in report.images]}  # fmt: skip
 
 
 def _warm_start() -> None:
@@ -195,9 +217,13 @@ def _save_a_throwaway_model() -> None:
 
 def _check_inputs(profile: str, data: str | None, load: Callable[[str], object]) -> None:
     """Fails in a second, before Prefect's server starts or a run is opened, on a bad profile or data root."""
+    load(profile)  # ConfigError naming the file and field
+    _check_inputs_data(data)
+
+
+def _check_inputs_data(data: str | None) -> None:
     from components.errors import DataError, Problem
 
-    load(profile)  # ConfigError naming the file and field
     if data and not data.startswith("s3://") and not Path(data).is_dir():
         raise DataError([Problem(data, "dataset root not found" if not Path(data).exists() else "not a folder")])
 
@@ -271,11 +297,17 @@ def _print_summary(summary: dict) -> None:
     print(f"members' f1_macro ({scored_on}): {members}")
     evidence = "" if summary.get("prob_better") is None else f" (P(better than champion) {summary['prob_better']:.2f})"
     print(f"decision: {summary['decision']}{evidence}; champion is version {summary['champion_version']}")
+    if summary.get("referral"):
+        referral = summary["referral"]
+        print(f"referred to a grader: {referral['n_referred']} of {referral['n']} on {split} (error rate "
+              f"{referral['error_rate_referred']:.2f} referred, {referral['error_rate_kept']:.2f} kept)")  # fmt: skip
     if summary.get("submission"):
         print(f"submission: {summary['submission']}")
     print("\nLook at the runs and models:  .venv/bin/mlflow ui --backend-store-uri " + _tracking_uri_for_humans())
     print(f"  then open {_runs_page('http://127.0.0.1:5000')} (the pipeline runs, their scores in the name)")
     print("Or start everything (Prefect UI, MLflow UI, deployments):  make up")
+    print(f"  the Prefect UI's Artifacts page then shows odir-{summary.get('profile')}-summary (scores, decision, "
+          "links) and the per-class table")  # fmt: skip
 
 
 def _tracking_uri_for_humans() -> str:
@@ -347,12 +379,46 @@ def _cmd_bucket(args: argparse.Namespace) -> int:
 
 
 def _cmd_upload(args: argparse.Namespace) -> int:
+    from flows.events import announce_dataset
+    from steps.ingest import dataset_digest
     from steps.storage import split_s3, upload_folder
 
     if not Path(args.folder).is_dir():
         raise OdirError(f"{args.folder}: {'not found' if not Path(args.folder).exists() else 'not a folder'}")
     split_s3(args.uri)
+    digest = dataset_digest(args.folder)  # an invalid dataset is refused before anything is uploaded
     print(f"{upload_folder(args.folder, args.uri)} files uploaded to {args.uri}")
+    tracking.setup()
+    print(announce_dataset(args.uri, digest, source="odir upload"))
+    return 0
+
+
+def _ingest_drift(data: str, manifest_uri: str) -> None:
+    """A new dataset's train images against the champion's drift reference, when there is one with a reference."""
+    from steps.contracts import load_manifest
+    from steps.drift import check_images
+
+    try:
+        report = check_images(load_manifest(manifest_uri).paths("train"), "models:/odir-ensemble@champion")
+    except OdirError as error:  # no champion, or one registered before references (NoDriftReference)
+        print(f"no drift check: {error}")
+        return
+    verdict, moved = "DRIFT" if report.drift else "none", ", ".join(report.moved) or "none"
+    print(f"drift against the champion's training images: {verdict} (features moved: {moved}; "
+          f"{report.ood_count} image(s) out of distribution; run {report.run_id})")  # fmt: skip
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    from flows.events import announce_dataset
+    from steps import ingest
+
+    _check_inputs_data(args.data)
+    tracking.setup()
+    result = ingest.run(ingest.IngestConfig(data_root=args.data))
+    counts = ", ".join(f"{split} {n}" for split, n in result.counts.items())
+    print(f"ingested {args.data}: {counts}; digest {result.data_digest[:12]}; manifest {result.manifest_uri}")
+    _ingest_drift(args.data, result.manifest_uri)
+    print(announce_dataset(args.data, result.data_digest, source="odir ingest"))
     return 0
 
 
@@ -409,7 +475,40 @@ def build_parser() -> argparse.ArgumentParser:
                          help="registered model URI (default models:/odir-ensemble@champion)")  # fmt: skip
     predict.add_argument("--images", required=True, help="folder of images")
     predict.add_argument("--out", default="predictions.csv", help="output CSV (default predictions.csv)")
+    predict.add_argument(
+        "--check-drift", action="store_true",
+        help="also compare the images with the model's training reference (as odir check-drift): the report is "
+        "printed and logged, and the CSV gets the columns ood and ood_reasons",
+    )  # fmt: skip
     predict.set_defaults(handler=_cmd_predict)
+
+    explain = commands.add_parser("explain", help="Grad-CAM overlays per image and class for a registered model")
+    explain.add_argument("--model", default="models:/odir-ensemble@champion",
+                         help="registered model URI, a member or the ensemble "
+                         "(default models:/odir-ensemble@champion)")  # fmt: skip
+    explain.add_argument("--images", required=True, help="folder of images")
+    explain.add_argument("--out", default="gradcam",
+                         help="output folder for <image stem>_<class>.png and index.csv (default gradcam)")  # fmt: skip
+    explain.set_defaults(handler=_cmd_explain)
+
+    check_drift = commands.add_parser(
+        "check-drift", help="compare new images with the training images of a registered ensemble (drift, outliers)",
+        description="Compares a folder of new images with the drift reference stored with a registered ensemble "
+        "version (statistics and embeddings of its training images): a KS test per image statistic and an MMD test "
+        "on the embeddings, Holm-corrected at --alpha, and per image whether it is out of distribution (black "
+        "frame, tiny, not a fundus, turned, embedding far from the training images). Logs an MLflow run (step "
+        "drift) with the per-image flags.",
+        epilog="Exit status: 0 no drift and no image out of distribution, 1 drift detected or any image out of "
+        "distribution, 2 bad input (no images, an unknown model, a version registered without a reference), 3 "
+        "tracking server or object store unreachable.",
+    )  # fmt: skip
+    check_drift.add_argument("--images", required=True, help="folder of new images")
+    check_drift.add_argument("--model", default="models:/odir-ensemble@champion",
+                             help="registered ensemble URI (default models:/odir-ensemble@champion)")  # fmt: skip
+    check_drift.add_argument("--alpha", type=float, default=0.05,
+                             help="chance of a false drift alarm on images like the training ones (default "
+                             "0.05)")  # fmt: skip
+    check_drift.set_defaults(handler=_cmd_check_drift)
 
     full = commands.add_parser("full", help="run the whole pipeline (flow odir) in this process")
     full.add_argument("--profile", default="demo", help="profile name in configs/ or a YAML path (default demo)")
@@ -459,7 +558,20 @@ def build_parser() -> argparse.ArgumentParser:
     bucket.add_argument("name", help="bucket name")
     bucket.set_defaults(handler=_cmd_bucket)
 
-    upload = commands.add_parser("upload", help="upload a dataset folder to s3://bucket/prefix")
+    ingest = commands.add_parser(
+        "ingest", help="validate a dataset and log its manifest; announce it when it differs from the champion's",
+        description="Validates a dataset root (local or s3://), logs its manifest and digest to MLflow, and when the "
+        "digest differs from the champion's sends the Prefect event odir.dataset.changed (PREFECT_API_URL), on "
+        "which the odir/retrain deployment starts a run.",
+    )  # fmt: skip
+    ingest.add_argument("data", help="dataset root (train.csv, images/train/, ...) or s3://bucket/prefix")
+    ingest.set_defaults(handler=_cmd_ingest)
+
+    upload = commands.add_parser(
+        "upload", help="upload a dataset folder to s3://bucket/prefix; announce it when it differs from the champion's",
+        description="Validates the folder, uploads it, and when its digest differs from the champion's sends the "
+        "Prefect event odir.dataset.changed (PREFECT_API_URL), on which the odir/retrain deployment starts a run.",
+    )  # fmt: skip
     upload.add_argument("folder", help="dataset root to upload")
     upload.add_argument("uri", help="destination s3://bucket/prefix")
     upload.set_defaults(handler=_cmd_upload)

@@ -1,5 +1,6 @@
 """Deployments served from this checkout without a worker (``odir serve``): ``odir/full`` (manual),
-``odir/retrain`` (nightly; trains only when the data or the profile changed since the champion) and
+``odir/retrain`` (nightly, and when ``odir upload`` or ``odir ingest`` announces changed data:
+:mod:`flows.events`; trains only when the data or the profile changed since the champion) and
 ``odir-train/gpu`` (one model; what ``odir`` dispatches to with ``dispatch=deployment``) and
 ``odir-experiments/seed`` (the study's grid and its results table).
 
@@ -17,20 +18,21 @@ RETRAIN_CRON = os.environ.get("ODIR_RETRAIN_CRON", "0 2 * * *")
 SERVED = ("odir/full", "odir/retrain", "odir-train/gpu", "odir-experiments/seed")
 
 
-def serve_all(limit: int = 4) -> None:
-    """Serves the four deployments of :data:`SERVED` until interrupted."""
-    from prefect import serve
-
+def served_deployments() -> list:
+    """The deployments of :data:`SERVED`, in that order, as ``odir serve`` registers them."""
+    from flows.events import retrain_trigger
     from flows.experiments import odir_experiments
     from flows.odir import odir, odir_train
 
-    serve(
+    return [
         odir.to_deployment(name="full", description="The whole pipeline, started by hand."),
         odir.to_deployment(
             name="retrain",
             cron=RETRAIN_CRON,
+            triggers=[retrain_trigger()],
             parameters={"only_if_changed": True},
-            description="Nightly: retrains only when the data or profile changed, promotes only on improvement.",
+            description="Nightly and on odir.dataset.changed: retrains only when the data or profile changed, "
+            "promotes only on improvement.",
         ),
         odir_train.to_deployment(
             name="gpu", description="Trains one model; odir dispatches here with dispatch=deployment."
@@ -38,5 +40,11 @@ def serve_all(limit: int = 4) -> None:
         odir_experiments.to_deployment(
             name="seed", parameters={"grid": "seed"}, description="The study's grid (Tasks 1-4) and its results table."
         ),
-        limit=limit,
-    )
+    ]
+
+
+def serve_all(limit: int = 4) -> None:
+    """Serves the four deployments of :data:`SERVED` until interrupted."""
+    from prefect import serve
+
+    serve(*served_deployments(), limit=limit)

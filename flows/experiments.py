@@ -53,7 +53,8 @@ def odir_experiments(
         evaluations = [
             step_task.submit(f"evaluate {members[name].model_uri} on {split}", evaluate.run, evaluate.EvaluateConfig(
                 model_uri=members[name].model_uri, manifest_uri=ing.manifest_uri, split=split,
-                views=tuple(config.tta_views) if tta else ("identity",), **common))
+                views=tuple(config.tta_views) if tta else ("identity",), gradcam_gallery=config.gradcam_gallery,
+                **common))
             for name, tta in sorted(needs) for split in splits
         ]  # fmt: skip
         for evaluation in evaluations:

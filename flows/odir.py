@@ -24,6 +24,7 @@ from components.config import ModelSpec, Profile, load_profile
 from components.folds import CVSpec
 from components.tta import STUDY_VIEWS
 from flows import freeze_startup_objects, without_heartbeats
+from flows.artifacts import per_class_rows, publish_summary, training_progress
 from steps import ensemble, evaluate, ingest, model_card, promote, submit, tracking, train, tune_thresholds
 from steps.base import StepConfig
 from steps.contracts import load_manifest
@@ -81,7 +82,10 @@ def odir_train(
     config = train.TrainStepConfig(manifest_uri=manifest_uri, spec=spec, profile=profile, experiment=experiment,
                                    parent_run_id=parent_run_id, device=device, reuse=not force, cv=cv,
                                    views=tuple(views))  # fmt: skip
-    return dataclasses.asdict(train.run(config))
+    progress = training_progress(spec.name)
+    result = train.run(config, progress)
+    progress(100.0)  # early stopping, or a training found done in MLflow
+    return dataclasses.asdict(result)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,6 +249,7 @@ def odir(
     from mlflow import MlflowClient
 
     _record_headline(pid, summary)
+    publish_summary(summary, summary.get("per_class"))
     MlflowClient().set_terminated(pid, "FINISHED")
     f1 = summary.get("scores", {}).get("f1_macro", [None])[0]
     logger.info("odir %s finished: %s%s, %s", config.name, summary.get("ensemble") or "nothing retrained",
@@ -265,7 +270,7 @@ class PipelineRun:
         excluded = ("train",) if split == "val" and self.profile.exclude_shared_patients else ()
         config = evaluate.EvaluateConfig(model_uri=model_uri, manifest_uri=manifest_uri, split=split,
                                          views=self.profile.tta_views, exclude_shared_with=excluded,
-                                         **self.common)  # fmt: skip
+                                         gradcam_gallery=self.profile.gradcam_gallery, **self.common)  # fmt: skip
         return step_task(f"evaluate {model_uri} on {split}", evaluate.run, config)
 
     def ensemble(
@@ -277,7 +282,8 @@ class PipelineRun:
             manifest_uri=manifest_uri,
             weights=tuple(weights.get(m.name, 0.0) for m in self.profile.models) if weights else None,
             views=self.profile.tta_views, grid=self.profile.threshold_grid, objectives=self.profile.objectives(),
-            calibrate=self.profile.calibrate, profile=self.profile.name, profile_key=profile_key(self.profile),
+            calibrate=self.profile.calibrate, referral=self.profile.referral, profile=self.profile.name,
+            profile_key=profile_key(self.profile),
             **self.common,
         )  # fmt: skip
         return step_task("ensemble", ensemble.run, config)
@@ -336,11 +342,24 @@ def _pipeline(run: PipelineRun, data_root: str, out: str | None, only_if_changed
         "ensemble": ens.model_uri, "ensemble_weights": ens.weights, "thresholds": ens.thresholds,
         "split_mode": f"cv ({config.cv.folds} folds)" if config.cv else "given splits",
         "scored_split": test_split, "scores": headline_scores(scored, test_split),
+        "per_class": per_class_rows(scored, test_split), "referral": referral_counts(scored, test_split),
         "decision": decision.decision, "prob_better": decision.prob_better,
         "champion_version": decision.version if decision.decision == "champion" else decision.champion_version,
         "submission": submission, "pipeline_run_id": common["parent_run_id"],
         "member_runs": [m.run_id for m in members], "ensemble_run": ens.run_id,
     }  # fmt: skip
+
+
+def referral_counts(metrics: dict[str, float], split: str) -> dict[str, float] | None:
+    """How many images the ensemble referred on the scored split, and the error rates in and out (None where the
+    split's evaluation logged none: the cross-fitted CV scores)."""
+    prefix = tracking.split_prefix(split)
+    if f"{prefix}n_referred" not in metrics:
+        return None
+    referred, kept = int(metrics[f"{prefix}n_referred"]), int(metrics[f"{prefix}n_kept"])
+    return {"n_referred": referred, "n": referred + kept,
+            "error_rate_referred": metrics.get(f"{prefix}error_rate_referred", float("nan")),
+            "error_rate_kept": metrics.get(f"{prefix}error_rate_kept", float("nan"))}  # fmt: skip
 
 
 HEADLINE = ("f1_macro", "f1_course", "f1_D", "f1_G", "f1_A", "auroc_D", "auroc_G", "auroc_A")

@@ -83,7 +83,8 @@ def up(prefect_port: int = 4200, mlflow_port: int = 5000) -> dict[str, str]:
     tracking.setup()  # create the store's schema once, before any server or flow run opens it
     api = f"http://{HOST}:{prefect_port}/api"
     env = {**os.environ, "PREFECT_API_URL": api, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "ODIR_HOME": str(tracking.project_root())}  # fmt: skip
+           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "ODIR_HOME": str(tracking.project_root()),
+           "ODIR_MLFLOW_UI_URL": f"http://{HOST}:{mlflow_port}"}  # fmt: skip
     for service in services(prefect_port, mlflow_port):
         pid_file = folder / f"{service.name}.pid"
         log = folder / f"{service.name}.log"

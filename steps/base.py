@@ -28,10 +28,13 @@ STEP_CODE: dict[str, tuple[str, ...]] = {
     "train": ("components.attention", "components.augment", "components.checkpoints", "components.data",
               "components.fundus", "components.losses", "components.metrics", "components.models",
               "components.schedule", "components.training"),
-    "evaluate": ("components.data", "components.fundus", "components.inference", "components.metrics",
-                 "components.models", "components.scoring", "components.tta", "steps.ensemble_model"),
+    "evaluate": ("components.data", "components.explain", "components.fundus", "components.inference",
+                 "components.metrics", "components.models", "components.referral", "components.scoring",
+                 "components.tta", "steps.ensemble_model"),
     "tune_thresholds": ("components.thresholds",),
-    "ensemble": ("components.ensemble", "components.metrics", "components.thresholds", "steps.ensemble_model"),
+    # components.drift: the drift reference the ensemble logs with each version
+    "ensemble": ("components.drift", "components.ensemble", "components.metrics", "components.referral",
+                 "components.thresholds", "steps.ensemble_model"),
 }  # fmt: skip
 
 

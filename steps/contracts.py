@@ -10,7 +10,10 @@
   version is run (:func:`predict_paths`; the ensemble version runs as its pyfunc);
 - **folds** (train and ensemble, in cross-validation mode): the labelled pool (train + val) with each image's fold,
   a function of the manifest and the profile's ``cv`` alone, so every step and host computes the same folds;
-- **tags**: the train run's reuse tags (train and the report), a version's score on a split (evaluate and promote).
+- **tags**: the train run's reuse tags (train and the report), a version's score on a split (evaluate and promote);
+- **drift reference** (ensemble writes, drift reads): ``drift_reference/reference.json`` and ``reference.npz`` of
+  the ensemble run (:class:`components.drift.Reference`), named by the version's tags ``drift_reference_uri`` and
+  ``drift_reference_sha256``; its embeddings come from the first member's first checkpoint, which it records.
 """
 
 from __future__ import annotations
@@ -28,11 +31,15 @@ import pandas as pd
 from components import LABELS
 from components.config import ModelSpec
 from components.data import FundusDataset
+from components.drift import Reference, build_reference, describe_images, embed_images, reference_sample
 from components.ensemble import PROB_COLUMNS
 from components.errors import DataError, OdirError, Problem
+from components.explain import GALLERY_PER_KIND, CamModel, CamNetwork
 from components.folds import CVSpec, assign_folds
-from components.inference import predict_images
+from components.inference import predict_image_views
 from components.metrics import DEFAULT_THRESHOLD
+from components.models import BACKBONES, Classifier
+from components.referral import ReferralSpec, ensemble_uncertainty, prediction_frame
 from components.thresholds import STUDY_GRID, ThresholdResult, fine_grid
 from components.training import load_trained
 from components.tta import STUDY_VIEWS
@@ -218,12 +225,17 @@ def member_checkpoints(model_uri: str) -> list[Path]:
 
 def predict_with_checkpoints(checkpoints: list[Path], paths: list[str], views: tuple[str, ...]) -> np.ndarray:
     """``(N, 3)`` probabilities of a member: its one model, or the mean over its fold models."""
+    return member_view_probs(checkpoints, paths, views).mean(axis=(0, 1))
+
+
+def member_view_probs(checkpoints: list[Path], paths: list[str], views: tuple[str, ...]) -> np.ndarray:
+    """``(F, V, N, 3)`` probabilities of each of a member's F fold models (one for a plain model) and views."""
     probs = []
     for checkpoint in checkpoints:
         network, spec = load_trained(checkpoint)
-        probs.append(predict_images(network, paths, spec.image_size, views, spec.batch_size,
-                                    preprocess=spec.fundus_preprocess()))  # fmt: skip
-    return np.mean(probs, axis=0)
+        probs.append(predict_image_views(network, paths, spec.image_size, views, spec.batch_size,
+                                         preprocess=spec.fundus_preprocess()))  # fmt: skip
+    return np.stack(probs)
 
 
 # --- registered models: a member is its checkpoint, the ensemble its pyfunc ---------------------------------------
@@ -231,10 +243,12 @@ def predict_with_checkpoints(checkpoints: list[Path], paths: list[str], views: t
 
 @dataclass(frozen=True)
 class Prediction:
-    """Probabilities of a split and the thresholds that turn them into labels."""
+    """Probabilities of a split, the thresholds that turn them into labels, and per image the full answer
+    (labels, probabilities, spreads and referral: :func:`components.referral.prediction_frame`)."""
 
     probs: np.ndarray
     thresholds: np.ndarray
+    frame: pd.DataFrame
 
 
 def is_ensemble(model_uri: str) -> bool:
@@ -248,17 +262,38 @@ def predict_split(model_uri: str, manifest: Manifest, split: str, views: tuple[s
 
 
 def predict_paths(model_uri: str, paths: list[str], views: tuple[str, ...] = STUDY_VIEWS) -> Prediction:
-    """Runs a registered model over image files: the ensemble pyfunc as registered (its own views and
-    thresholds), a member with ``views`` and threshold 0.5."""
+    """Runs a registered model over image files: the ensemble pyfunc as registered (its own views, thresholds and
+    referral limits), a member with ``views``, threshold 0.5 and the default referral limits."""
     if is_ensemble(model_uri):
         import mlflow
 
-        model = mlflow.pyfunc.load_model(str(integrity.verified_model_dir(model_uri)))
-        output = model.unwrap_python_model().predict_sources(paths)  # odir's own files: not confined
-        thresholds = np.asarray(model.unwrap_python_model().thresholds, dtype=np.float64)
-        return Prediction(probabilities_of(output), thresholds)
-    probs = predict_with_checkpoints(member_checkpoints(model_uri), paths, views)
-    return Prediction(probs, np.full(len(LABELS), DEFAULT_THRESHOLD))
+        model = mlflow.pyfunc.load_model(str(integrity.verified_model_dir(model_uri))).unwrap_python_model()
+        output = model.predict_sources(paths)  # odir's own files: not confined
+        return Prediction(probabilities_of(output), np.asarray(model.thresholds, dtype=np.float64), output)
+    probs, tta_std, member_std = ensemble_uncertainty([member_view_probs(member_checkpoints(model_uri), paths, views)],
+                                                      [1.0])  # fmt: skip
+    thresholds = np.full(len(LABELS), DEFAULT_THRESHOLD)
+    return Prediction(probs, thresholds, prediction_frame(probs, thresholds, tta_std, member_std, ReferralSpec()))
+
+
+def load_cam_model(model_uri: str) -> CamModel:
+    """A registered model's networks for Grad-CAM (:mod:`components.explain`), loaded as :func:`predict_paths` runs
+    them, files checked (:mod:`steps.integrity`): the ensemble's members (each its fold models) with its weights, or
+    a member's one model or fold models."""
+    if is_ensemble(model_uri):
+        import mlflow
+
+        model = mlflow.pyfunc.load_model(str(integrity.verified_model_dir(model_uri))).unwrap_python_model()
+        members, weights = model.members, np.asarray(model.weights, dtype=np.float64)
+    else:
+        members, weights = [[load_trained(path) for path in member_checkpoints(model_uri)]], np.ones(1)
+    networks = [[cam_network(network, spec) for network, spec in folds] for folds in members]
+    return CamModel(networks, weights)
+
+
+def cam_network(network: Classifier, spec: ModelSpec) -> CamNetwork:
+    """A trained network with its backbone's CAM layer and the input it was trained on."""
+    return CamNetwork(network, BACKBONES.get(spec.backbone).cam_layer, spec.image_size, spec.fundus_preprocess())
 
 
 # --- tags -----------------------------------------------------------------------------------------------------------
@@ -282,11 +317,11 @@ def train_tags(spec: ModelSpec, profile: str, digest: str) -> dict[str, str]:
 
 def evaluate_key(
     model_uri: str, split: str, views: tuple[str, ...], thresholds_uri: str | None = None,
-    exclude_shared_with: tuple[str, ...] = (),
+    exclude_shared_with: tuple[str, ...] = (), gradcam_gallery: int = GALLERY_PER_KIND,
 ) -> str:  # fmt: skip
-    """Identifies an evaluation: the same key means the same predictions and scores."""
+    """Identifies an evaluation: the same key means the same predictions, scores and Grad-CAM gallery."""
     return tracking.content_key(model_uri, split, tuple(views), thresholds_uri, tuple(exclude_shared_with),
-                                code_fingerprint("evaluate"))  # fmt: skip
+                                gradcam_gallery, code_fingerprint("evaluate"))  # fmt: skip
 
 
 def record_score(model_uri: str, split: str, digest: str, f1_macro: float) -> None:
@@ -304,3 +339,95 @@ def recorded_score(version_tags: dict[str, Any], split: str, digest: str) -> flo
     if version_tags.get(f"score.{split}.digest") != digest:
         return None
     return float(version_tags[f"score.{split}.f1_macro"])
+
+
+# --- drift reference ------------------------------------------------------------------------------------------------
+
+DRIFT_REFERENCE_DIR = "drift_reference"
+DRIFT_REFERENCE_TAG = "drift_reference_uri"
+DRIFT_DIGEST_TAG = "drift_reference_sha256"
+
+
+class NoDriftReference(OdirError):
+    """A registered version that carries no drift reference."""
+
+
+def embedding_checkpoint(member_model_uri: str, name: str | None = None) -> Path:
+    """The checkpoint whose pooled features are a drift reference's embeddings: the member's model, or its first
+    fold model (``name``: the one a reference recorded)."""
+    checkpoints = member_checkpoints(member_model_uri)
+    if name is None:
+        return checkpoints[0]
+    found = [path for path in checkpoints if path.name == name]
+    if not found:
+        raise OdirError(f"{member_model_uri} has no checkpoint {name}: the drift reference's embeddings came from it")
+    return found[0]
+
+
+def embed_paths(checkpoint: Path, paths: list[str]) -> np.ndarray:
+    """``(N, num_features)`` pooled features of images under a member checkpoint, as it sees them (no TTA)."""
+    network, spec = load_trained(checkpoint)
+    return embed_images(network, paths, spec.image_size, spec.batch_size, spec.fundus_preprocess())
+
+
+def build_drift_reference(manifest: Manifest, member_model_uri: str) -> Reference:
+    """The drift reference of the train split (at most 500 images, a fixed sample): their statistics and their
+    embeddings under ``member_model_uri``'s first checkpoint."""
+    paths = [str(path) for path in manifest.paths("train")]
+    picked = [paths[i] for i in reference_sample(len(paths))]
+    checkpoint = embedding_checkpoint(member_model_uri)
+    _, spec = load_trained(checkpoint)
+    source = {"member_model_uri": member_model_uri, "checkpoint": checkpoint.name, "image_size": spec.image_size,
+              "preprocess": spec.fundus_preprocess().key, "split": "train", "data_digest": manifest.digest}  # fmt: skip
+    return build_reference(describe_images(picked), embed_paths(checkpoint, picked), source)
+
+
+def _reference_digest(folder: Path) -> str:
+    """One SHA-256 over a reference folder's files (names and contents)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        digest.update(f"{path.name}:{integrity.sha256_of(path)}\n".encode())
+    return digest.hexdigest()
+
+
+def log_drift_reference(reference: Reference) -> dict[str, str]:
+    """Logs ``drift_reference/`` (``reference.json``, ``reference.npz``) to the active run; returns the version
+    tags that name it: its artifact URI and SHA-256 (checked when it is loaded)."""
+    import tempfile
+
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as tmp:
+        reference.save(tmp)
+        digest = _reference_digest(Path(tmp))
+        mlflow.log_artifacts(tmp, DRIFT_REFERENCE_DIR)
+    return {DRIFT_REFERENCE_TAG: mlflow.get_artifact_uri(DRIFT_REFERENCE_DIR), DRIFT_DIGEST_TAG: digest}
+
+
+def load_drift_reference(model_uri: str) -> Reference:
+    """The drift reference stored with a registered ensemble version, its files checked.
+
+    Raises:
+        NoDriftReference: the version has none (a member, or an ensemble registered before references existed).
+        IntegrityError: its files are not those recorded at registration.
+        OdirError: a URI or version the registry does not have; a reference this code cannot read.
+    """
+    from mlflow import MlflowClient
+
+    name, version = tracking.registered_version(model_uri)
+    tags = MlflowClient().get_model_version(name, version).tags
+    if DRIFT_REFERENCE_TAG not in tags:
+        why = ("registered before drift references existed (run `odir full` to register an ensemble that has one)"
+               if name == tracking.ENSEMBLE_MODEL else f"not an ensemble: references are stored with "
+               f"{tracking.ENSEMBLE_MODEL} versions")  # fmt: skip
+        raise NoDriftReference(f"models:/{name}/{version} has no drift reference: {why}")
+    local = Path(tracking.download(tags[DRIFT_REFERENCE_TAG]))
+    if _reference_digest(local) != tags.get(DRIFT_DIGEST_TAG):
+        raise integrity.IntegrityError(f"models:/{name}/{version}: its drift reference {tags[DRIFT_REFERENCE_TAG]} "
+                                       "fails its SHA-256 check")  # fmt: skip
+    try:
+        return Reference.load(local)
+    except ValueError as error:
+        raise OdirError(f"models:/{name}/{version}: {error}") from None

@@ -15,6 +15,11 @@ fit on its own patient. Those scores (``cv_*``, with intervals over patients) an
 CV mode compares them. The result is registered as ``odir-ensemble``: an MLflow
 pyfunc that holds the member checkpoints, the weights, the temperatures, the TTA views and the thresholds, and
 predicts labels from image paths or bytes.
+
+The ensemble's run also logs ``drift_reference/`` (:func:`steps.contracts.log_drift_reference`): statistics and
+pooled embeddings (first member, first fold model) of up to 500 train images; the registered version names it in
+its tags ``drift_reference_uri`` and ``drift_reference_sha256``, so every version carries the reference that new
+images are checked against (``odir check-drift``).
 """
 
 from __future__ import annotations
@@ -34,17 +39,21 @@ import pandas as pd
 from components import LABELS
 from components.calibration import apply_temperature, calibration_errors, fit_temperatures
 from components.data import patient_of
+from components.drift import MIN_REFERENCE_IMAGES
 from components.ensemble import align_members, normalise_weights, weighted_mean, weights_from_scores
 from components.metrics import DEFAULT_THRESHOLD, f1_macro, multilabel_report
+from components.referral import ReferralSpec
 from components.scoring import scored_report
 from components.thresholds import ThresholdResult, tune_thresholds
 from components.tta import STUDY_VIEWS, check_views
 from steps import cli, integrity, tracking
 from steps.base import StepConfig, code_fingerprint, run_step
 from steps.contracts import (
+    build_drift_reference,
     grid_of,
     labels_of,
     load_manifest,
+    log_drift_reference,
     log_thresholds,
     member_checkpoints,
     predictions_frame,
@@ -67,6 +76,7 @@ class EnsembleConfig(StepConfig):
     grid: str = "study"
     objectives: tuple[str, ...] = ("f1", "f1", "f1")
     calibrate: bool = True
+    referral: ReferralSpec = field(default_factory=ReferralSpec)
     profile: str = "demo"
     profile_key: str = ""
 
@@ -110,7 +120,7 @@ def _register(
             keys.append(list(checkpoints))
         payload = {"members": names, "model_uris": list(config.member_model_uris), "weights": weights.tolist(),
                    "views": list(config.views), "thresholds": thresholds, "temperatures": temperatures.tolist(),
-                   "checkpoints": keys}  # fmt: skip
+                   "checkpoints": keys, "referral": config.referral.model_dump()}  # fmt: skip
         config_path.write_text(json.dumps(payload, indent=2))
         artifacts[CONFIG_ARTIFACT] = str(config_path)
         with warnings.catch_warnings():  # no input example on purpose: it would have to be an image file
@@ -179,7 +189,7 @@ def run(config: EnsembleConfig) -> EnsembleResult:
     digest = load_manifest(config.manifest_uri).digest
     key = tracking.content_key(
         config.member_model_uris, config.member_val_predictions, config.weights, config.views, config.grid,
-        config.objectives, config.calibrate, code_fingerprint("ensemble"),
+        config.objectives, config.calibrate, code_fingerprint("ensemble"), config.referral.model_dump(),
     )  # fmt: skip
     tags = {"profile": config.profile, "profile_key": config.profile_key, "data_digest": digest, "ensemble_key": key}
     work = functools.partial(_combine, config, names, frames[names[0]], member_probs, folds, tags)
@@ -229,6 +239,24 @@ def _at_threshold(metric: str) -> bool:
     return metric.startswith(("f1", "precision", "recall", "sensitivity_", "specificity_", "support"))
 
 
+def _drift_reference(config: EnsembleConfig) -> dict[str, str]:
+    """Logs ``drift_reference/``: the train split's image statistics and pooled embeddings under the first member
+    (its first fold model), what ``odir check-drift`` compares new images with; returns the version tags naming it
+    (none when the train split is too small for one)."""
+    import mlflow
+
+    manifest = load_manifest(config.manifest_uri)
+    count = len(manifest.split("train"))
+    if count < MIN_REFERENCE_IMAGES:
+        log.warning("no drift reference: %d train images, at least %d needed", count, MIN_REFERENCE_IMAGES)
+        return {}
+    reference = build_drift_reference(manifest, config.member_model_uris[0])
+    tags = log_drift_reference(reference)
+    mlflow.set_tags(tags)
+    mlflow.log_params({"drift_reference_images": reference.size, "drift_reference_member": config.member_model_uris[0]})
+    return tags
+
+
 def _combine(
     config: EnsembleConfig, names: list[str], frame: pd.DataFrame, member_probs: list[np.ndarray],
     folds: np.ndarray | None, tags: dict[str, str], run,
@@ -240,14 +268,16 @@ def _combine(
     temperatures = _calibrate(config, names, labels, member_probs)
     weights, probs, tuned = _fit(config, labels, member_probs, temperatures)
     mlflow.log_params({"members": ",".join(names), "tta_views": ",".join(config.views), "grid": config.grid,
-                       "objectives": ",".join(config.objectives), "calibrate": config.calibrate})  # fmt: skip
+                       "objectives": ",".join(config.objectives), "calibrate": config.calibrate,
+                       **{f"referral_{k}": v for k, v in config.referral.model_dump().items()}})  # fmt: skip
     weights_uri = tracking.log_json(dict(zip(names, weights.tolist(), strict=True)), "weights.json")
     mlflow.set_tags({"weights_uri": weights_uri, "thresholds_uri": log_thresholds(tuned, grid)})
     metrics = tracking.prefixed(multilabel_report(labels, probs, tuned.thresholds), "val_")
     mlflow.log_metrics(metrics)
     if folds is not None:
         metrics.update(_cross_fitted(config, frame, member_probs, folds))
-    version_tags = {**tags, "kind": "ensemble", "members": ",".join(config.member_model_uris)}
+    version_tags = {**tags, "kind": "ensemble", "members": ",".join(config.member_model_uris),
+                    **_drift_reference(config)}  # fmt: skip
     version = _register(config, names, weights, tuned.as_dict(), temperatures, version_tags)
     mlflow.set_tag("registered_model_uri", f"models:/{tracking.ENSEMBLE_MODEL}/{version}")
     log.info("registered %s version %s (weights %s)", tracking.ENSEMBLE_MODEL, version, np.round(weights, 3))

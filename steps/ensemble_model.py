@@ -5,7 +5,9 @@ bytes); each row needs exactly one of them. As a security default, ``image_path`
 process sets ``ODIR_SERVE_IMAGE_ROOT``, and then read only under that folder (relative paths from it, nothing
 outside it, symlinks included); odir's own steps call :meth:`OdirEnsemble.predict_sources` with the files they
 chose. It returns, per row,
-``D``, ``G``, ``A`` (0/1 after the per-class thresholds) and ``p_D``, ``p_G``, ``p_A`` (ensemble probabilities).
+``D``, ``G``, ``A`` (0/1 after the per-class thresholds), ``p_D``, ``p_G``, ``p_A`` (ensemble probabilities), per class
+``tta_std_*`` (the test-time views' spread) and ``member_std_*`` (the members' disagreement), and ``refer`` (1: send
+the image to a human grader; :mod:`components.referral`, limits from the profile's ``referral``).
 Member checkpoints are loaded with ``weights_only=True``: the model runs no pickled code of its own.
 """
 
@@ -25,12 +27,17 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from components import LABELS
-from components.calibration import apply_temperature
 from components.data import ImageSource
-from components.ensemble import PROB_COLUMNS, weighted_mean
+from components.ensemble import PROB_COLUMNS
 from components.errors import OdirError
-from components.inference import predict_images
-from components.metrics import binarize
+from components.inference import predict_image_views
+from components.referral import (
+    MEMBER_STD_COLUMNS,
+    TTA_STD_COLUMNS,
+    ReferralSpec,
+    ensemble_uncertainty,
+    prediction_frame,
+)
 from components.training import load_trained
 
 CONFIG_ARTIFACT = "ensemble_config"
@@ -45,7 +52,10 @@ def input_schema():
 def output_schema():
     from mlflow.types import ColSpec, Schema
 
-    return Schema([*(ColSpec("long", label) for label in LABELS), *(ColSpec("double", p) for p in PROB_COLUMNS)])
+    doubles = (*PROB_COLUMNS, *TTA_STD_COLUMNS, *MEMBER_STD_COLUMNS)
+    return Schema(
+        [*(ColSpec("long", c) for c in LABELS), *(ColSpec("double", c) for c in doubles), ColSpec("long", "refer")]
+    )
 
 
 IMAGE_ROOT_ENV = "ODIR_SERVE_IMAGE_ROOT"
@@ -127,6 +137,7 @@ class OdirEnsemble(mlflow.pyfunc.PythonModel):
         self.thresholds = np.asarray([config["thresholds"][label] for label in LABELS], dtype=np.float64)
         # per member and class, fit on validation predictions; versions registered before calibration have none
         self.temperatures = np.asarray(config.get("temperatures") or np.ones((len(self.names), len(LABELS))))
+        self.referral = ReferralSpec(**config.get("referral", {}))  # versions from before referral: the defaults
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         """What ``mlflow models serve`` and ``mlflow.pyfunc`` callers get: input checked (paths only under
@@ -142,23 +153,17 @@ class OdirEnsemble(mlflow.pyfunc.PythonModel):
     def predict_sources(self, sources: list[ImageSource]) -> pd.DataFrame:
         """Predictions for image files or bytes that odir itself chose (its pipeline, ``odir predict``): no
         confinement; bad images raise :class:`~components.errors.DataError`."""
-        member_probs = [
-            apply_temperature(self._member_probs(folds, sources), t)
-            for folds, t in zip(self.members, self.temperatures, strict=True)
-        ]
-        probs = weighted_mean(member_probs, self.weights)
-        labels = binarize(probs, self.thresholds)
-        frame = pd.DataFrame({label: labels[:, c] for c, label in enumerate(LABELS)})
-        for column, name in enumerate(PROB_COLUMNS):
-            frame[name] = probs[:, column]
-        return frame
+        member_views = [self._member_views(folds, sources) for folds in self.members]
+        probs, tta_std, member_std = ensemble_uncertainty(member_views, self.weights, self.temperatures)
+        return prediction_frame(probs, self.thresholds, tta_std, member_std, self.referral)
 
-    def _member_probs(self, folds: list, sources: list[ImageSource]) -> np.ndarray:
-        """A member's TTA probabilities: its model's, or the mean of its fold models'."""
-        probs = [
-            predict_images(
-                model, sources, spec.image_size, self.views, spec.batch_size, preprocess=spec.fundus_preprocess()
-            )
-            for model, spec in folds
-        ]
-        return np.mean(probs, axis=0)
+    def _member_views(self, folds: list, sources: list[ImageSource]) -> np.ndarray:
+        """A member's ``(F, V, N, 3)`` probabilities: each of its F fold models' (one for a plain model) per view."""
+        return np.stack(
+            [
+                predict_image_views(
+                    model, sources, spec.image_size, self.views, spec.batch_size, preprocess=spec.fundus_preprocess()
+                )
+                for model, spec in folds
+            ]
+        )

@@ -11,7 +11,11 @@ thresholds inside). Logs, under the split's prefix (``val_``, ``offsite_``):
   estimate alone is a guess;
 - the per-class table, a figure of the classes' PR curves and confusion matrices, a reliability diagram, and
   ``predictions/<split>.csv`` (id, true labels, ``p_D``, ``p_G``, ``p_A``), which later steps read instead of
-  running the network again.
+  running the network again;
+- a Grad-CAM gallery (:mod:`components.explain`): per class the most confident true and false positives and the
+  most clearly missed positives, ``gradcam_gallery`` of each at most (default 4; 0: none), as
+  ``gradcam/<split>/<class>/<tp|fp|fn>_<id>.png`` with ``gradcam/<split>/gallery.md`` linking them (tag
+  ``gradcam_uri``). Only those images (36 at most) go through the maps, on the identity view.
 
 With ``min_f1_macro`` set it is a gate: below it the step fails after logging.
 """
@@ -23,6 +27,7 @@ import logging
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -30,7 +35,25 @@ import pandas as pd
 from components import LABELS
 from components.calibration import reliability_figure
 from components.errors import OdirError
+from components.explain import (
+    CLASS_NAMES,
+    GALLERY_KINDS,
+    GALLERY_PER_KIND,
+    caption,
+    captioned,
+    explain_images,
+    gallery_cases,
+    overlay,
+)
 from components.metrics import binarize
+from components.referral import (
+    MEMBER_STD_COLUMNS,
+    TTA_STD_COLUMNS,
+    UNCERTAINTY_COLUMNS,
+    ReferralSpec,
+    refer,
+    referral_table,
+)
 from components.scoring import scored_report
 from components.tta import STUDY_VIEWS
 from steps import cli, tracking
@@ -39,6 +62,7 @@ from steps.contracts import (
     LABELLED_SPLITS,
     Manifest,
     evaluate_key,
+    load_cam_model,
     load_manifest,
     predict_split,
     predictions_frame,
@@ -65,6 +89,7 @@ class EvaluateConfig(StepConfig):
     thresholds_uri: str | None = None
     min_f1_macro: float | None = None
     exclude_shared_with: tuple[str, ...] = ()  # score without the images of patients also in these splits
+    gradcam_gallery: int = GALLERY_PER_KIND  # per class and kind (tp, fp, fn); 0: no gallery
 
 
 @dataclass(frozen=True)
@@ -127,7 +152,10 @@ def run(config: EvaluateConfig) -> EvaluateResult:
     name, version = tracking.split_model_uri(config.model_uri)
     views = config.views if config.tta else ("identity",)
     model_uri = f"models:/{name}/{version}"  # an alias resolved: the reuse key names the version
-    key = evaluate_key(model_uri, config.split, views, config.thresholds_uri, config.exclude_shared_with)
+    if config.gradcam_gallery < 0:
+        raise OdirError(f"gradcam_gallery must be 0 (no gallery) or more, got {config.gradcam_gallery}")
+    key = evaluate_key(model_uri, config.split, views, config.thresholds_uri, config.exclude_shared_with,
+                       config.gradcam_gallery)  # fmt: skip
     model = name.removeprefix(tracking.MODEL_PREFIX)
     tags = {"odir.model": model, "model_version": model_uri, "split": config.split, "data_digest": manifest.digest,
             "evaluate_key": key}  # fmt: skip
@@ -156,7 +184,9 @@ def _evaluate(
         thresholds = np.array([saved[label] for label in LABELS])
     labelled = config.split in LABELLED_SPLITS
     labels = manifest.labels(config.split) if labelled else None
+    referred = _referred(config, prediction, thresholds)
     frame = predictions_frame(list(manifest.split(config.split)["id"]), labels, prediction.probs)
+    frame = frame.assign(**{c: prediction.frame[c].to_numpy() for c in UNCERTAINTY_COLUMNS}, refer=referred)
     mlflow.log_text(frame.to_csv(index=False), f"predictions/{config.split}.csv")
     predictions_uri = mlflow.get_artifact_uri(f"predictions/{config.split}.csv")
     mlflow.set_tag("predictions_uri", predictions_uri)
@@ -169,13 +199,74 @@ def _evaluate(
         labels, probs = labels[kept], prediction.probs[kept]
         report = scored_report(labels, probs, thresholds, list(rows["patient"][kept]))
         metrics = tracking.prefixed(report, tracking.split_prefix(config.split))
+        metrics.update(_referral_metrics(config.split, labels, probs, thresholds, referred[kept]))
         mlflow.log_metrics(metrics)
         mlflow.log_text(_per_class_table(report).to_csv(), f"tables/{config.split}_per_class.csv")
         _log_figures(labels, probs, thresholds, config.split)
         mlflow.log_figure(reliability_figure(labels, probs), f"figures/{config.split}_reliability.png")
+        _log_gallery(config, manifest, model_uri, np.flatnonzero(kept), labels, probs, thresholds)
         record_score(model_uri, config.split, manifest.digest, report["f1_macro"])
         _gate(config, report["f1_macro"])
     return EvaluateResult(predictions_uri, run.info.run_id, config.split, metrics)
+
+
+def _referred(config: EvaluateConfig, prediction, thresholds: np.ndarray) -> np.ndarray:
+    """The referral flags at the thresholds in use: the model's own, or (a member scored with tuned thresholds)
+    recomputed at those with the default limits."""
+    if not config.thresholds_uri:
+        return prediction.frame["refer"].to_numpy()
+    spreads = (prediction.frame[list(c)].to_numpy() for c in (TTA_STD_COLUMNS, MEMBER_STD_COLUMNS))
+    return refer(prediction.probs, thresholds, *spreads, ReferralSpec())
+
+
+def _referral_metrics(
+    split: str, labels: np.ndarray, probs: np.ndarray, thresholds: np.ndarray, referred: np.ndarray
+) -> dict[str, float]:
+    """Share referred and the error rate (any class wrong) of referred and kept images, as ``<split>_`` metrics."""
+    errors = (binarize(probs, thresholds) != labels).any(axis=1)
+    table = referral_table(errors, referred)
+    return tracking.prefixed({k: float(v) for k, v in table.items()}, tracking.split_prefix(split))
+
+
+GALLERY_SIZE = 256  # pixels: at most 36 overlays per evaluation stay a few MB
+
+
+def _log_gallery(
+    config: EvaluateConfig, manifest: Manifest, model_uri: str, scored_rows: np.ndarray, labels: np.ndarray,
+    probs: np.ndarray, thresholds: np.ndarray,
+) -> None:  # fmt: skip
+    """The Grad-CAM gallery of the module docstring, chosen among the scored images (``scored_rows``: their rows in
+    the split, in the order of ``labels`` and ``probs``)."""
+    import mlflow
+
+    if not config.gradcam_gallery:
+        return
+    started = time.perf_counter()
+    cases = gallery_cases(labels, probs, thresholds, config.gradcam_gallery)
+    chosen = sorted({int(scored_rows[i]) for indices in cases.values() for i in indices})
+    paths, ids = manifest.paths(config.split), list(manifest.split(config.split)["id"])
+    explained = explain_images(load_cam_model(model_uri), [str(paths[row]) for row in chosen], GALLERY_SIZE)
+    position = {row: index for index, row in enumerate(chosen)}
+    folder = f"gradcam/{config.split}"
+    lines = [f"# Grad-CAM gallery: {model_uri} on {config.split}", "",
+             f"Per class, the most confident true and false positives and the most clearly missed positives "
+             f"({config.gradcam_gallery} at most each); maps on the identity view, red where the class's evidence "
+             "is strongest."]  # fmt: skip
+    for (label, kind), indices in cases.items():
+        column = LABELS.index(label)
+        if kind == "tp":
+            lines += ["", f"## {label}: {CLASS_NAMES[label]}"]
+        lines += ["", f"### {GALLERY_KINDS[kind]}", ""] + ([] if indices else ["none"])
+        for index in indices:
+            row = int(scored_rows[index])
+            name = f"{kind}_{Path(ids[row]).stem}.png"
+            image = overlay(explained.images[position[row]], explained.cams[position[row], column])
+            text = caption(label, float(probs[index, column]), float(thresholds[column]))
+            mlflow.log_image(captioned(image, text), artifact_file=f"{folder}/{label}/{name}")
+            lines.append(f"![{label} {kind} {ids[row]}]({label}/{name})")
+    mlflow.log_text("\n".join(lines) + "\n", f"{folder}/gallery.md")
+    mlflow.set_tag("gradcam_uri", mlflow.get_artifact_uri(folder))
+    mlflow.log_metric("gradcam_seconds", time.perf_counter() - started)
 
 
 def _gate(config: EvaluateConfig, f1_macro: float) -> None:

@@ -104,6 +104,18 @@ def validation_report(frame: pd.DataFrame, shared: dict[str, list[str]]) -> dict
     return {"splits": splits, "shared_patients": {k: {"count": len(v), "patients": v} for k, v in shared.items()}}
 
 
+def dataset_digest(root: str | Path) -> str:
+    """The digest a dataset root would be ingested with (what the champion's ``data_digest`` tag is compared to).
+
+    Raises:
+        DataError: the dataset is not valid, with its problems.
+    """
+    report = validate_dataset(storage.localize(root))
+    if not report.ok:
+        raise DataError(report.problems)
+    return manifest_digest(build_manifest(report))
+
+
 def run(config: IngestConfig) -> IngestResult:
     """Validates ``config.data_root`` and logs the manifest, dataset and report; raises ``DataError`` when invalid.
 

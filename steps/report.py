@@ -8,7 +8,7 @@ curves) to an output folder, to its own run and to the parent run. The same stor
 Every headline metric comes with its 95% interval from a bootstrap over the manifest's patients (1000 resamples,
 seed 0), and the report's header says the protocol: the given splits scored, which rows fit thresholds or weights
 on val (their val scores are optimistic), and how many scored images belong to patients who also have images in
-train.
+train. Its last section links each member evaluation's Grad-CAM gallery (the evaluate run's ``gradcam/<split>``).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,8 +78,16 @@ def _member_runs(grid: ExperimentGrid, manifest: Manifest, experiment: str) -> d
     return runs
 
 
-def _predictions(model_uri: str, split: str, views: tuple[str, ...], experiment: str, ids: list[str]) -> np.ndarray:
-    run = tracking.find_finished_run(experiment, "evaluate", {"evaluate_key": evaluate_key(model_uri, split, views)})
+def _evaluation(model_uri: str, split: str, views: tuple[str, ...], experiment: str, gallery: int) -> object | None:
+    """The finished evaluate run of a member on a split with these views, as the experiments flow keys it."""
+    key = evaluate_key(model_uri, split, views, gradcam_gallery=gallery)
+    return tracking.find_finished_run(experiment, "evaluate", {"evaluate_key": key})
+
+
+def _predictions(
+    model_uri: str, split: str, views: tuple[str, ...], experiment: str, ids: list[str], gallery: int
+) -> np.ndarray:
+    run = _evaluation(model_uri, split, views, experiment, gallery)
     if run is None:
         raise OdirError(f"no evaluation of {model_uri} on {split} with views {','.join(views)}")
     frame = read_predictions(run.data.tags["predictions_uri"])
@@ -105,12 +114,30 @@ def score_grid(grid: ExperimentGrid, manifest: Manifest, experiment: str) -> lis
         views = tuple(grid.tta_views) if row.tta else ("identity",)
         member_probs = {
             m: {
-                s: _predictions(runs[m].data.tags["registered_model_uri"], s, views, experiment, ids[s]) for s in splits
+                s: _predictions(
+                    runs[m].data.tags["registered_model_uri"], s, views, experiment, ids[s], grid.gradcam_gallery
+                )
+                for s in splits
             }
             for m in row.members
         }
         scores.append(score_experiment(row, member_probs, labels, costs, thresholds_grid, patients=patients))
     return scores
+
+
+def gallery_links(grid: ExperimentGrid, manifest: Manifest, experiment: str) -> list[str]:
+    """Markdown list items: per member, split and TTA setting the grid evaluates, where its Grad-CAM gallery is."""
+    runs = _member_runs(grid, manifest, experiment)
+    links = []
+    for spec in grid.models:
+        model_uri = runs[spec.name].data.tags["registered_model_uri"]
+        for tta in sorted({row.tta for row in grid.experiments if spec.name in row.members}):
+            views = tuple(grid.tta_views) if tta else ("identity",)
+            for split in evaluation_splits(manifest):
+                run = _evaluation(model_uri, split, views, experiment, grid.gradcam_gallery)
+                if run is not None and (uri := run.data.tags.get("gradcam_uri")):
+                    links.append(f"- {spec.name} on {split}{', TTA' if tta else ''}: `{uri}/gallery.md`")
+    return links
 
 
 def report_notes(grid: ExperimentGrid, manifest: Manifest) -> list[str]:
@@ -124,8 +151,14 @@ def report_notes(grid: ExperimentGrid, manifest: Manifest) -> list[str]:
     return notes
 
 
-def write_report(grid: ExperimentGrid, manifest: Manifest, scores: list[ExperimentScores], folder: Path) -> None:
-    """results.md / .html / .csv and figures/ in ``folder``."""
+def write_report(
+    grid: ExperimentGrid,
+    manifest: Manifest,
+    scores: list[ExperimentScores],
+    folder: Path,
+    galleries: Sequence[str] = (),
+) -> None:
+    """results.md / .html / .csv and figures/ in ``folder``; ``galleries`` (:func:`gallery_links`) end results.md."""
     import matplotlib.pyplot as plt
 
     table = results_table(scores)
@@ -155,6 +188,9 @@ def write_report(grid: ExperimentGrid, manifest: Manifest, scores: list[Experime
         " not ours." if study else "", "",
         to_markdown(table), "",
         *(f"![{name}](figures/{name})" for name in plots), "",
+        *(["## Grad-CAM galleries", "",
+           "Per member evaluation, overlays of the most confident true and false positives and the most clearly "
+           "missed positives per class (artifacts of its evaluate run):", "", *galleries, ""] if galleries else []),
     ]  # fmt: skip
     (folder / "results.md").write_text("\n".join(lines))
 
@@ -172,7 +208,7 @@ def run(config: ReportConfig) -> ReportResult:
     with tracking.step_run("report", config.experiment, config.parent_run_id, f"report {grid.name}", tags) as run:
         scores = score_grid(grid, manifest, config.experiment)
         with tempfile.TemporaryDirectory() as tmp:
-            write_report(grid, manifest, scores, Path(tmp))
+            write_report(grid, manifest, scores, Path(tmp), gallery_links(grid, manifest, config.experiment))
             folder.mkdir(parents=True, exist_ok=True)
             for path in Path(tmp).rglob("*"):
                 if path.is_file():

@@ -426,7 +426,8 @@ def registered_version(model_uri: str) -> tuple[str, str]:
     except ValueError as error:
         raise OdirError(str(error)) from None
     except MlflowException as error:
-        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+        missing_alias = error.error_code == "INVALID_PARAMETER_VALUE" and "alias" in error.message  # MLflow's code
+        if error.error_code != "RESOURCE_DOES_NOT_EXIST" and not missing_alias:
             raise
     known = sorted(
         m.name for m in MlflowClient().search_registered_models(f"name LIKE '{MODEL_PREFIX}%'")

@@ -22,6 +22,7 @@ import logging
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,6 +99,17 @@ class MlflowCallback(Callback):
         mlflow.log_metrics(tracking.prefixed(metrics, self.prefix), step=epoch)
 
 
+class ProgressCallback(Callback):
+    """Reports the share of all epochs done (every fold's, in CV mode) to ``report``, in percent: how the flow
+    shows a training's progress (a Prefect progress artifact) without the step knowing Prefect."""
+
+    def __init__(self, report: Callable[[float], None], total_epochs: int, epochs_before: int = 0) -> None:
+        self.report, self.total, self.before = report, max(total_epochs, 1), epochs_before
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        self.report(min(100.0, 100.0 * (self.before + epoch) / self.total))
+
+
 def work_folder(config: TrainStepConfig, tags: dict[str, str]) -> Path:
     """Where checkpoints are kept for resuming: per dataset digest, profile, model and training (its reuse tags:
     spec, folds, code), so a changed spec or a code fix never resumes from another training's ``last.pt``."""
@@ -150,20 +162,23 @@ def _reused(run) -> TrainStepResult:
     )  # fmt: skip
 
 
-def run(config: TrainStepConfig) -> TrainStepResult:
+def run(config: TrainStepConfig, progress: Callable[[float], None] | None = None) -> TrainStepResult:
     """Trains, logs and registers one model (or reuses a finished run of the same spec, data, folds and training
-    code); see the module docstring."""
+    code); see the module docstring. ``progress`` is given the percentage of epochs done after each epoch."""
     manifest = load_manifest(config.manifest_uri)
     tags = train_tags(config.spec, config.profile, manifest.digest)
     if config.cv:
         tags["cv"] = f"{config.cv.folds} folds, seed {config.cv.seed}, views {','.join(config.views)}"
     return run_step(
-        config, "train", tags, f"train {config.spec.name}", lambda run: _train(config, manifest, tags, run), _reused,
+        config, "train", tags, f"train {config.spec.name}", lambda run: _train(config, manifest, tags, run, progress),
+        _reused,
         system_metrics=True,
     )  # fmt: skip
 
 
-def _train(config: TrainStepConfig, manifest: Manifest, tags: dict[str, str], run) -> TrainStepResult:
+def _train(
+    config: TrainStepConfig, manifest: Manifest, tags: dict[str, str], run, progress: Callable[[float], None] | None
+) -> TrainStepResult:
     import mlflow
 
     spec = config.spec
@@ -178,11 +193,12 @@ def _train(config: TrainStepConfig, manifest: Manifest, tags: dict[str, str], ru
     mlflow.log_params({"preprocessing_mean": preprocessing["mean"], "preprocessing_std": preprocessing["std"]})
     log_dataset(manifest, context="training")
     if config.cv:
-        model, best_epoch, metrics, oof_uri = _train_folds(config, manifest, work_folder(config, tags))
+        model, best_epoch, metrics, oof_uri = _train_folds(config, manifest, work_folder(config, tags), progress)
     else:
         train_data, val_data = manifest.dataset("train", spec.image_size), manifest.dataset("val", spec.image_size)
         result = train(spec, train_data, val_data, work_folder(config, tags),
-                       callbacks=[MlflowCallback()], device=config.device)  # fmt: skip
+                       callbacks=[MlflowCallback(), *_progress(progress, spec.epochs)],
+                       device=config.device)  # fmt: skip
         _log_result(result)
         model, best_epoch, metrics, oof_uri = result.model, result.best_epoch, result.best_metrics, None
         mlflow.log_artifact(str(result.best_checkpoint), CHECKPOINT_DIR)
@@ -205,8 +221,12 @@ def _log_result(result: TrainResult, prefix: str = "") -> None:
     mlflow.log_metrics(tracking.prefixed(result.best_metrics, f"{prefix}best_"))
 
 
+def _progress(report: Callable[[float], None] | None, total: int, before: int = 0) -> list[Callback]:
+    return [] if report is None else [ProgressCallback(report, total, before)]
+
+
 def _train_folds(
-    config: TrainStepConfig, manifest: Manifest, workdir: Path
+    config: TrainStepConfig, manifest: Manifest, workdir: Path, progress: Callable[[float], None] | None = None
 ) -> tuple[FoldAverage, int, dict[str, float], str]:
     """One model per fold (see the module docstring); returns their average, the median best epoch, the
     out-of-fold scores and the out-of-fold predictions' URI."""
@@ -223,7 +243,9 @@ def _train_folds(
             result = train(spec, manifest.rows_dataset(fit, spec.image_size),
                            manifest.rows_dataset(pick, spec.image_size),
                            workdir / f"fold_{k}",
-                           callbacks=[MlflowCallback(f"fold{k}_")], device=config.device)  # fmt: skip
+                           callbacks=[MlflowCallback(f"fold{k}_"),
+                                      *_progress(progress, spec.epochs * config.cv.folds, spec.epochs * k)],
+                           device=config.device)  # fmt: skip
             _log_result(result, f"fold{k}_")
             oof[held_out] = predict_images(result.model, manifest.rows_dataset(pool[held_out], spec.image_size),
                                            spec.image_size, config.views, spec.batch_size,

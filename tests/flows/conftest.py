@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,9 +37,9 @@ class Stack:
                                     start_new_session=True)  # fmt: skip
 
 
-@pytest.fixture(scope="package")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    home = tmp_path_factory.mktemp("flows-home")
+@contextmanager
+def prefect_server(home: Path) -> Iterator[Stack]:
+    """A Prefect server of its own on a free port, with PREFECT_HOME and ODIR_HOME under ``home``."""
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_TRACKING_URI"))}
@@ -62,3 +63,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield Stack(api, home, env)
     finally:
         stop(server)
+
+
+@pytest.fixture(scope="package")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with prefect_server(tmp_path_factory.mktemp("flows-home")) as server:
+        yield server

@@ -30,6 +30,13 @@ MISTAKES = {
         ["predict", "--images", "{images}", "--model", "nosuch", "--out", "{tmp}/p.csv"],
         "expected a registered model URI",
     ),
+    "explain: images missing": (["explain", "--images", "{tmp}/none"], "none: not found"),
+    "explain: no images": (["explain", "--images", "{tmp}"], "no images (.jpg, .jpeg"),
+    "explain: unwritable output": (["explain", "--images", "{images}", "--out", "/proc/gradcam"], "cannot be written"),
+    "explain: unknown model": (
+        ["explain", "--images", "{images}", "--model", "models:/nosuch@champion", "--out", "{tmp}/g"],
+        "models:/nosuch@champion: not found in",
+    ),
     "validate: root missing": (["validate", "{tmp}/nodata"], "dataset root not found"),
     "up: bad port": (["up", "--prefect-port", "80"], "'80' is not a port between 1024 and 65535"),
     "serve: bad limit": (["serve", "--limit", "0"], "'0' is not a whole number of at least 1"),

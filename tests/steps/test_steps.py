@@ -17,6 +17,7 @@ from mlflow import MlflowClient
 from components import LABELS
 from components.config import load_profile
 from components.metrics import multilabel_report
+from components.referral import MEMBER_STD_COLUMNS, TTA_STD_COLUMNS, UNCERTAINTY_COLUMNS
 from steps import contracts, ensemble, evaluate, ingest, promote, submit, tracking, train, tune_thresholds
 from tests.store import odir_env
 
@@ -142,7 +143,18 @@ def test_evaluate_logs_predictions_table_and_figures(pipeline: dict) -> None:
     )
     assert list(table.index) == list(LABELS) and "auroc" in table.columns
     predictions = contracts.read_predictions(pipeline["offsite"].predictions_uri)
-    assert list(predictions.columns) == ["id", *LABELS, "p_D", "p_G", "p_A"] and len(predictions) == 12
+    assert list(predictions.columns) == ["id", *LABELS, "p_D", "p_G", "p_A", *UNCERTAINTY_COLUMNS, "refer"]
+    assert len(predictions) == 12
+    # referral metrics from the logged flags and errors, by hand
+    probs, labels = contracts.probabilities_of(predictions), contracts.labels_of(predictions)
+    thresholds = np.asarray([float(t) for t in client.get_run(run_id).data.params["thresholds"].split(",")])
+    wrong = ((probs >= thresholds) != labels).any(axis=1)
+    referred = predictions["refer"].to_numpy() == 1
+    assert metrics["offsite_referred_share"] == pytest.approx(referred.mean())
+    if referred.any():
+        assert metrics["offsite_error_rate_referred"] == pytest.approx(wrong[referred].mean())
+    if (~referred).any():
+        assert metrics["offsite_error_rate_kept"] == pytest.approx(wrong[~referred].mean())
 
 
 def test_thresholds_and_weights(pipeline: dict) -> None:
@@ -243,7 +255,77 @@ def test_predict_command(pipeline: dict, tiny_data: Path, tmp_path: Path) -> Non
     out = tmp_path / "preds.csv"
     assert main(["predict", "--images", str(tiny_data / "images" / "offsite_test"), "--out", str(out)]) == 0
     frame = pd.read_csv(out)
-    assert list(frame.columns) == ["id", "D", "G", "A", "p_D", "p_G", "p_A"] and len(frame) == 12
+    assert list(frame.columns) == ["id", "D", "G", "A", "p_D", "p_G", "p_A", *UNCERTAINTY_COLUMNS, "refer"]
+    assert len(frame) == 12 and (frame[list(UNCERTAINTY_COLUMNS)] >= 0).all().all()
+    # refer: near a threshold (margin 0.1) or a spread above its default limit (0.1 views, 0.15 members)
+    thresholds = np.asarray([pipeline["ensemble"].thresholds[label] for label in LABELS])
+    near = (np.abs(frame[["p_D", "p_G", "p_A"]].to_numpy() - thresholds) < 0.1).any(axis=1)
+    unsure = (frame[list(TTA_STD_COLUMNS)].to_numpy() > 0.1).any(axis=1)
+    unsure |= (frame[list(MEMBER_STD_COLUMNS)].to_numpy() > 0.15).any(axis=1)
+    assert frame["refer"].tolist() == (near | unsure).astype(int).tolist()
+    checked = tmp_path / "checked.csv"
+    images = str(tiny_data / "images" / "offsite_test")
+    assert main(["predict", "--images", images, "--out", str(checked), "--check-drift"]) == 0
+    with_drift = pd.read_csv(checked)
+    assert list(with_drift.columns) == [*frame.columns, "ood", "ood_reasons"] and with_drift["ood"].isin([0, 1]).all()
+
+
+def test_explain_command_writes_an_overlay_per_image_and_class(pipeline: dict, tiny_data: Path, tmp_path: Path) -> None:
+    from flows.cli import main
+
+    images = tiny_data / "images" / "offsite_test"
+    out = tmp_path / "gradcam"
+    assert main(["explain", "--images", str(images), "--out", str(out)]) == 0  # the champion ensemble by default
+    index = pd.read_csv(out / "index.csv")
+    names = sorted(path.name for path in images.iterdir())
+    assert list(index.columns) == ["id", "class", "probability", "threshold", "png"] and len(index) == 12 * 3
+    assert index["png"].tolist() == [f"{Path(name).stem}_{label}.png" for name in names for label in LABELS]
+    assert sorted(path.name for path in out.glob("*.png")) == sorted(index["png"])
+    champion = contracts.predict_paths(f"models:/{tracking.ENSEMBLE_MODEL}@champion", [str(images / n) for n in names])
+    assert index["probability"].to_numpy() == pytest.approx(champion.probs.ravel(), abs=1e-6)  # the model's TTA answer
+    assert index["threshold"].tolist() == pytest.approx([pipeline["ensemble"].thresholds[c] for c in index["class"]])
+
+
+def test_explain_a_member_for_some_classes(pipeline: dict, tiny_data: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from steps.explain import OVERLAY_SIZE, explain
+
+    images = sorted((tiny_data / "images" / "val").iterdir())[:2]
+    rows = explain(pipeline["members"][0].model_uri, images, tmp_path / "member", classes=("G",))
+    assert [(row.id, row.label, row.threshold) for row in rows] == [(path.name, "G", 0.5) for path in images]
+    with Image.open(rows[0].png) as png:
+        assert png.width == OVERLAY_SIZE and png.height > OVERLAY_SIZE  # the caption below the photo
+
+
+@pytest.mark.parametrize("evaluation", ["ensemble on offsite_test", "member on val"])
+def test_evaluate_logs_a_gradcam_gallery_of_true_and_false_positives_and_misses(
+    pipeline: dict, evaluation: str
+) -> None:
+    from components.explain import gallery_cases
+
+    result = pipeline["offsite"] if evaluation.startswith("ensemble") else pipeline["val"][0]
+    client = MlflowClient()
+    run = client.get_run(result.run_id)
+    thresholds = np.asarray([float(t) for t in run.data.params["thresholds"].split(",")])
+    frame = contracts.read_predictions(result.predictions_uri)
+    cases = gallery_cases(contracts.labels_of(frame), contracts.probabilities_of(frame), thresholds, per_kind=4)
+    folder = f"gradcam/{result.split}"
+    expected = {f"{folder}/{label}/{kind}_{Path(frame['id'][row]).stem}.png"
+                for (label, kind), rows in cases.items() for row in rows}  # fmt: skip
+    logged = {f.path for label in LABELS for f in client.list_artifacts(result.run_id, f"{folder}/{label}")}
+    assert expected and logged == expected
+    gallery = Path(mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path=f"{folder}/gallery.md"))
+    assert all(f"]({path.removeprefix(folder + '/')})" in gallery.read_text() for path in expected)
+    assert run.data.tags["gradcam_uri"].endswith(folder) and run.data.metrics["gradcam_seconds"] > 0
+
+
+def test_a_gallery_of_zero_logs_none_and_is_an_evaluation_of_its_own(pipeline: dict) -> None:
+    member, manifest_uri = pipeline["members"][0].model_uri, pipeline["ingest"].manifest_uri
+    plain = evaluate.run(evaluate.EvaluateConfig(model_uri=member, manifest_uri=manifest_uri, gradcam_gallery=0))
+    assert plain.run_id != pipeline["val"][0].run_id  # another output: not the pipeline's run reused
+    assert plain.metrics == pytest.approx(pipeline["val"][0].metrics)
+    assert not MlflowClient().list_artifacts(plain.run_id, "gradcam")
 
 
 def _step(module: str, env: dict[str, str], *args: str) -> dict:

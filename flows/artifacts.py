@@ -1,0 +1,135 @@
+"""What a flow run shows in the Prefect UI besides its logs: a Markdown summary (scores with intervals, the champion
+decision, links to the MLflow runs and model version), a table of per-class scores, and a training's progress.
+
+Links point at the MLflow UI when its address is known (``ODIR_MLFLOW_UI_URL``; ``odir up`` sets it for the flow
+runs it serves); otherwise the summary names the run ids and ``models:/`` URIs, which the MLflow UI's search finds.
+Artifact keys are per profile (``odir-<profile>-summary``), so the Artifacts page keeps each profile's history.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Callable
+from typing import Any
+
+from components import LABELS
+from steps import tracking
+
+MLFLOW_UI_ENV = "ODIR_MLFLOW_UI_URL"
+PER_CLASS = ("f1", "precision", "recall", "auroc", "ap")
+
+
+def artifact_key(*parts: str) -> str:
+    """A Prefect artifact key (lowercase letters, digits and dashes) from ``parts``."""
+    return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")
+
+
+def _mlflow_ui() -> str | None:
+    url = os.environ.get(MLFLOW_UI_ENV, "").rstrip("/")
+    return url or None
+
+
+def run_link(run_id: str, label: str) -> str:
+    """A Markdown link to an MLflow run (or its id when the UI's address is unknown)."""
+    ui = _mlflow_ui()
+    if ui is None:
+        return f"{label} (run `{run_id}`)"
+    experiment_id = tracking.setup()
+    return f"[{label}]({ui}/#/experiments/{experiment_id}/runs/{run_id})"
+
+
+def model_link(model_uri: str) -> str:
+    """A Markdown link to a registered model version (or its ``models:/`` URI)."""
+    ui = _mlflow_ui()
+    if ui is None:
+        return f"`{model_uri}`"
+    name, version = tracking.split_model_uri(model_uri)
+    return f"[{model_uri}]({ui}/#/models/{name}/versions/{version})"
+
+
+def _interval(value: float | None, low: float | None, high: float | None) -> str:
+    if value is None:
+        return "n/a"
+    if low is None or low != low:
+        return f"{value:.3f}"
+    return f"{value:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    """The pipeline run's result as Markdown: what a reader of the Prefect UI wants first."""
+    title = f"# odir {summary.get('profile')}: {summary.get('decision')}"
+    if "scores" not in summary:  # a retrain run that found nothing changed
+        return f"{title}\n\nNothing changed since champion version {summary['champion_version']} (same data, profile)."
+    split = "cross-fitted out-of-fold" if summary["scored_split"] == "cv" else summary["scored_split"]
+    lines = [
+        title,
+        "",
+        f"Ensemble {model_link(summary['ensemble'])} scored on **{split}** ({summary['split_mode']}); 95% intervals "
+        "from a bootstrap over patients.",
+        "",
+        "| metric | value [95% CI] |",
+        "|---|---|",
+        *(f"| {name} | {_interval(*values)} |" for name, values in summary["scores"].items()),
+        "",
+    ]
+    evidence = "" if summary.get("prob_better") is None else f" (P(better than champion) {summary['prob_better']:.2f})"
+    lines.append(f"**Decision:** {summary['decision']}{evidence}; champion is version {summary['champion_version']}.")
+    if summary.get("referral"):
+        referral = summary["referral"]
+        lines.append(f"\n**Referred to a grader:** {referral['n_referred']} of {referral['n']} images on {split} "
+                     f"(error rate {referral['error_rate_referred']:.2f} referred vs "
+                     f"{referral['error_rate_kept']:.2f} kept).")  # fmt: skip
+    scores = summary["member_f1_macro"].items()
+    members = ", ".join(f"{name} {score:.3f}" for name, score in scores if score is not None)
+    lines += ["", f"Members' f1_macro: {members}.", "", "**MLflow:** " + ", ".join(_run_links(summary)) + "."]
+    if summary.get("submission"):
+        lines.append(f"\nSubmission: `{summary['submission']}`")
+    return "\n".join(lines)
+
+
+def _run_links(summary: dict[str, Any]) -> list[str]:
+    links = [run_link(summary["pipeline_run_id"], "pipeline run"), run_link(summary["ensemble_run"], "ensemble run")]
+    return links + [run_link(run_id, f"member run {i + 1}") for i, run_id in enumerate(summary.get("member_runs", []))]
+
+
+def per_class_rows(metrics: dict[str, float], split: str) -> list[dict[str, Any]]:
+    """One row per class: F1, precision, recall, AUROC and AP on ``split``, each with its interval where logged."""
+    prefix = tracking.split_prefix(split)
+    rows = []
+    for label in LABELS:
+        row: dict[str, Any] = {"class": label}
+        for name in PER_CLASS:
+            key = f"{prefix}{name}_{label}"
+            row[name] = _interval(metrics.get(key), metrics.get(f"{key}_ci_low"), metrics.get(f"{key}_ci_high"))
+        rows.append(row)
+    return rows
+
+
+def publish_summary(summary: dict[str, Any], per_class: list[dict[str, Any]] | None) -> None:
+    """Publishes the Markdown summary and (when there are scores) the per-class table of a pipeline run."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    profile = str(summary.get("profile"))
+    create_markdown_artifact(summary_markdown(summary), key=artifact_key("odir", profile, "summary"),
+                             description=f"odir {profile}: scores, decision and links")  # fmt: skip
+    if per_class:
+        create_table_artifact(per_class, key=artifact_key("odir", profile, "per-class"),
+                              description=f"Per-class scores on {summary['scored_split']} (95% intervals)")  # fmt: skip
+
+
+def training_progress(model: str) -> Callable[[float], None]:
+    """A progress artifact for one model's training; returns the function that updates it (percent done)."""
+    from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+    artifact_id = create_progress_artifact(0.0, key=artifact_key("train", model, "progress"),
+                                           description=f"training {model}: share of its epochs done")  # fmt: skip
+
+    def update(percent: float) -> None:
+        try:
+            update_progress_artifact(artifact_id, percent)
+        except Exception as error:  # a progress bar is not worth a training: say so and go on
+            logging.getLogger(__name__).warning("progress of %s not updated: %s", model, error)
+
+    return update

@@ -1,0 +1,63 @@
+"""Event-driven retraining: a dataset that differs from the champion's announces itself as a Prefect event, and the
+``odir/retrain`` deployment has a trigger on that event (besides its nightly cron).
+
+Who announces: ``odir upload`` (after the upload) and ``odir ingest`` (a dataset checked and logged on its own),
+each only when the dataset's digest differs from the champion's ``data_digest``. The pipeline's own ingest does not
+announce: the run that ingests is already training, and a retrain run announcing the data it was started for would
+start another one.
+
+The event is ``odir.dataset.changed`` on the resource ``odir.dataset.<digest>``, with the URI and digest in its
+payload; the trigger passes the URI to the retrain run as its ``data`` parameter. Unchanged data sends nothing,
+so it starts nothing. Without a Prefect server (``PREFECT_API_URL`` unset) there is nothing to announce to: the
+caller is told, and nothing is sent.
+"""
+
+from __future__ import annotations
+
+import os
+
+DATASET_CHANGED = "odir.dataset.changed"
+RESOURCE_PREFIX = "odir.dataset."
+
+
+def retrain_trigger():
+    """The retrain deployment's trigger: one run per ``odir.dataset.changed`` event, on the event's URI."""
+    from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
+
+    return DeploymentEventTrigger(
+        name="odir dataset changed",
+        description="Retrain when odir upload or odir ingest announces data that differs from the champion's.",
+        expect={DATASET_CHANGED},
+        match={"prefect.resource.id": f"{RESOURCE_PREFIX}*"},
+        parameters={"data": "{{ event.payload.uri }}", "only_if_changed": True},
+    )
+
+
+def champion_digest() -> str | None:
+    """The ``data_digest`` of the champion's data, or None when there is no champion."""
+    from mlflow import MlflowClient
+
+    from steps import promote, tracking
+
+    champion = promote.current_champion(tracking.ENSEMBLE_MODEL)
+    if champion is None:
+        return None
+    return MlflowClient().get_model_version(tracking.ENSEMBLE_MODEL, champion).tags.get("data_digest")
+
+
+def announce_dataset(uri: str, digest: str, source: str) -> str:
+    """Emits ``odir.dataset.changed`` for ``uri`` when ``digest`` differs from the champion's; returns a sentence
+    saying what happened (for the command's output)."""
+    if digest == champion_digest():
+        return f"data {digest[:12]} is the champion's: no retraining event"
+    if not os.environ.get("PREFECT_API_URL"):
+        return f"data {digest[:12]} differs from the champion's; PREFECT_API_URL is not set, so no event was sent"
+    from prefect.events import emit_event
+    from prefect.events.worker import EventsWorker
+
+    resource = {"prefect.resource.id": f"{RESOURCE_PREFIX}{digest}", "prefect.resource.name": uri}
+    event = emit_event(DATASET_CHANGED, resource=resource, payload={"uri": uri, "digest": digest, "source": source})
+    EventsWorker.drain_all(timeout=30)  # a command exits next: the event must have left
+    if event is None:
+        return f"data {digest[:12]} differs from the champion's, but Prefect did not send the event"
+    return f"data {digest[:12]} differs from the champion's: sent {DATASET_CHANGED} (odir/retrain starts on it)"

@@ -1,0 +1,157 @@
+"""Drift check: new images against the training reference stored with a registered ensemble version.
+
+:func:`check_images` loads the reference the ensemble step logged with the version
+(:func:`steps.contracts.load_drift_reference`), measures the new images and embeds them with the same member network
+(its first fold model), compares (:func:`components.drift.compare`: per-feature KS tests and an embedding MMD test,
+Holm-corrected at ``alpha``; per-image out-of-distribution flags) and logs a run tagged ``odir.step=drift``: metrics
+``drift_score``, ``mmd``, ``mmd_p_value``, ``ks_<feature>`` (the KS statistics), ``ood_count``; artifacts
+``drift/images.csv`` (per image its statistics, embedding distance, and why it is out of distribution) and
+``drift/report.txt`` (:func:`format_report`). A check is never reused: the same images may be checked again against
+another version.
+
+``python -m steps.drift --images DIR [--model-uri URI] [--alpha A]`` prints the report as JSON (exit 0 whatever it
+found); ``odir check-drift`` prints :func:`format_report` and exits 1 on drift or any image out of distribution.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from components import data
+from components.drift import FEATURES, DriftReport, compare, describe_images
+from components.errors import OdirError
+from steps import cli, storage, tracking
+from steps.contracts import embed_paths, embedding_checkpoint, load_drift_reference
+
+CHAMPION = f"models:/{tracking.ENSEMBLE_MODEL}@champion"
+SHOWN_IMAGES = 20
+
+
+@dataclass(frozen=True, kw_only=True)
+class DriftConfig:
+    """Check a folder of new images for drift against a registered ensemble's training reference."""
+
+    images: str
+    model_uri: str = CHAMPION
+    alpha: float = 0.05
+    experiment: str = tracking.DEFAULT_EXPERIMENT
+    parent_run_id: str | None = None
+
+
+def image_files(folder: str | Path) -> list[Path]:
+    """The images of a folder or ``s3://`` prefix (:func:`components.data.image_files`), sorted by name."""
+    return data.image_files(storage.localize(folder), shown_as=str(folder))
+
+
+def _images_frame(report: DriftReport, stats) -> pd.DataFrame:
+    """Per image: whether it is out of distribution and why, its embedding distance and its statistics."""
+    frame = pd.DataFrame({
+        "image": [image.image for image in report.images],
+        "out_of_distribution": [int(image.out_of_distribution) for image in report.images],
+        "reasons": ["; ".join(image.reasons) for image in report.images],
+        "embedding_distance": [round(image.embedding_distance, 4) for image in report.images],
+    })  # fmt: skip
+    for column, feature in enumerate(FEATURES):
+        frame[feature] = stats[:, column].round(6)
+    return frame
+
+
+def _log(report: DriftReport, stats, model_uri: str) -> None:
+    """Logs the check's params, metrics, verdict and artifacts to the active run."""
+    import mlflow
+
+    mlflow.log_params({"model_uri": model_uri, "alpha": report.alpha, "reference_images": report.reference_images,
+                       "images": report.images_checked})  # fmt: skip
+    mlflow.log_metrics({"drift_score": report.drift_score, "mmd": report.mmd, "mmd_p_value": report.mmd_p_value,
+                        "ood_count": report.ood_count, "drift": float(report.drift),
+                        **{f"ks_{shift.feature}": shift.statistic for shift in report.features}})  # fmt: skip
+    mlflow.set_tags({"drift.detected": str(report.drift).lower(), "drift.moved": ",".join(report.moved)})
+    mlflow.log_text(_images_frame(report, stats).to_csv(index=False), "drift/images.csv")
+    mlflow.log_text(format_report(report), "drift/report.txt")
+
+
+def check_images(
+    image_paths: Sequence[str | Path], model_uri: str = CHAMPION, alpha: float = 0.05,
+    experiment: str = tracking.DEFAULT_EXPERIMENT, parent_run_id: str | None = None,
+) -> DriftReport:  # fmt: skip
+    """New images against the drift reference of a registered ensemble version; logs the check as a run.
+
+    Raises:
+        OdirError: no images, ``alpha`` outside (0, 1), a model URI the registry does not have, a version without a
+            reference (:class:`~steps.contracts.NoDriftReference`), an image that cannot be decoded (a
+            :class:`~components.errors.DataError` naming it).
+    """
+    paths = [str(path) for path in image_paths]
+    if not paths:
+        raise OdirError("no images to check for drift")
+    if not 0 < alpha < 1:
+        raise OdirError(f"alpha must be between 0 and 1, got {alpha}")
+    tracking.setup(experiment)
+    reference = load_drift_reference(model_uri)
+    name, version = tracking.split_model_uri(model_uri)
+    resolved = f"models:/{name}/{version}"
+    source = reference.source
+    checkpoint = embedding_checkpoint(source["member_model_uri"], source.get("checkpoint"))
+    stats = describe_images(paths)
+    report = compare(reference, stats, embed_paths(checkpoint, paths), paths, alpha)
+    report = dataclasses.replace(report, model_uri=resolved)
+    with tracking.step_run("drift", experiment, parent_run_id, f"drift {name}/{version}") as run:
+        report = dataclasses.replace(report, run_id=run.info.run_id)
+        _log(report, stats, resolved)
+    return report
+
+
+def run(config: DriftConfig) -> DriftReport:
+    """The step: :func:`check_images` over the images of ``config.images``."""
+    return check_images(image_files(config.images), config.model_uri, config.alpha, config.experiment,
+                        config.parent_run_id)  # fmt: skip
+
+
+def _verdict(report: DriftReport) -> str:
+    tests = f"Holm-corrected over {len(report.features)} features and the embedding"
+    if not report.drift:
+        largest = max(report.features, key=lambda shift: shift.statistic)
+        return (f"NO DRIFT at alpha {report.alpha:g} ({tests}); largest KS statistic {largest.statistic:.2f} "
+                f"({largest.feature}, p {largest.p_adjusted:.2g})")  # fmt: skip
+    moved = [*report.moved, *(["the embedding"] if report.embedding_moved else [])]
+    return f"DRIFT at alpha {report.alpha:g} ({tests}): {', '.join(moved)} moved"
+
+
+def format_report(report: DriftReport, shown: int = SHOWN_IMAGES) -> str:
+    """The check for people: the verdict, the features that moved (KS statistic, p, medians), the embedding test,
+    and the images out of distribution with their reasons (the first ``shown``, then how many more)."""
+    lines = [
+        f"drift check of {report.images_checked} image(s) against {report.model_uri or 'the reference'} "
+        f"(reference: {report.reference_images} training images)",
+        _verdict(report),
+    ]
+    moved = [shift for shift in report.features if shift.moved]
+    if moved:
+        lines.append(f"  {'feature':<15} {'KS':>5} {'p (Holm)':>9}   median: reference -> new")
+        for shift in sorted(moved, key=lambda s: -s.statistic):
+            lines.append(f"  {shift.feature:<15} {shift.statistic:5.2f} {shift.p_adjusted:9.2g}   "
+                         f"{shift.reference_median:.4g} -> {shift.median:.4g}")  # fmt: skip
+    state = "moved" if report.embedding_moved else "did not move"
+    lines.append(f"embedding: MMD² {report.mmd:.4g}, p {report.mmd_p_value:.3g} (Holm {report.mmd_p_adjusted:.3g}): "
+                 f"{state}")  # fmt: skip
+    flagged = report.out_of_distribution
+    if not flagged:
+        lines.append("no image out of distribution")
+    else:
+        lines.append(f"{len(flagged)} of {report.images_checked} image(s) out of distribution:")
+        lines += [f"  {Path(image.image).name}: {'; '.join(image.reasons)}" for image in flagged[:shown]]
+        if len(flagged) > shown:
+            lines.append(f"  ... and {len(flagged) - shown} more (all in the run's drift/images.csv)")
+    if report.run_id:
+        lines.append(f"run {report.run_id}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(cli.main(DriftConfig, run))

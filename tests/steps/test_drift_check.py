@@ -1,0 +1,93 @@
+"""The drift reference logged by the ensemble step, and `odir check-drift` against it, on tiny synthetic data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from PIL import Image
+
+from components.config import load_profile
+from steps import cli, contracts, drift, ensemble, evaluate, ingest, tracking, train
+
+
+@pytest.fixture(scope="module")
+def ensemble_uri(odir_home: Path, tiny_data: Path, tiny_profile: Path) -> str:
+    """One tiny member and the ensemble of it (24 train images at 32 px: the reference holds all of them)."""
+    manifest = ingest.run(ingest.IngestConfig(data_root=str(tiny_data))).manifest_uri
+    member = train.run(train.TrainStepConfig(manifest_uri=manifest, spec=load_profile(tiny_profile).model("tiny-a"),
+                                             profile="tiny"))  # fmt: skip
+    val = evaluate.run(evaluate.EvaluateConfig(model_uri=member.model_uri, manifest_uri=manifest))
+    return ensemble.run(
+        ensemble.EnsembleConfig(member_model_uris=(member.model_uri,), member_val_predictions=(val.predictions_uri,),
+                                manifest_uri=manifest, profile="tiny")
+    ).model_uri  # fmt: skip
+
+
+def _check_drift(*args: str) -> int:
+    from flows.cli import main
+
+    return main(["check-drift", *args])
+
+
+def test_the_ensemble_version_carries_its_reference(ensemble_uri: str) -> None:
+    name, version = tracking.split_model_uri(ensemble_uri)
+    model_version = MlflowClient().get_model_version(name, version)
+    assert model_version.tags[contracts.DRIFT_REFERENCE_TAG].endswith("/drift_reference")
+    files = {f.path for f in MlflowClient().list_artifacts(model_version.run_id, contracts.DRIFT_REFERENCE_DIR)}
+    assert files == {"drift_reference/reference.json", "drift_reference/reference.npz"}
+    reference = contracts.load_drift_reference(ensemble_uri)
+    assert reference.size == 24 and reference.source["member_model_uri"] == "models:/odir-tiny-a/1"
+    assert reference.source["checkpoint"] == "best.pt" and reference.source["image_size"] == 32
+
+
+def test_images_like_the_training_ones_pass(ensemble_uri: str, tiny_data: Path, capsys) -> None:
+    assert _check_drift("--images", str(tiny_data / "images" / "offsite_test"), "--model", ensemble_uri) == 0
+    out = capsys.readouterr().out
+    assert "NO DRIFT at alpha 0.05" in out and "no image out of distribution" in out
+    [run] = mlflow.search_runs(experiment_names=[tracking.DEFAULT_EXPERIMENT], output_format="list",
+                               filter_string="tags.`odir.step` = 'drift'")  # fmt: skip
+    assert run.data.metrics["ood_count"] == 0 and {"drift_score", "mmd", "mmd_p_value", "ks_brightness"} <= set(
+        run.data.metrics
+    )
+    flags = pd.read_csv(tracking.download(f"{run.info.artifact_uri}/drift/images.csv"))
+    assert len(flags) == 12 and flags["out_of_distribution"].sum() == 0 and "sharpness" in flags.columns
+
+
+def test_darker_images_are_drift_and_the_feature_is_named(ensemble_uri: str, tiny_data: Path, tmp_path: Path,
+                                                          capsys) -> None:  # fmt: skip
+    for path in sorted((tiny_data / "images" / "offsite_test").iterdir()):
+        darker = (np.asarray(Image.open(path).convert("RGB")) * 0.5).astype(np.uint8)
+        Image.fromarray(darker).save(tmp_path / path.name, quality=92)
+    assert _check_drift("--images", str(tmp_path), "--model", ensemble_uri) == 1
+    out = capsys.readouterr().out
+    assert "DRIFT at alpha 0.05" in out and "brightness" in out.split("moved")[0]
+
+
+def test_a_version_without_a_reference_is_one_line_and_exit_2(ensemble_uri: str, tiny_data: Path, capsys) -> None:
+    client = MlflowClient()
+    name, version = tracking.split_model_uri(ensemble_uri)
+    registered = client.get_model_version(name, version)
+    older = client.create_model_version(name, registered.source, registered.run_id)  # no tags: as before references
+    try:
+        code = _check_drift("--images", str(tiny_data / "images" / "val"), "--model", f"models:/{name}/{older.version}")
+        err = capsys.readouterr().err
+        assert code == 2 and err.strip().splitlines() == [
+            f"odir check-drift: models:/{name}/{older.version} has no drift reference: registered before drift "
+            "references existed (run `odir full` to register an ensemble that has one)"
+        ]
+    finally:
+        client.delete_model_version(name, older.version)
+
+
+def test_the_step_entry_prints_the_report_as_json(ensemble_uri: str, tiny_data: Path, capsys) -> None:
+    argv = ["--images", str(tiny_data / "images" / "val"), "--model-uri", ensemble_uri, "--alpha", "0.01"]
+    assert cli.main(drift.DriftConfig, drift.run, argv) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["alpha"] == 0.01 and result["images_checked"] == 12 and result["model_uri"] == ensemble_uri
+    assert [shift["feature"] for shift in result["features"]] == list(drift.FEATURES)

@@ -84,6 +84,10 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     scores = summary["member_f1_macro"].items()
     members = ", ".join(f"{name} {score:.3f}" for name, score in scores if score is not None)
     lines += ["", f"Members' f1_macro: {members}.", "", "**MLflow:** " + ", ".join(_run_links(summary)) + "."]
+    if summary.get("gallery"):
+        gallery = summary["gallery"]
+        lines.append(f"\n**Grad-CAM gallery:** {run_link(gallery['run_id'], 'evaluate run')}, Artifacts, "
+                     f"`gradcam/` (`{gallery['uri']}`)")  # fmt: skip
     if summary.get("submission"):
         lines.append(f"\nSubmission: `{summary['submission']}`")
     return "\n".join(lines)

@@ -303,6 +303,9 @@ def _print_summary(summary: dict) -> None:
               f"{referral['error_rate_referred']:.2f} referred, {referral['error_rate_kept']:.2f} kept)")  # fmt: skip
     if summary.get("submission"):
         print(f"submission: {summary['submission']}")
+    if summary.get("gallery"):
+        print(f"Grad-CAM gallery (true/false positives, misses per class): {summary['gallery']['uri']}\n"
+              f"  in the MLflow UI: run {summary['gallery']['run_id']}, Artifacts, gradcam/")  # fmt: skip
     print("\nLook at the runs and models:  .venv/bin/mlflow ui --backend-store-uri " + _tracking_uri_for_humans())
     print(f"  then open {_runs_page('http://127.0.0.1:5000')} (the pipeline runs, their scores in the name)")
     print("Or start everything (Prefect UI, MLflow UI, deployments):  make up")

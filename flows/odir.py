@@ -317,7 +317,8 @@ def _pipeline(run: PipelineRun, data_root: str, out: str | None, only_if_changed
             run.evaluate(member.model_uri, ing.manifest_uri, test_split)
     ens = run.ensemble(members, fitted_on, ing.manifest_uri)
     # in CV mode without a test split, the ensemble's cross-fitted out-of-fold scores are the honest ones
-    scored = ens.metrics if test_split == "cv" else run.evaluate(ens.model_uri, ing.manifest_uri, test_split).metrics
+    evaluated = None if test_split == "cv" else run.evaluate(ens.model_uri, ing.manifest_uri, test_split)
+    scored = ens.metrics if evaluated is None else evaluated.metrics
     submission = None
     if manifest.has_split("onsite_test"):
         target = out or str(tracking.project_root() / "outputs" / f"submission-{config.name}.csv")
@@ -347,7 +348,18 @@ def _pipeline(run: PipelineRun, data_root: str, out: str | None, only_if_changed
         "champion_version": decision.version if decision.decision == "champion" else decision.champion_version,
         "submission": submission, "pipeline_run_id": common["parent_run_id"],
         "member_runs": [m.run_id for m in members], "ensemble_run": ens.run_id,
+        "gallery": _gallery(evaluated.run_id if evaluated else None),
     }  # fmt: skip
+
+
+def _gallery(evaluate_run_id: str | None) -> dict[str, str] | None:
+    """Where the ensemble's Grad-CAM gallery on the scored split is: its evaluate run and ``gallery.md``."""
+    from mlflow import MlflowClient
+
+    if evaluate_run_id is None:
+        return None
+    uri = MlflowClient().get_run(evaluate_run_id).data.tags.get("gradcam_uri")
+    return {"run_id": evaluate_run_id, "uri": f"{uri}/gallery.md"} if uri else None
 
 
 def referral_counts(metrics: dict[str, float], split: str) -> dict[str, float] | None:

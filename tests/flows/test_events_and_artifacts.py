@@ -75,6 +75,8 @@ def test_a_pipeline_run_publishes_its_summary_table_and_progress(server: Stack, 
         progress = artifacts[f"train-{model}-progress"]
         assert progress["type"] == "progress" and float(progress["data"]) == 100.0
     assert "referred to a grader:" in champion and "odir-tiny-summary" in champion
+    assert "Grad-CAM gallery" in champion and "/gradcam/offsite_test/gallery.md" in champion
+    assert "**Grad-CAM gallery:** evaluate run (run `" in summary["data"]
 
 
 def test_changed_data_starts_one_retrain_run_and_unchanged_data_none(

@@ -104,3 +104,10 @@ def test_prefect_ui_shows_the_deployment_and_a_flow_runs_tasks(filled: dict, pag
     flow_run = next(r for r in runs if r["name"].startswith("odir "))  # the pipeline's run, not a train subflow
     tasks = _text(page, f"{filled['prefect']}/runs/flow-run/{flow_run['id']}", "ingest", tmp_path)
     assert "promote" in tasks or "ensemble" in tasks
+
+
+def test_prefect_ui_shows_the_pipeline_runs_summary_artifact(filled: dict, page, tmp_path: Path) -> None:
+    summary = _text(page, f"{filled['prefect']}/artifacts/key/odir-tiny-summary", "Decision", tmp_path)
+    assert "odir tiny: champion" in summary and "f1_macro" in summary and "Grad-CAM gallery" in summary
+    table = _text(page, f"{filled['prefect']}/artifacts/key/odir-tiny-per-class", "auroc", tmp_path)
+    assert "precision" in table

@@ -86,25 +86,6 @@ class Split:
         return len(self.ids)
 
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
-
-
-def image_files(folder: Path | str, shown_as: str | None = None) -> list[Path]:
-    """The images (by suffix: :data:`IMAGE_SUFFIXES`) of a folder, sorted by name: what ``odir predict``,
-    ``explain`` and ``check-drift`` take.
-
-    Raises:
-        DataError: the folder is missing, not a folder, or holds no images (named as ``shown_as``, default itself).
-    """
-    folder, name = Path(folder), shown_as or str(folder)
-    if not folder.is_dir():
-        raise DataError([Problem(name, "not found" if not folder.exists() else "not a folder of images")])
-    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not images:
-        raise DataError([Problem(name, f"no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")])
-    return images
-
-
 def patient_of(image_id: str) -> str:
     """Patient id of an ODIR image id: ``'913_right.jpg' -> '913'``; other names map to their stem."""
     stem = Path(image_id).stem

@@ -1,8 +1,8 @@
 """Grad-CAM per class for odir's classifiers, their fold averages and weighted ensembles, and the overlay a reader
 looks at.
 
-For a class ``c`` and the activations ``A`` (``(B, K, h, w)``) of the backbone's registered ``cam_layer``
-(:attr:`components.models.Backbone.cam_layer`): the channel weights are the spatial means of ``∂y_c / ∂A``
+For a class ``c`` and the activations ``A`` (``(B, K, h, w)``) of the layer the backbone's name is registered with in
+:data:`CAM_LAYERS`: the channel weights are the spatial means of ``∂y_c / ∂A``
 (Selvaraju et al., 2017), the map is ``ReLU(Σ_k w_k A_k)``, upsampled bilinearly to the input size and divided by
 its maximum, so that every network's map is in ``[0, 1]`` with 0 meaning "no evidence for this class here" (a map
 with no positive evidence anywhere stays all zero rather than stretching noise to full scale).
@@ -56,8 +56,25 @@ from components.data import (
 )
 from components.ensemble import normalise_weights
 from components.fundus import NO_PREPROCESS, FundusPreprocess, fov_box
+from components.registry import Registry
 
 CLASS_NAMES = {"D": "diabetic retinopathy", "G": "glaucoma", "A": "AMD"}
+
+# Per registered backbone (components.models.BACKBONES), the dotted path inside the Classifier of the module whose
+# (B, K, h, w) output Grad-CAM weighs: the last spatial feature map before pooling, after any attention block, so the
+# map shows what the head sees. A registry of its own rather than a field of the backbone's: the backbone registry
+# is training code, and naming a layer to explain must not change the training fingerprint (steps/base.py) and
+# retrain every model; tests/components/test_explain.py holds every backbone to having one here.
+CAM_LAYERS: Registry[str] = Registry("CAM layer")
+CAM_LAYERS.register("resnet18")("features.body.layer4")
+# after the attention block that follows layer4: the SE rescaling and the MHA mixing of positions are part of what
+# the head sees (layer4's own output would show the map before them)
+CAM_LAYERS.register("se_resnet18")("features.attention.layer4")
+CAM_LAYERS.register("mha_resnet18")("features.attention.layer4")
+CAM_LAYERS.register("efficientnet_b0")("features.body.features.8")  # the 1x1 conv to 1280 channels, BN, SiLU
+for _lite in ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"):
+    CAM_LAYERS.register(_lite)("features.body.bn2")  # timm's BatchNorm + ReLU6 after conv_head
+CAM_LAYERS.register("tiny_cnn")("features.body.3")  # the fourth conv block
 GALLERY_KINDS = {"tp": "true positives", "fp": "false positives", "fn": "false negatives"}
 """What a reader of an evaluation wants to see explained, per class."""
 GALLERY_PER_KIND = 4
@@ -82,7 +99,8 @@ def grad_cam(model: nn.Module, images: torch.Tensor, layer: str) -> torch.Tensor
     Args:
         model: maps ``images`` to ``(B, classes)`` logits; run in eval mode (its mode is restored after).
         images: the model's input, ``(B, 3, H, W)`` (uint8 or float, as :data:`components.models.MODEL_INPUT`).
-        layer: dotted path of the module whose ``(B, K, h, w)`` output is weighed (a backbone's ``cam_layer``).
+        layer: dotted path of the module whose ``(B, K, h, w)`` output is weighed (the backbone's
+            :data:`CAM_LAYERS` entry).
 
     Raises:
         ValueError: for a layer that is not in the model, does not run, or has no spatial output.
@@ -152,7 +170,7 @@ class CamNetwork:
 
     Attributes:
         model: the classifier.
-        layer: its backbone's ``cam_layer``.
+        layer: its backbone's entry in :data:`CAM_LAYERS`.
         image_size: the side of its square input.
         preprocess: the fundus preprocessing it was trained with (``ModelSpec.fundus_preprocess()``).
     """

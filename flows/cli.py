@@ -101,13 +101,16 @@ def _print_offsite(checkpoint: Path, offsite: Split, size: int) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from components.data import image_files
-    from steps.contracts import predict_paths
+    from steps.contracts import image_files, predict_paths
 
     images = image_files(args.images)
     check_output(args.out)
     tracking.setup()
     tracking.registered_version(args.model)  # a wrong URI or a model that is not there: one line, before the work
+    if args.check_drift:
+        from steps.contracts import load_drift_reference
+
+        load_drift_reference(args.model)  # a version without one: one line before the work, not after it
     prediction = predict_paths(args.model, [str(p) for p in images])
     frame = prediction.frame.round(6)
     frame.insert(0, "id", [p.name for p in images])
@@ -122,7 +125,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    from components.data import image_files
+    from steps.contracts import image_files
     from steps.explain import INDEX_FILE, explain
 
     images = image_files(args.images)
@@ -137,7 +140,8 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 
 def _cmd_check_drift(args: argparse.Namespace) -> int:
-    from steps.drift import check_images, format_report, image_files
+    from steps.contracts import image_files
+    from steps.drift import check_images, format_report
 
     report = check_images(image_files(args.images), args.model, alpha=args.alpha)
     print(format_report(report))
@@ -396,13 +400,17 @@ def _cmd_upload(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ingest_drift(data: str, manifest_uri: str) -> None:
-    """A new dataset's train images against the champion's drift reference, when there is one with a reference."""
+def _ingest_drift(manifest_uri: str) -> None:
+    """A new dataset's train images (a fixed sample of at most 500) against the champion's drift reference, when
+    there is a champion with one."""
+    from components.drift import reference_sample
     from steps.contracts import load_manifest
     from steps.drift import check_images
 
+    paths = load_manifest(manifest_uri).paths("train")
+    sample = [paths[i] for i in reference_sample(len(paths))]  # the reference's size: enough for its tests
     try:
-        report = check_images(load_manifest(manifest_uri).paths("train"), "models:/odir-ensemble@champion")
+        report = check_images(sample, "models:/odir-ensemble@champion")
     except OdirError as error:  # no champion, or one registered before references (NoDriftReference)
         print(f"no drift check: {error}")
         return
@@ -420,8 +428,9 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     result = ingest.run(ingest.IngestConfig(data_root=args.data))
     counts = ", ".join(f"{split} {n}" for split, n in result.counts.items())
     print(f"ingested {args.data}: {counts}; digest {result.data_digest[:12]}; manifest {result.manifest_uri}")
-    _ingest_drift(args.data, result.manifest_uri)
-    print(announce_dataset(args.data, result.data_digest, source="odir ingest"))
+    _ingest_drift(result.manifest_uri)
+    uri = args.data if args.data.startswith("s3://") else str(Path(args.data).resolve())  # a retrain runs elsewhere
+    print(announce_dataset(uri, result.data_digest, source="odir ingest"))
     return 0
 
 

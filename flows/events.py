@@ -14,8 +14,6 @@ caller is told, and nothing is sent.
 
 from __future__ import annotations
 
-import os
-
 DATASET_CHANGED = "odir.dataset.changed"
 RESOURCE_PREFIX = "odir.dataset."
 
@@ -50,7 +48,9 @@ def announce_dataset(uri: str, digest: str, source: str) -> str:
     saying what happened (for the command's output)."""
     if digest == champion_digest():
         return f"data {digest[:12]} is the champion's: no retraining event"
-    if not os.environ.get("PREFECT_API_URL"):
+    from prefect.settings import get_current_settings
+
+    if not get_current_settings().api.url:  # PREFECT_API_URL, or set with `prefect config set`
         return f"data {digest[:12]} differs from the champion's; PREFECT_API_URL is not set, so no event was sent"
     from prefect.events import emit_event
     from prefect.events.worker import EventsWorker

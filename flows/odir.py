@@ -22,6 +22,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from components.config import ModelSpec, Profile, load_profile
 from components.folds import CVSpec
+from components.referral import ReferralSpec
 from components.tta import STUDY_VIEWS
 from flows import freeze_startup_objects, without_heartbeats
 from flows.artifacts import per_class_rows, publish_summary, training_progress
@@ -198,8 +199,15 @@ def _record_headline(pid: str, summary: dict[str, Any]) -> None:
 
 
 def profile_key(profile: Profile) -> str:
-    """Identifies a profile's content (a renamed file with the same settings keeps its key)."""
-    return tracking.content_key(profile.model_dump())
+    """Identifies a profile's content (a renamed file with the same settings keeps its key).
+
+    Left out: ``gradcam_gallery`` (it shapes no model), and ``referral`` while it holds its defaults, so a profile
+    keeps the key it had before the field existed and its champion is not taken for out of date.
+    """
+    data = profile.model_dump(exclude={"gradcam_gallery"})
+    if profile.referral == ReferralSpec():
+        del data["referral"]
+    return tracking.content_key(data)
 
 
 def _up_to_date(digest: str, key: str) -> str | None:
@@ -249,7 +257,10 @@ def odir(
     from mlflow import MlflowClient
 
     _record_headline(pid, summary)
-    publish_summary(summary, summary.get("per_class"))
+    try:
+        publish_summary(summary, summary.get("per_class"))
+    except Exception as error:  # the pipeline's work is done and recorded in MLflow: a missing artifact is no failure
+        logger.warning("Prefect artifacts not published: %s", error)
     MlflowClient().set_terminated(pid, "FINISHED")
     f1 = summary.get("scores", {}).get("f1_macro", [None])[0]
     logger.info("odir %s finished: %s%s, %s", config.name, summary.get("ensemble") or "nothing retrained",
@@ -300,7 +311,8 @@ def _pipeline(run: PipelineRun, data_root: str, out: str | None, only_if_changed
     key = profile_key(config)
     if only_if_changed and common["reuse"] and (champion := _up_to_date(ing.data_digest, key)):
         get_run_logger().info("nothing changed since champion version %s (same data and profile)", champion)
-        return {"trained": [], "champion_version": champion, "decision": "up to date", "data_digest": ing.data_digest}
+        return {"profile": config.name, "trained": [], "champion_version": champion, "decision": "up to date",
+                "data_digest": ing.data_digest}  # fmt: skip
     manifest = load_manifest(ing.manifest_uri)
     members = run.train(ing.manifest_uri)
     # what the thresholds, temperatures and weights are fit on: out-of-fold predictions in CV mode, else val's

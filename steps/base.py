@@ -33,8 +33,8 @@ STEP_CODE: dict[str, tuple[str, ...]] = {
                  "components.tta", "steps.ensemble_model"),
     "tune_thresholds": ("components.thresholds",),
     # components.drift: the drift reference the ensemble logs with each version
-    "ensemble": ("components.drift", "components.ensemble", "components.metrics", "components.referral",
-                 "components.thresholds", "steps.ensemble_model"),
+    "ensemble": ("components.data", "components.drift", "components.ensemble", "components.fundus",
+                 "components.metrics", "components.referral", "components.thresholds", "steps.ensemble_model"),
 }  # fmt: skip
 
 

@@ -34,11 +34,11 @@ from components.data import FundusDataset
 from components.drift import Reference, build_reference, describe_images, embed_images, reference_sample
 from components.ensemble import PROB_COLUMNS
 from components.errors import DataError, OdirError, Problem
-from components.explain import GALLERY_PER_KIND, CamModel, CamNetwork
+from components.explain import CAM_LAYERS, GALLERY_PER_KIND, CamModel, CamNetwork
 from components.folds import CVSpec, assign_folds
 from components.inference import predict_image_views
 from components.metrics import DEFAULT_THRESHOLD
-from components.models import BACKBONES, Classifier
+from components.models import Classifier
 from components.referral import ReferralSpec, ensemble_uncertainty, prediction_frame
 from components.thresholds import STUDY_GRID, ThresholdResult, fine_grid
 from components.training import load_trained
@@ -209,6 +209,27 @@ def read_thresholds(thresholds_uri: str) -> dict[str, float]:
     return tracking.read_json(thresholds_uri)["thresholds"]
 
 
+# --- image folders --------------------------------------------------------------------------------------------------
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
+
+
+def image_files(folder: str | Path) -> list[Path]:
+    """The images (by suffix: :data:`IMAGE_SUFFIXES`) of a folder or ``s3://`` prefix, sorted by name: what ``odir
+    predict``, ``explain`` and ``check-drift`` take.
+
+    Raises:
+        DataError: the folder is missing, not a folder, or holds no images.
+    """
+    local = storage.localize(folder)
+    if not local.is_dir():
+        raise DataError([Problem(str(folder), "not found" if not local.exists() else "not a folder of images")])
+    images = sorted(p for p in local.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise DataError([Problem(str(folder), f"no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")])
+    return images
+
+
 # --- checkpoints ----------------------------------------------------------------------------------------------------
 
 
@@ -293,7 +314,7 @@ def load_cam_model(model_uri: str) -> CamModel:
 
 def cam_network(network: Classifier, spec: ModelSpec) -> CamNetwork:
     """A trained network with its backbone's CAM layer and the input it was trained on."""
-    return CamNetwork(network, BACKBONES.get(spec.backbone).cam_layer, spec.image_size, spec.fundus_preprocess())
+    return CamNetwork(network, CAM_LAYERS.get(spec.backbone), spec.image_size, spec.fundus_preprocess())
 
 
 # --- tags -----------------------------------------------------------------------------------------------------------
@@ -370,15 +391,21 @@ def embed_paths(checkpoint: Path, paths: list[str]) -> np.ndarray:
     return embed_images(network, paths, spec.image_size, spec.batch_size, spec.fundus_preprocess())
 
 
-def build_drift_reference(manifest: Manifest, member_model_uri: str) -> Reference:
-    """The drift reference of the train split (at most 500 images, a fixed sample): their statistics and their
-    embeddings under ``member_model_uri``'s first checkpoint."""
-    paths = [str(path) for path in manifest.paths("train")]
+def build_drift_reference(manifest: Manifest, member_model_uri: str, ids: list[str], held_out: str) -> Reference:
+    """The drift reference of the images ``ids`` (at most 500 of them, a fixed sample): their statistics and their
+    embeddings under ``member_model_uri``'s first checkpoint.
+
+    ``ids`` must be images that checkpoint never trained on (``held_out`` says which: val, or fold 0 in CV mode):
+    a network embeds its own training images apart from new ones, so a reference of them would call any new data
+    drifted."""
+    by_id = manifest.frame.drop_duplicates("id").set_index("id")
+    paths = [str(manifest.local_root / by_id.loc[image_id, "path"]) for image_id in ids]
     picked = [paths[i] for i in reference_sample(len(paths))]
     checkpoint = embedding_checkpoint(member_model_uri)
     _, spec = load_trained(checkpoint)
     source = {"member_model_uri": member_model_uri, "checkpoint": checkpoint.name, "image_size": spec.image_size,
-              "preprocess": spec.fundus_preprocess().key, "split": "train", "data_digest": manifest.digest}  # fmt: skip
+              "preprocess": spec.fundus_preprocess().key, "split": held_out,
+              "data_digest": manifest.digest}  # fmt: skip
     return build_reference(describe_images(picked), embed_paths(checkpoint, picked), source)
 
 

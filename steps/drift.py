@@ -23,11 +23,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from components import data
 from components.drift import FEATURES, DriftReport, compare, describe_images
 from components.errors import OdirError
-from steps import cli, storage, tracking
-from steps.contracts import embed_paths, embedding_checkpoint, load_drift_reference
+from steps import cli, tracking
+from steps.contracts import embed_paths, embedding_checkpoint, image_files, load_drift_reference
 
 CHAMPION = f"models:/{tracking.ENSEMBLE_MODEL}@champion"
 SHOWN_IMAGES = 20
@@ -42,11 +41,6 @@ class DriftConfig:
     alpha: float = 0.05
     experiment: str = tracking.DEFAULT_EXPERIMENT
     parent_run_id: str | None = None
-
-
-def image_files(folder: str | Path) -> list[Path]:
-    """The images of a folder or ``s3://`` prefix (:func:`components.data.image_files`), sorted by name."""
-    return data.image_files(storage.localize(folder), shown_as=str(folder))
 
 
 def _images_frame(report: DriftReport, stats) -> pd.DataFrame:

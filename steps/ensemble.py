@@ -17,7 +17,8 @@ pyfunc that holds the member checkpoints, the weights, the temperatures, the TTA
 predicts labels from image paths or bytes.
 
 The ensemble's run also logs ``drift_reference/`` (:func:`steps.contracts.log_drift_reference`): statistics and
-pooled embeddings (first member, first fold model) of up to 500 train images; the registered version names it in
+pooled embeddings (first member, first fold model) of up to 500 images that model never trained on (val, or fold 0
+in CV mode); the registered version names it in
 its tags ``drift_reference_uri`` and ``drift_reference_sha256``, so every version carries the reference that new
 images are checked against (``odir check-drift``).
 """
@@ -239,21 +240,23 @@ def _at_threshold(metric: str) -> bool:
     return metric.startswith(("f1", "precision", "recall", "sensitivity_", "specificity_", "support"))
 
 
-def _drift_reference(config: EnsembleConfig) -> dict[str, str]:
-    """Logs ``drift_reference/``: the train split's image statistics and pooled embeddings under the first member
-    (its first fold model), what ``odir check-drift`` compares new images with; returns the version tags naming it
-    (none when the train split is too small for one)."""
+def _drift_reference(config: EnsembleConfig, frame: pd.DataFrame) -> dict[str, str]:
+    """Logs ``drift_reference/``: image statistics and pooled embeddings under the first member (its first fold
+    model) of images it never trained on, what ``odir check-drift`` compares new images with: the first member's
+    validation images (``frame``), or in CV mode its fold-0 images, which its first fold model held out. Returns the
+    version tags naming it (none when there are too few images for one)."""
     import mlflow
 
-    manifest = load_manifest(config.manifest_uri)
-    count = len(manifest.split("train"))
-    if count < MIN_REFERENCE_IMAGES:
-        log.warning("no drift reference: %d train images, at least %d needed", count, MIN_REFERENCE_IMAGES)
+    held_out = "fold 0" if "fold" in frame.columns else "val"
+    ids = list(frame.loc[frame["fold"] == 0, "id"] if "fold" in frame.columns else frame["id"])
+    if len(ids) < MIN_REFERENCE_IMAGES:
+        log.warning("no drift reference: %d %s images, at least %d needed", len(ids), held_out, MIN_REFERENCE_IMAGES)
         return {}
-    reference = build_drift_reference(manifest, config.member_model_uris[0])
+    reference = build_drift_reference(load_manifest(config.manifest_uri), config.member_model_uris[0], ids, held_out)
     tags = log_drift_reference(reference)
     mlflow.set_tags(tags)
-    mlflow.log_params({"drift_reference_images": reference.size, "drift_reference_member": config.member_model_uris[0]})
+    mlflow.log_params({"drift_reference_images": reference.size, "drift_reference_member": config.member_model_uris[0],
+                       "drift_reference_split": held_out})  # fmt: skip
     return tags
 
 
@@ -277,7 +280,7 @@ def _combine(
     if folds is not None:
         metrics.update(_cross_fitted(config, frame, member_probs, folds))
     version_tags = {**tags, "kind": "ensemble", "members": ",".join(config.member_model_uris),
-                    **_drift_reference(config)}  # fmt: skip
+                    **_drift_reference(config, frame)}  # fmt: skip
     version = _register(config, names, weights, tuned.as_dict(), temperatures, version_tags)
     mlflow.set_tag("registered_model_uri", f"models:/{tracking.ENSEMBLE_MODEL}/{version}")
     log.info("registered %s version %s (weights %s)", tracking.ENSEMBLE_MODEL, version, np.round(weights, 3))

@@ -14,6 +14,7 @@ from torch import nn
 
 from components import LABELS
 from components.explain import (
+    CAM_LAYERS,
     CamModel,
     CamNetwork,
     cam_module,
@@ -109,7 +110,7 @@ def test_maps_are_per_class_at_input_size_in_0_1_and_need_no_weight_gradients() 
     for parameter in model.parameters():
         parameter.requires_grad_(False)  # a frozen model: the maps need gradients of activations only
     images = torch.randint(0, 256, (2, 3, 40, 40), dtype=torch.uint8)
-    cams = grad_cam(model, images, BACKBONES.get("tiny_cnn").cam_layer)
+    cams = grad_cam(model, images, CAM_LAYERS.get("tiny_cnn"))
     assert cams.shape == (2, len(LABELS), 40, 40) and cams.dtype == torch.float32
     assert cams.min() >= 0 and cams.max() <= 1
     peaks = cams.amax(dim=(2, 3))
@@ -148,7 +149,7 @@ def test_weighted_cams_is_the_weighted_mean_of_hand_made_maps() -> None:
 @pytest.mark.parametrize("name", BACKBONES.names())
 def test_every_backbone_names_a_cam_layer_it_has(name: str) -> None:
     model = build_model(name, weights="none")
-    layer = BACKBONES.get(name).cam_layer
+    layer = CAM_LAYERS.get(name)
     assert isinstance(cam_module(model, layer), nn.Module)
     cams = grad_cam(model, torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8), layer)
     assert cams.shape == (1, len(LABELS), 64, 64) and torch.isfinite(cams).all()
@@ -157,7 +158,7 @@ def test_every_backbone_names_a_cam_layer_it_has(name: str) -> None:
 def test_attention_backbones_are_explained_after_their_attention() -> None:
     for name in ("se_resnet18", "mha_resnet18"):
         model = build_model(name)
-        assert cam_module(model, BACKBONES.get(name).cam_layer) is model.features.attention["layer4"]
+        assert cam_module(model, CAM_LAYERS.get(name)) is model.features.attention["layer4"]
 
 
 def test_a_cropped_input_is_placed_where_it_lies_in_the_photo() -> None:
@@ -179,7 +180,7 @@ def test_explain_images_averages_members_by_weight_and_skips_weight_zero(tmp_pat
         pixels = np.random.default_rng(index).integers(0, 256, (24, 40, 3), dtype=np.uint8)
         paths.append(tmp_path / f"{index}.png")
         Image.fromarray(pixels).save(paths[-1])
-    layer = BACKBONES.get("tiny_cnn").cam_layer
+    layer = CAM_LAYERS.get("tiny_cnn")
     first, second = (CamNetwork(build_model("tiny_cnn").eval(), layer, 32) for _ in range(2))
     alone = explain_images(CamModel([[first]], np.ones(1)), paths, 48, cache=None)
     assert alone.images.shape == (2, 48, 48, 3) and alone.cams.shape == (2, len(LABELS), 48, 48)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from flows.artifacts import model_link, per_class_rows, run_link, summary_markdown
-from tests.flows.conftest import BIN, Stack, prefect_server
+from tests.flows.conftest import BIN, CHECKOUT, Stack, prefect_server
 
 pytestmark = pytest.mark.slow
 
@@ -131,3 +131,16 @@ def test_per_class_rows_by_hand() -> None:
     rows = per_class_rows(metrics, "offsite_test")
     assert rows[0]["class"] == "D" and rows[0]["f1"] == "0.500 [0.400, 0.600]" and rows[0]["recall"] == "n/a"
     assert rows[2]["auroc"] == "0.900"
+
+
+def test_prefect_yaml_declares_the_trigger_odir_serve_uses() -> None:
+    import yaml
+
+    from flows.events import retrain_trigger
+
+    declared = yaml.safe_load((CHECKOUT / "prefect.yaml").read_text())
+    [retrain] = [d for d in declared["deployments"] if d["name"] == "retrain"]
+    [trigger] = retrain["triggers"]
+    served = retrain_trigger()
+    assert trigger["expect"] == sorted(served.expect) and trigger["match"] == served.match.root
+    assert trigger["parameters"] == served.parameters and trigger["name"] == served.name

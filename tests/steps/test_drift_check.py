@@ -18,7 +18,8 @@ from steps import cli, contracts, drift, ensemble, evaluate, ingest, tracking, t
 
 @pytest.fixture(scope="module")
 def ensemble_uri(odir_home: Path, tiny_data: Path, tiny_profile: Path) -> str:
-    """One tiny member and the ensemble of it (24 train images at 32 px: the reference holds all of them)."""
+    """One tiny member and the ensemble of it (at 32 px; the reference holds the 12 val images: the member never
+    trained on them)."""
     manifest = ingest.run(ingest.IngestConfig(data_root=str(tiny_data))).manifest_uri
     member = train.run(train.TrainStepConfig(manifest_uri=manifest, spec=load_profile(tiny_profile).model("tiny-a"),
                                              profile="tiny"))  # fmt: skip
@@ -42,7 +43,8 @@ def test_the_ensemble_version_carries_its_reference(ensemble_uri: str) -> None:
     files = {f.path for f in MlflowClient().list_artifacts(model_version.run_id, contracts.DRIFT_REFERENCE_DIR)}
     assert files == {"drift_reference/reference.json", "drift_reference/reference.npz"}
     reference = contracts.load_drift_reference(ensemble_uri)
-    assert reference.size == 24 and reference.source["member_model_uri"] == "models:/odir-tiny-a/1"
+    assert reference.size == 12 and reference.source["member_model_uri"] == "models:/odir-tiny-a/1"
+    assert reference.source["split"] == "val"
     assert reference.source["checkpoint"] == "best.pt" and reference.source["image_size"] == 32
 
 

@@ -50,7 +50,7 @@ def test_refer_on_margin_and_on_each_spread():
 
 
 def test_referral_spec_refuses_nonsense_and_documents_defaults():
-    assert ReferralSpec() == ReferralSpec(margin=0.1, max_tta_std=0.1, max_member_std=0.15)
+    assert ReferralSpec() == ReferralSpec(margin=0.1, max_tta_std=0.15, max_member_std=0.15)
     with pytest.raises(ValidationError):
         ReferralSpec(margin=-0.1)
     with pytest.raises(ValidationError):

@@ -257,10 +257,10 @@ def test_predict_command(pipeline: dict, tiny_data: Path, tmp_path: Path) -> Non
     frame = pd.read_csv(out)
     assert list(frame.columns) == ["id", "D", "G", "A", "p_D", "p_G", "p_A", *UNCERTAINTY_COLUMNS, "refer"]
     assert len(frame) == 12 and (frame[list(UNCERTAINTY_COLUMNS)] >= 0).all().all()
-    # refer: near a threshold (margin 0.1) or a spread above its default limit (0.1 views, 0.15 members)
+    # refer: near a threshold (margin 0.1) or a spread above its default limit (0.15 views, 0.15 members)
     thresholds = np.asarray([pipeline["ensemble"].thresholds[label] for label in LABELS])
     near = (np.abs(frame[["p_D", "p_G", "p_A"]].to_numpy() - thresholds) < 0.1).any(axis=1)
-    unsure = (frame[list(TTA_STD_COLUMNS)].to_numpy() > 0.1).any(axis=1)
+    unsure = (frame[list(TTA_STD_COLUMNS)].to_numpy() > 0.15).any(axis=1)
     unsure |= (frame[list(MEMBER_STD_COLUMNS)].to_numpy() > 0.15).any(axis=1)
     assert frame["refer"].tolist() == (near | unsure).astype(int).tolist()
     checked = tmp_path / "checked.csv"

@@ -121,14 +121,17 @@ def ensemble_uncertainty(
         temperatures: ``(members, 3)`` per-class temperatures applied to each member's probabilities (None: 1).
 
     Returns ``(probs, tta_std, member_std)``, each ``(N, 3)``: the weighted mean of the members' calibrated
-    probabilities (each the mean over its folds and views), the members' view spreads averaged with the weights,
-    and the members' disagreement (with one member, its fold models').
+    probabilities (each the mean over its folds and views), the members' view spreads (of their uncalibrated
+    probabilities) averaged with the weights, and the members' disagreement on the calibrated scale (with one member,
+    its fold models').
     """
     w = normalise_weights(weights)
     if len(member_views) != len(w):
         raise ValueError(f"{len(w)} weights for {len(member_views)} members")
     temperatures = np.ones((len(w), len(LABELS))) if temperatures is None else np.asarray(temperatures)
-    views_of = [apply_temperature(np.mean(v, axis=0), t) for v, t in zip(member_views, temperatures, strict=True)]
+    # the views' spread on the network's own scale: a temperature below 1 (a sharpening) would stretch it, and the
+    # limits were measured on raw spreads (docs/results.md, "Referral")
+    views_of = [np.mean(v, axis=0) for v in member_views]  # (V, N, 3): fold-averaged
     member_probs = [
         apply_temperature(np.mean(v, axis=(0, 1)), t) for v, t in zip(member_views, temperatures, strict=True)
     ]

@@ -57,6 +57,11 @@ def _interval(value: float | None, low: float | None, high: float | None) -> str
     return f"{value:.3f} [{low:.3f}, {high:.3f}]"
 
 
+def rate(value: float) -> str:
+    """An error rate for people: two decimals, or "n/a" for an empty group (NaN)."""
+    return "n/a" if value != value else f"{value:.2f}"
+
+
 def summary_markdown(summary: dict[str, Any]) -> str:
     """The pipeline run's result as Markdown: what a reader of the Prefect UI wants first."""
     title = f"# odir {summary.get('profile')}: {summary.get('decision')}"
@@ -79,8 +84,8 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     if summary.get("referral"):
         referral = summary["referral"]
         lines.append(f"\n**Referred to a grader:** {referral['n_referred']} of {referral['n']} images on {split} "
-                     f"(error rate {referral['error_rate_referred']:.2f} referred vs "
-                     f"{referral['error_rate_kept']:.2f} kept).")  # fmt: skip
+                     f"(error rate {rate(referral['error_rate_referred'])} referred vs "
+                     f"{rate(referral['error_rate_kept'])} kept).")  # fmt: skip
     scores = summary["member_f1_macro"].items()
     members = ", ".join(f"{name} {score:.3f}" for name, score in scores if score is not None)
     lines += ["", f"Members' f1_macro: {members}.", "", "**MLflow:** " + ", ".join(_run_links(summary)) + "."]

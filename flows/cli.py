@@ -145,7 +145,11 @@ def _cmd_check_drift(args: argparse.Namespace) -> int:
 
     report = check_images(image_files(args.images), args.model, alpha=args.alpha)
     print(format_report(report))
-    return 1 if report.drift or report.ood_count else 0
+    failed = report.drift or (args.fail_on_ood and report.ood_count > 0)
+    hint = "" if args.fail_on_ood else " (listed above; --fail-on-ood fails on them)"
+    print(f"{'FAIL' if failed else 'PASS'}: {'drift' if report.drift else 'no drift'}, {report.ood_count} image(s) "
+          f"out of distribution{hint}")  # fmt: skip
+    return 1 if failed else 0
 
 
 def _drift_columns(images: list[Path], model_uri: str) -> dict[str, list]:
@@ -282,6 +286,8 @@ def _runs_page(ui: str) -> str:
 
 def _print_summary(summary: dict) -> None:
     """The pipeline's result as a reader wants it: scores with intervals, the decision, where things are."""
+    from flows.artifacts import rate
+
     print(f"\nodir pipeline finished: profile {summary.get('profile')}, data {summary['data_digest'][:12]}")
     if "scores" not in summary:  # retraining found nothing changed
         print(f"  {summary['decision']}: champion version {summary['champion_version']}")
@@ -303,13 +309,15 @@ def _print_summary(summary: dict) -> None:
     print(f"decision: {summary['decision']}{evidence}; champion is version {summary['champion_version']}")
     if summary.get("referral"):
         referral = summary["referral"]
+        referred, kept = rate(referral["error_rate_referred"]), rate(referral["error_rate_kept"])
         print(f"referred to a grader: {referral['n_referred']} of {referral['n']} on {split} (error rate "
-              f"{referral['error_rate_referred']:.2f} referred, {referral['error_rate_kept']:.2f} kept)")  # fmt: skip
+              f"{referred} referred, {kept} kept)")  # fmt: skip
     if summary.get("submission"):
         print(f"submission: {summary['submission']}")
     if summary.get("gallery"):
+        page = _runs_page("http://127.0.0.1:5000").split("/runs?")[0] + f"/runs/{summary['gallery']['run_id']}"
         print(f"Grad-CAM gallery (true/false positives, misses per class): {summary['gallery']['uri']}\n"
-              f"  in the MLflow UI: run {summary['gallery']['run_id']}, Artifacts, gradcam/")  # fmt: skip
+              f"  in the MLflow UI: {page}/artifacts?workflowType=machine_learning (gradcam/)")  # fmt: skip
     print("\nLook at the runs and models:  .venv/bin/mlflow ui --backend-store-uri " + _tracking_uri_for_humans())
     print(f"  then open {_runs_page('http://127.0.0.1:5000')} (the pipeline runs, their scores in the name)")
     print("Or start everything (Prefect UI, MLflow UI, deployments):  make up")
@@ -415,7 +423,7 @@ def _ingest_drift(manifest_uri: str) -> None:
         print(f"no drift check: {error}")
         return
     verdict, moved = "DRIFT" if report.drift else "none", ", ".join(report.moved) or "none"
-    print(f"drift against the champion's training images: {verdict} (features moved: {moved}; "
+    print(f"drift against the champion's reference images: {verdict} (features moved: {moved}; "
           f"{report.ood_count} image(s) out of distribution; run {report.run_id})")  # fmt: skip
 
 
@@ -504,15 +512,15 @@ def build_parser() -> argparse.ArgumentParser:
     explain.set_defaults(handler=_cmd_explain)
 
     check_drift = commands.add_parser(
-        "check-drift", help="compare new images with the training images of a registered ensemble (drift, outliers)",
+        "check-drift", help="compare new images with the reference images of a registered ensemble (drift, outliers)",
         description="Compares a folder of new images with the drift reference stored with a registered ensemble "
-        "version (statistics and embeddings of its training images): a KS test per image statistic and an MMD test "
-        "on the embeddings, Holm-corrected at --alpha, and per image whether it is out of distribution (black "
-        "frame, tiny, not a fundus, turned, embedding far from the training images). Logs an MLflow run (step "
-        "drift) with the per-image flags.",
-        epilog="Exit status: 0 no drift and no image out of distribution, 1 drift detected or any image out of "
-        "distribution, 2 bad input (no images, an unknown model, a version registered without a reference), 3 "
-        "tracking server or object store unreachable.",
+        "version (statistics and embeddings of images like its training data that its model never trained on: val, "
+        "or a held-out fold): a KS test per image statistic and an MMD test on the embeddings, Holm-corrected at "
+        "--alpha, and per image whether it is out of distribution (black frame, tiny, not a fundus, turned, "
+        "embedding far from the reference). Logs an MLflow run (step drift) with the per-image flags.",
+        epilog="Exit status: 0 no drift, 1 drift detected (or, with --fail-on-ood, any image out of distribution), "
+        "2 bad input (no images, an unknown model, a version registered without a reference), 3 tracking server or "
+        "object store unreachable.",
     )  # fmt: skip
     check_drift.add_argument("--images", required=True, help="folder of new images")
     check_drift.add_argument("--model", default="models:/odir-ensemble@champion",
@@ -520,6 +528,10 @@ def build_parser() -> argparse.ArgumentParser:
     check_drift.add_argument("--alpha", type=float, default=0.05,
                              help="chance of a false drift alarm on images like the training ones (default "
                              "0.05)")  # fmt: skip
+    check_drift.add_argument("--fail-on-ood", action="store_true",
+                             help="exit 1 also when any single image is out of distribution (a few are in any "
+                             "large folder of real photos: the flag's threshold is the reference's 99th percentile "
+                             "x 1.25)")  # fmt: skip
     check_drift.set_defaults(handler=_cmd_check_drift)
 
     full = commands.add_parser("full", help="run the whole pipeline (flow odir) in this process")

@@ -365,13 +365,13 @@ def _pipeline(run: PipelineRun, data_root: str, out: str | None, only_if_changed
 
 
 def _gallery(evaluate_run_id: str | None) -> dict[str, str] | None:
-    """Where the ensemble's Grad-CAM gallery on the scored split is: its evaluate run and ``gallery.md``."""
+    """Where the ensemble's Grad-CAM gallery on the scored split is: its evaluate run and ``gallery.html``."""
     from mlflow import MlflowClient
 
     if evaluate_run_id is None:
         return None
     uri = MlflowClient().get_run(evaluate_run_id).data.tags.get("gradcam_uri")
-    return {"run_id": evaluate_run_id, "uri": f"{uri}/gallery.md"} if uri else None
+    return {"run_id": evaluate_run_id, "uri": f"{uri}/gallery.html"} if uri else None
 
 
 def referral_counts(metrics: dict[str, float], split: str) -> dict[str, float] | None:

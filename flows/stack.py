@@ -104,7 +104,9 @@ def up(prefect_port: int = 4200, mlflow_port: int = 5000) -> dict[str, str]:
 def down(grace_seconds: float = 20) -> list[str]:
     """Stops the processes started by :func:`up` (their whole process groups); returns their names."""
     stopped = []
-    for pid_file in sorted(run_folder().glob("*.pid")):
+    started = [service.name for service in services(4200, 5000)]  # the order up() starts them: stopped in reverse
+    pid_files = sorted(run_folder().glob("*.pid"), key=lambda f: -started.index(f.stem) if f.stem in started else 0)
+    for pid_file in pid_files:
         pid = int(pid_file.read_text())
         if process_alive(pid):
             _signal_group(pid, signal.SIGTERM)

@@ -122,7 +122,7 @@ def format_report(report: DriftReport, shown: int = SHOWN_IMAGES) -> str:
     and the images out of distribution with their reasons (the first ``shown``, then how many more)."""
     lines = [
         f"drift check of {report.images_checked} image(s) against {report.model_uri or 'the reference'} "
-        f"(reference: {report.reference_images} training images)",
+        f"(reference: {report.reference_images} images its model never trained on)",
         _verdict(report),
     ]
     moved = [shift for shift in report.features if shift.moved]

@@ -14,7 +14,7 @@ thresholds inside). Logs, under the split's prefix (``val_``, ``offsite_``):
   running the network again;
 - a Grad-CAM gallery (:mod:`components.explain`): per class the most confident true and false positives and the
   most clearly missed positives, ``gradcam_gallery`` of each at most (default 4; 0: none), as
-  ``gradcam/<split>/<class>/<tp|fp|fn>_<id>.png`` with ``gradcam/<split>/gallery.md`` linking them (tag
+  ``gradcam/<split>/<class>/<tp|fp|fn>_<id>.png`` and all of them in one page, ``gradcam/<split>/gallery.html`` (tag
   ``gradcam_uri``). Only those images (36 at most) go through the maps, on the identity view.
 
 With ``min_f1_macro`` set it is a gate: below it the step fails after logging.
@@ -27,6 +27,7 @@ import logging
 import sys
 import time
 from dataclasses import dataclass, field
+from html import escape
 from pathlib import Path
 
 import numpy as np
@@ -248,25 +249,47 @@ def _log_gallery(
     explained = explain_images(load_cam_model(model_uri), [str(paths[row]) for row in chosen], GALLERY_SIZE)
     position = {row: index for index, row in enumerate(chosen)}
     folder = f"gradcam/{config.split}"
-    lines = [f"# Grad-CAM gallery: {model_uri} on {config.split}", "",
-             f"Per class, the most confident true and false positives and the most clearly missed positives "
-             f"({config.gradcam_gallery} at most each); maps on the identity view, red where the class's evidence "
-             "is strongest."]  # fmt: skip
+    html = [f"<h1>Grad-CAM gallery: {escape(model_uri)} on {escape(config.split)}</h1>",
+            f"<p>Per class, the most confident true and false positives and the most clearly missed positives "
+            f"({config.gradcam_gallery} at most each); maps on the identity view, red where the class's evidence "
+            "is strongest.</p>"]  # fmt: skip
     for (label, kind), indices in cases.items():
         column = LABELS.index(label)
         if kind == "tp":
-            lines += ["", f"## {label}: {CLASS_NAMES[label]}"]
-        lines += ["", f"### {GALLERY_KINDS[kind]}", ""] + ([] if indices else ["none"])
+            html.append(f"<h2>{label}: {CLASS_NAMES[label]}</h2>")
+        html.append(f"<h3>{GALLERY_KINDS[kind]}</h3>" + ("" if indices else "<p>none</p>"))
         for index in indices:
             row = int(scored_rows[index])
             name = f"{kind}_{Path(ids[row]).stem}.png"
             image = overlay(explained.images[position[row]], explained.cams[position[row], column])
-            text = caption(label, float(probs[index, column]), float(thresholds[column]))
-            mlflow.log_image(captioned(image, text), artifact_file=f"{folder}/{label}/{name}")
-            lines.append(f"![{label} {kind} {ids[row]}]({label}/{name})")
-    mlflow.log_text("\n".join(lines) + "\n", f"{folder}/gallery.md")
+            shown = captioned(image, caption(label, float(probs[index, column]), float(thresholds[column])))
+            mlflow.log_image(shown, artifact_file=f"{folder}/{label}/{name}")
+            html.append(_figure(shown, f"{label}/{name}", ids[row]))
+    # one self-contained page (the images inline): MLflow's artifact viewer renders HTML, not Markdown's images
+    mlflow.log_text(GALLERY_PAGE.format(body="\n".join(html)), f"{folder}/{GALLERY_FILE}")
     mlflow.set_tag("gradcam_uri", mlflow.get_artifact_uri(folder))
     mlflow.log_metric("gradcam_seconds", time.perf_counter() - started)
+
+
+GALLERY_FILE = "gallery.html"
+GALLERY_PAGE = """<!doctype html><html><head><meta charset="utf-8"><style>
+body {{font-family: sans-serif; background: #fff}} figure {{display: inline-block; margin: 4px}}
+figcaption {{font-size: 12px}}</style></head><body>
+{body}
+</body></html>
+"""
+
+
+def _figure(image, path: str, image_id: str) -> str:
+    """An ``<img>`` with the PNG inline, captioned with the image's id and the artifact it is also logged as."""
+    import base64
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    data = base64.b64encode(buffer.getvalue()).decode()
+    return (f'<figure><img src="data:image/png;base64,{data}" alt="{escape(path)}">'
+            f"<figcaption>{escape(image_id)} ({escape(path)})</figcaption></figure>")  # fmt: skip
 
 
 def _gate(config: EvaluateConfig, f1_macro: float) -> None:

@@ -136,7 +136,7 @@ def gallery_links(grid: ExperimentGrid, manifest: Manifest, experiment: str) -> 
             for split in evaluation_splits(manifest):
                 run = _evaluation(model_uri, split, views, experiment, grid.gradcam_gallery)
                 if run is not None and (uri := run.data.tags.get("gradcam_uri")):
-                    links.append(f"- {spec.name} on {split}{', TTA' if tta else ''}: `{uri}/gallery.md`")
+                    links.append(f"- {spec.name} on {split}{', TTA' if tta else ''}: `{uri}/gallery.html`")
     return links
 
 

@@ -73,9 +73,10 @@ def test_ensemble_uncertainty_by_hand():
 
 def test_ensemble_uncertainty_applies_temperatures_to_each_member():
     member = np.array([[[[0.5, 0.5, 0.5]], [[0.9, 0.5, 0.5]]]])  # views 0.5 and 0.9 on D
-    hot, _, _ = ensemble_uncertainty([member], [1.0], np.array([[2.0, 1.0, 1.0]]))
+    hot, spread, _ = ensemble_uncertainty([member], [1.0], np.array([[2.0, 1.0, 1.0]]))
     mean = 0.7  # mean of the views, then sigmoid(logit(0.7) / 2)
     assert hot[0, 0] == pytest.approx(1 / (1 + np.exp(-np.log(mean / (1 - mean)) / 2)))
+    assert spread[0, 0] == pytest.approx(0.2)  # the views' spread stays on the network's scale: std(0.5, 0.9)
 
 
 def test_prediction_frame_columns_and_labels():

@@ -75,7 +75,7 @@ def test_a_pipeline_run_publishes_its_summary_table_and_progress(server: Stack, 
         progress = artifacts[f"train-{model}-progress"]
         assert progress["type"] == "progress" and float(progress["data"]) == 100.0
     assert "referred to a grader:" in champion and "odir-tiny-summary" in champion
-    assert "Grad-CAM gallery" in champion and "/gradcam/offsite_test/gallery.md" in champion
+    assert "Grad-CAM gallery" in champion and "/gradcam/offsite_test/gallery.html" in champion
     assert "**Grad-CAM gallery:** evaluate run (run `" in summary["data"]
 
 
@@ -87,7 +87,7 @@ def test_changed_data_starts_one_retrain_run_and_unchanged_data_none(
     same = server.run(str(BIN / "odir"), "ingest", str(tiny_data))
     assert same.returncode == 0, same.stderr[-3000:]
     assert "is the champion's: no retraining event" in same.stdout
-    assert "drift against the champion's training images: none" in same.stdout  # its own train images
+    assert "drift against the champion's reference images:" in same.stdout  # its own train images
     changed = Path(shutil.copytree(tiny_data, tmp_path / "changed"))
     lines = (changed / "train.csv").read_text().splitlines()
     lines[1] = lines[1].split(",")[0] + ",1,1,1"  # other labels: another digest

@@ -72,7 +72,7 @@ def test_grid_report_matches_mlflow_and_reruns_reuse(stack: Stack, tiny_data: Pa
     assert set(trains) == {"x-a", "x-b"}
     model_a = trains["x-a"].data.tags["registered_model_uri"]
     [evaluation] = _runs(client, "evaluate", evaluate_key=evaluate_key(model_a, "offsite_test", ("identity",)))
-    assert f"- x-a on offsite_test: `{evaluation.data.tags['gradcam_uri']}/gallery.md`" in markdown  # Grad-CAM
+    assert f"- x-a on offsite_test: `{evaluation.data.tags['gradcam_uri']}/gallery.html`" in markdown  # Grad-CAM
     alone = table.iloc[0]
     assert alone["offsite_f1_macro"] == pytest.approx(evaluation.data.metrics["offsite_f1_macro"], abs=1e-12)
     seconds = sum(r.data.metrics["train_seconds"] for r in trains.values())

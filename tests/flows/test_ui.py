@@ -106,8 +106,20 @@ def test_prefect_ui_shows_the_deployment_and_a_flow_runs_tasks(filled: dict, pag
     assert "promote" in tasks or "ensemble" in tasks
 
 
+def _artifact_id(prefect: str, key: str) -> str:
+    query = json.dumps({"artifacts": {"key": {"any_": [key]}}, "sort": "CREATED_DESC", "limit": 1}).encode()
+    request = urllib.request.Request(f"{prefect}/api/artifacts/filter", query, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())[0]["id"]
+
+
 def test_prefect_ui_shows_the_pipeline_runs_summary_artifact(filled: dict, page, tmp_path: Path) -> None:
-    summary = _text(page, f"{filled['prefect']}/artifacts/key/odir-tiny-summary", "Decision", tmp_path)
+    # the key's page lists the versions; each artifact's own page renders it
+    listed = _text(page, f"{filled['prefect']}/artifacts/key/odir-tiny-summary", "Created odir-tiny-summary", tmp_path)
+    assert "odir tiny: scores, decision and links" in listed
+    summary_id = _artifact_id(filled["prefect"], "odir-tiny-summary")
+    summary = _text(page, f"{filled['prefect']}/artifacts/artifact/{summary_id}", "Decision:", tmp_path)
     assert "odir tiny: champion" in summary and "f1_macro" in summary and "Grad-CAM gallery" in summary
-    table = _text(page, f"{filled['prefect']}/artifacts/key/odir-tiny-per-class", "auroc", tmp_path)
+    table_id = _artifact_id(filled["prefect"], "odir-tiny-per-class")
+    table = _text(page, f"{filled['prefect']}/artifacts/artifact/{table_id}", "auroc", tmp_path)
     assert "precision" in table

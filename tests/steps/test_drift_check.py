@@ -52,6 +52,7 @@ def test_images_like_the_training_ones_pass(ensemble_uri: str, tiny_data: Path, 
     assert _check_drift("--images", str(tiny_data / "images" / "offsite_test"), "--model", ensemble_uri) == 0
     out = capsys.readouterr().out
     assert "NO DRIFT at alpha 0.05" in out and "no image out of distribution" in out
+    assert "PASS: no drift, 0 image(s) out of distribution" in out
     [run] = mlflow.search_runs(experiment_names=[tracking.DEFAULT_EXPERIMENT], output_format="list",
                                filter_string="tags.`odir.step` = 'drift'")  # fmt: skip
     assert run.data.metrics["ood_count"] == 0 and {"drift_score", "mmd", "mmd_p_value", "ks_brightness"} <= set(
@@ -68,7 +69,7 @@ def test_darker_images_are_drift_and_the_feature_is_named(ensemble_uri: str, tin
         Image.fromarray(darker).save(tmp_path / path.name, quality=92)
     assert _check_drift("--images", str(tmp_path), "--model", ensemble_uri) == 1
     out = capsys.readouterr().out
-    assert "DRIFT at alpha 0.05" in out and "brightness" in out.split("moved")[0]
+    assert "DRIFT at alpha 0.05" in out and "brightness" in out.split("moved")[0] and "FAIL: drift" in out
 
 
 def test_a_version_without_a_reference_is_one_line_and_exit_2(ensemble_uri: str, tiny_data: Path, capsys) -> None:

@@ -315,8 +315,10 @@ def test_evaluate_logs_a_gradcam_gallery_of_true_and_false_positives_and_misses(
                 for (label, kind), rows in cases.items() for row in rows}  # fmt: skip
     logged = {f.path for label in LABELS for f in client.list_artifacts(result.run_id, f"{folder}/{label}")}
     assert expected and logged == expected
-    gallery = Path(mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path=f"{folder}/gallery.md"))
-    assert all(f"]({path.removeprefix(folder + '/')})" in gallery.read_text() for path in expected)
+    page = Path(mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path=f"{folder}/gallery.html"))
+    text = page.read_text()
+    assert all(f'alt="{path.removeprefix(folder + "/")}"' in text for path in expected)
+    assert text.count('<img src="data:image/png;base64,') == len(expected)
     assert run.data.tags["gradcam_uri"].endswith(folder) and run.data.metrics["gradcam_seconds"] > 0
 
 

@@ -36,4 +36,4 @@ def test_up_returns_when_every_served_deployment_exists(tmp_path: Path) -> None:
             assert found.returncode == 0, f"{name}: {found.stdout}{found.stderr}"
     finally:
         stopped = odir("down")
-    assert stopped.stdout.strip() == "stopped: mlflow, prefect, serve"
+    assert stopped.stdout.strip() == "stopped: serve, mlflow, prefect"  # the reverse of their start: serve first

@@ -34,10 +34,12 @@ def _mlflow_ui() -> str | None:
 def run_link(run_id: str, label: str) -> str:
     """A Markdown link to an MLflow run (or its id when the UI's address is unknown)."""
     ui = _mlflow_ui()
-    if ui is None:
-        return f"{label} (run `{run_id}`)"
-    experiment_id = tracking.setup()
-    return f"[{label}]({ui}/#/experiments/{experiment_id}/runs/{run_id})"
+    return f"{label} (run `{run_id}`)" if ui is None else f"[{label}]({run_url(ui, run_id)})"
+
+
+def run_url(ui: str, run_id: str) -> str:
+    """An MLflow run's page in the UI at ``ui``."""
+    return f"{ui}/#/experiments/{tracking.setup()}/runs/{run_id}"
 
 
 def model_link(model_uri: str) -> str:

@@ -286,7 +286,7 @@ def _runs_page(ui: str) -> str:
 
 def _print_summary(summary: dict) -> None:
     """The pipeline's result as a reader wants it: scores with intervals, the decision, where things are."""
-    from flows.artifacts import rate
+    from flows.artifacts import rate, run_url
 
     print(f"\nodir pipeline finished: profile {summary.get('profile')}, data {summary['data_digest'][:12]}")
     if "scores" not in summary:  # retraining found nothing changed
@@ -315,7 +315,7 @@ def _print_summary(summary: dict) -> None:
     if summary.get("submission"):
         print(f"submission: {summary['submission']}")
     if summary.get("gallery"):
-        page = _runs_page("http://127.0.0.1:5000").split("/runs?")[0] + f"/runs/{summary['gallery']['run_id']}"
+        page = run_url("http://127.0.0.1:5000", summary["gallery"]["run_id"])
         print(f"Grad-CAM gallery (true/false positives, misses per class): {summary['gallery']['uri']}\n"
               f"  in the MLflow UI: {page}/artifacts?workflowType=machine_learning (gradcam/)")  # fmt: skip
     print("\nLook at the runs and models:  .venv/bin/mlflow ui --backend-store-uri " + _tracking_uri_for_humans())

@@ -244,11 +244,6 @@ def member_checkpoints(model_uri: str) -> list[Path]:
     return sorted(folder.glob("fold_*.pt"), key=lambda path: int(path.stem.removeprefix("fold_")))
 
 
-def predict_with_checkpoints(checkpoints: list[Path], paths: list[str], views: tuple[str, ...]) -> np.ndarray:
-    """``(N, 3)`` probabilities of a member: its one model, or the mean over its fold models."""
-    return member_view_probs(checkpoints, paths, views).mean(axis=(0, 1))
-
-
 def member_view_probs(checkpoints: list[Path], paths: list[str], views: tuple[str, ...]) -> np.ndarray:
     """``(F, V, N, 3)`` probabilities of each of a member's F fold models (one for a plain model) and views."""
     probs = []

@@ -59,7 +59,7 @@ def test_the_registered_member_averages_its_fold_models(cv_run: dict) -> None:
     paths = [str(p) for p in manifest.paths("onsite_test")]
     member = cv_run["members"][0]
     checkpoints = contracts.member_checkpoints(member.model_uri)
-    each = [contracts.predict_with_checkpoints([c], paths, VIEWS) for c in checkpoints]
+    each = [contracts.member_view_probs([c], paths, VIEWS).mean(axis=(0, 1)) for c in checkpoints]
     averaged = contracts.predict_paths(member.model_uri, paths, VIEWS).probs
     np.testing.assert_allclose(averaged, np.mean(each, axis=0), atol=1e-6)
 

@@ -119,8 +119,13 @@ def main() -> None:
     parser.add_argument("--store", default=DEFAULT_STORE, help=f"tracking URI (default {DEFAULT_STORE})")
     parser.add_argument("--profiles", nargs="*", help="only these profiles, in the store's order")
     parser.add_argument("--baseline", help="STORE#PROFILE: the row the first one is compared with (paired)")
-    parser.add_argument("--against", nargs="*", default=[], metavar="ROW=BEFORE",
-                        help="compare ROW with the row of profile BEFORE instead of the one above it")
+    parser.add_argument(
+        "--against",
+        nargs="*",
+        default=[],
+        metavar="ROW=BEFORE",
+        help="compare ROW with the row of profile BEFORE instead of the one above it",
+    )
     parser.add_argument("--times", help="ignored (bench/ablation.sh passes its wall times file)")
     args = parser.parse_args()
     print(HEADER)

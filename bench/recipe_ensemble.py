@@ -57,8 +57,10 @@ def main() -> None:
     combined = cross_fitted(client, client.get_run(result.run_id))
     fitted = client.get_run(result.run_id).data.metrics
     print(f"{name}: {result.model_uri}, weights {result.weights}")
-    print(f"| {name} | - | - | - | {interval(fitted, 'f1_macro')} | {interval(fitted, 'f1_course')} "
-          f"| {per_class(fitted)} | - | - |")
+    print(
+        f"| {name} | - | - | - | {interval(fitted, 'f1_macro')} | {interval(fitted, 'f1_course')} "
+        f"| {per_class(fitted)} | - | - |"
+    )
     for profile in args.profiles:
         alone = cross_fitted(client, finished(client, experiment_id, "ensemble", profile))
         print(f"  vs {profile} alone (paired): {paired(alone, combined)}")

@@ -21,4 +21,4 @@ for profile in "${profiles[@]}"; do
     || echo "   failed: see $ODIR_HOME/$(basename "$profile" .yaml).log"
   printf '%s\t%s\n' "$profile" "$(( $(date +%s) - start ))" >> "$ODIR_HOME/times.tsv"
 done
-"$python" -m bench.ablation_table --times "$ODIR_HOME/times.tsv"
+"$python" -m bench.ablation_table --store "sqlite:///$ODIR_HOME/mlruns/mlflow.db"

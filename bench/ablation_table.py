@@ -126,7 +126,6 @@ def main() -> None:
         metavar="ROW=BEFORE",
         help="compare ROW with the row of profile BEFORE instead of the one above it",
     )
-    parser.add_argument("--times", help="ignored (bench/ablation.sh passes its wall times file)")
     args = parser.parse_args()
     print(HEADER)
     against = dict(pair.split("=", 1) for pair in args.against)

@@ -20,11 +20,10 @@ import argparse
 from mlflow import MlflowClient
 
 from bench.ablation_table import cross_fitted, finished, interval, paired, per_class
+from components.tta import STUDY_VIEWS
 from steps import tracking
 from steps.ensemble import EnsembleConfig
 from steps.ensemble import run as run_ensemble
-
-VIEWS = ("identity", "hflip", "vflip", "rot90", "rot270")
 
 
 def members(client: MlflowClient, experiment_id: str, profiles: list[str]) -> tuple[list[str], list[str], str]:
@@ -52,8 +51,9 @@ def main() -> None:
     experiment_id = client.get_experiment_by_name(tracking.DEFAULT_EXPERIMENT).experiment_id
     uris, oof, manifest = members(client, experiment_id, args.profiles)
     name = "+".join(args.profiles)
-    result = run_ensemble(EnsembleConfig(member_model_uris=tuple(uris), member_val_predictions=tuple(oof),
-                                         manifest_uri=manifest, views=VIEWS, grid=args.grid, profile=name))  # fmt: skip
+    config = EnsembleConfig(member_model_uris=tuple(uris), member_val_predictions=tuple(oof), manifest_uri=manifest,
+                            views=STUDY_VIEWS, grid=args.grid, profile=name)  # fmt: skip
+    result = run_ensemble(config)
     combined = cross_fitted(client, client.get_run(result.run_id))
     fitted = client.get_run(result.run_id).data.metrics
     print(f"{name}: {result.model_uri}, weights {result.weights}")

@@ -33,12 +33,18 @@ def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *ar
     return capsys.readouterr().out
 
 
-def test_each_model_is_scored_at_its_own_thresholds_and_compared_paired(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    # the same D probabilities; only 5_left (no D) sits at 0.6: a false positive at A's 0.5, not at B's 0.7
+@pytest.fixture
+def pair(tmp_path: Path) -> list[str]:
+    """A and B with the same D probabilities; only 5_left (no D) sits at 0.6: a false positive at A's threshold
+    0.5, not at B's 0.7."""
     probs_d = [0.9, 0.9, 0.1, 0.2, 0.9, 0.6]
-    printed = run(monkeypatch, capsys, *write(tmp_path, "a", probs_d, 0.5), *write(tmp_path, "b", probs_d, 0.7))
+    return [*write(tmp_path, "a", probs_d, 0.5), *write(tmp_path, "b", probs_d, 0.7)]
+
+
+def test_each_model_is_scored_at_its_own_thresholds_and_compared_paired(
+    pair: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    printed = run(monkeypatch, capsys, *pair)
     # A: D has TP 3, FP 1 -> F1 6/7; G and A are perfect: f1_macro (6/7 + 2) / 3 = 0.952; B is perfect
     assert "6 images of 5 patients" in printed
     assert "A (thresholds 0.50/0.50/0.50): f1_macro 0.952 [" in printed
@@ -47,12 +53,10 @@ def test_each_model_is_scored_at_its_own_thresholds_and_compared_paired(
 
 
 def test_ids_limit_the_images_scored(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    pair: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    probs_d = [0.9, 0.9, 0.1, 0.2, 0.9, 0.6]
     pd.DataFrame({"id": IDS[:5]}).to_csv(tmp_path / "ids.csv", index=False)  # 5_left, A's false positive, left out
-    printed = run(monkeypatch, capsys, *write(tmp_path, "a", probs_d, 0.5), *write(tmp_path, "b", probs_d, 0.7),
-                  "--ids", str(tmp_path / "ids.csv"))  # fmt: skip
+    printed = run(monkeypatch, capsys, *pair, "--ids", str(tmp_path / "ids.csv"))
     assert "5 images of 4 patients" in printed
     assert "A (thresholds 0.50/0.50/0.50): f1_macro 1.000 [" in printed
     assert "B - A f1_macro: +0.000 [" in printed

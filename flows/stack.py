@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -76,6 +77,22 @@ def _answers(url: str) -> bool:
         return False
 
 
+def warm_mlflow(url: str) -> None:
+    """Has a freshly started MLflow server (one worker) import its lazily loaded modules one request at a time.
+
+    MLflow 3.17's GraphQL handler imports ``mlflow.server.auth`` (auth off or not), and the first registry request
+    imports the registry store, whose ``sqlalchemy.orm.configure_mappers()`` fails that request with a 500
+    ("name 'SqlUserRoleAssignment' is not defined") when it runs while another request thread is half-way through
+    the auth models: a browser's parallel first requests did exactly that, and the model page showed "An error
+    occurred while rendering this component". One GraphQL request, then one registry request, before anyone else.
+    """
+    query = json.dumps({"query": "{ __typename }"}).encode()
+    graphql = urllib.request.Request(f"{url}/graphql", query, {"Content-Type": "application/json"})
+    for request in (graphql, f"{url}/ajax-api/2.0/mlflow/model-versions/search?max_results=1"):
+        with urllib.request.urlopen(request, timeout=60):
+            pass
+
+
 def up(prefect_port: int = 4200, mlflow_port: int = 5000) -> dict[str, str]:
     """Starts the stack (each service once) and returns the URLs to open."""
     folder = run_folder()
@@ -97,6 +114,8 @@ def up(prefect_port: int = 4200, mlflow_port: int = 5000) -> dict[str, str]:
                                        start_new_session=True, cwd=tracking.project_root())  # fmt: skip
         pid_file.write_text(str(process.pid))
         wait_ready(service.ready_urls, process, log=log)
+        if service.name == "mlflow":
+            warm_mlflow(f"http://{HOST}:{mlflow_port}")
         print(f"{service.name:<8} started (pid {process.pid}), log {log}")
     return {"prefect_ui": f"http://{HOST}:{prefect_port}", "mlflow_ui": f"http://{HOST}:{mlflow_port}", "api": api}
 

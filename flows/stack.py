@@ -12,7 +12,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from flows.deployments import SERVED
@@ -24,11 +26,13 @@ HOST = "127.0.0.1"
 
 @dataclass(frozen=True)
 class Service:
-    """One process of the stack: how to start it and the URLs that must all answer before it is usable."""
+    """One process of the stack: how to start it, the URLs that must all answer before it is usable and what to
+    do once, after a fresh start, before anyone else uses it."""
 
     name: str
     command: list[str]
     ready_urls: tuple[str, ...]
+    after_start: Callable[[], None] | None = None
 
 
 def run_folder() -> Path:
@@ -45,7 +49,7 @@ def services(prefect_port: int, mlflow_port: int) -> list[Service]:
                 (f"{api}/health",)),
         Service("mlflow", [str(bin_dir / "mlflow"), "server", "--backend-store-uri", tracking.tracking_uri(),
                            "--host", HOST, "--port", str(mlflow_port), "--workers", "1"],
-                (f"http://{HOST}:{mlflow_port}/health",)),
+                (f"http://{HOST}:{mlflow_port}/health",), partial(warm_mlflow, f"http://{HOST}:{mlflow_port}")),
         Service("serve", [str(bin_dir / "odir"), "serve"], deployments),
     ]  # fmt: skip
 
@@ -114,8 +118,8 @@ def up(prefect_port: int = 4200, mlflow_port: int = 5000) -> dict[str, str]:
                                        start_new_session=True, cwd=tracking.project_root())  # fmt: skip
         pid_file.write_text(str(process.pid))
         wait_ready(service.ready_urls, process, log=log)
-        if service.name == "mlflow":
-            warm_mlflow(f"http://{HOST}:{mlflow_port}")
+        if service.after_start is not None:
+            service.after_start()
         print(f"{service.name:<8} started (pid {process.pid}), log {log}")
     return {"prefect_ui": f"http://{HOST}:{prefect_port}", "mlflow_ui": f"http://{HOST}:{mlflow_port}", "api": api}
 

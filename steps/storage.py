@@ -11,11 +11,16 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 from components.errors import DataError, Problem
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def is_s3(root: str | Path) -> bool:
@@ -31,18 +36,42 @@ def split_s3(uri: str) -> tuple[str, str]:
 
 
 def client():
-    """A boto3 S3 client for the configured endpoint."""
+    """A boto3 S3 client for the configured endpoint; it tries each request once: :func:`retrying` owns the round."""
     import boto3
     from botocore.config import Config
 
     from steps.tracking import RetryPolicy
 
     endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("MLFLOW_S3_ENDPOINT_URL")
-    policy = RetryPolicy.from_env()  # the one policy of every store (steps/tracking.py)
-    retries = Config(retries={"max_attempts": policy.attempts, "mode": "standard"},
-                     connect_timeout=policy.timeout_s, read_timeout=60)  # fmt: skip
+    once = Config(retries={"total_max_attempts": 1, "mode": "standard"},
+                  connect_timeout=RetryPolicy.from_env().timeout_s, read_timeout=60)  # fmt: skip
     region = os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
-    return boto3.client("s3", endpoint_url=endpoint, region_name=region, config=retries)
+    return boto3.client("s3", endpoint_url=endpoint, region_name=region, config=once)
+
+
+def retrying(operation: Callable[[], T]) -> T:
+    """``operation()`` (one object-store request) under the retry policy: the same doubling waits as the tracking
+    server's (1, 2, 4, 8 s by default), while the store refuses connections or answers with a 5xx.
+
+    boto's own standard-mode waits are drawn at random up to 50, 100, 200, 400 ms: its five attempts pass within a
+    second, less than SeaweedFS answers InternalError after a restart.
+
+    Raises:
+        StoreUnreachable: the store still failing after the last attempt (one line naming it and the policy).
+    """
+    from steps.tracking import RetryPolicy, StoreUnreachable, store_unreachable, unreachable_message
+
+    policy = RetryPolicy.from_env()
+    for attempt in range(policy.attempts):
+        if attempt:
+            time.sleep(policy.backoff_s * 2 ** (attempt - 1))
+        try:
+            return operation()
+        except Exception as error:
+            if not store_unreachable(error):
+                raise
+            last = error
+    raise StoreUnreachable(unreachable_message(last)) from None
 
 
 def mirror_folder(uri: str) -> Path:
@@ -65,26 +94,24 @@ def localize(root: str | Path) -> Path:
     target = mirror_folder(uri)
     index_file = target / ".odir-s3-index.json"
     index = json.loads(index_file.read_text()) if index_file.exists() else {}
+    from botocore.exceptions import BotoCoreError, ClientError
+
     s3 = client()
     fetched, seen = 0, {}
+    listing = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/" if prefix else "")
     try:
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/" if prefix else ""):
-            for item in page.get("Contents", []):
-                relative = item["Key"][len(prefix) + 1 :] if prefix else item["Key"]
-                if not relative or relative.endswith("/"):
-                    continue
-                stamp = f"{item['Size']}:{item['ETag']}"
-                seen[relative] = stamp
-                local = target / relative
-                if index.get(relative) != stamp or not local.exists():
-                    local.parent.mkdir(parents=True, exist_ok=True)
-                    s3.download_file(bucket, item["Key"], str(local))
-                    fetched += 1
-    except Exception as error:  # botocore's errors: no such bucket, access denied, endpoint unreachable
-        from steps.tracking import StoreUnreachable, store_unreachable, unreachable_message
-
-        if store_unreachable(error):  # not bad input: exit 3, as for the tracking server
-            raise StoreUnreachable(unreachable_message(error)) from None
+        for item in retrying(lambda: [entry for page in listing for entry in page.get("Contents", [])]):
+            relative = item["Key"][len(prefix) + 1 :] if prefix else item["Key"]
+            if not relative or relative.endswith("/"):
+                continue
+            stamp = f"{item['Size']}:{item['ETag']}"
+            seen[relative] = stamp
+            local = target / relative
+            if index.get(relative) != stamp or not local.exists():
+                local.parent.mkdir(parents=True, exist_ok=True)
+                retrying(partial(s3.download_file, bucket, item["Key"], str(local)))
+                fetched += 1
+    except (BotoCoreError, ClientError) as error:  # no such bucket, access denied, no credentials (not a store down)
         raise DataError([Problem(uri, f"cannot read the dataset from object storage ({error})")]) from None
     if not seen:
         raise DataError([Problem(uri, "no objects under this prefix")])
@@ -103,7 +130,7 @@ def upload_folder(folder: Path | str, uri: str) -> int:
     for path in sorted(Path(folder).rglob("*")):
         if path.is_file():
             key = "/".join(part for part in (prefix, path.relative_to(folder).as_posix()) if part)
-            s3.upload_file(str(path), bucket, key)
+            retrying(partial(s3.upload_file, str(path), bucket, key))
             count += 1
     return count
 
@@ -111,8 +138,8 @@ def upload_folder(folder: Path | str, uri: str) -> int:
 def ensure_bucket(name: str) -> bool:
     """Creates the bucket unless it exists; returns whether it was created."""
     s3 = client()
-    existing = {bucket["Name"] for bucket in s3.list_buckets().get("Buckets", [])}
+    existing = {bucket["Name"] for bucket in retrying(s3.list_buckets).get("Buckets", [])}
     if name in existing:
         return False
-    s3.create_bucket(Bucket=name)
+    retrying(partial(s3.create_bucket, Bucket=name))
     return True

@@ -98,11 +98,13 @@ class RetryPolicy:
 
     ``attempts`` tries of at most ``timeout_s`` each (per connection and per wait for an answer), with waits that
     double from ``backoff_s`` between them (0, 2, 4, 8 s with the defaults as urllib3 counts them for MLflow's
-    requests; 1, 2, 4, 8 s in the start-up check). The defaults (5 attempts, 8 s, 1 s) give up within about 15 s on
-    a server that refuses connections (nothing listening, stopped) and within about 55 s on one that does not
-    answer at all. ``ODIR_STORE_ATTEMPTS``, ``ODIR_STORE_TIMEOUT_S`` and ``ODIR_STORE_BACKOFF_S`` change them (a
-    slow network or a server that restarts slowly: more attempts, a longer timeout); MLflow's and boto's own
-    variables, when set, win. Flows do not retry a task that failed this way: no nested rounds.
+    requests; 1, 2, 4, 8 s in the start-up check and in odir's own object-store requests,
+    ``steps.storage.retrying``; MLflow's artifact transfers go through boto, whose waits are random and under a
+    second in all). The defaults (5 attempts, 8 s, 1 s) give up within about 15 s on a server that refuses
+    connections (nothing listening, stopped) and within about 55 s on one that does not answer at all.
+    ``ODIR_STORE_ATTEMPTS``, ``ODIR_STORE_TIMEOUT_S`` and ``ODIR_STORE_BACKOFF_S`` change them (a slow network or a
+    server that restarts slowly: more attempts, a longer timeout); MLflow's and boto's own variables, when set, win.
+    Flows do not retry a task that failed this way: no nested rounds.
     """
 
     attempts: int = 5
@@ -196,6 +198,8 @@ def store_unreachable(error: BaseException | None) -> bool:
             return True
         if type(error).__name__ in ("EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError"):
             return True  # botocore's, for the object store
+        if type(error).__name__ == "ClientError" and error.response["ResponseMetadata"].get("HTTPStatusCode", 0) >= 500:
+            return True  # the object store up but failing (InternalError while SeaweedFS restarts, SlowDown)
         error = error.__cause__ or error.__context__
     return False
 
@@ -206,14 +210,15 @@ def unreachable_message(error: BaseException) -> str:
         return str(error)
     text = str(error)
     s3 = _s3_endpoint()
-    what, uri = (
-        ("object store", s3)
-        if s3 and ("s3" in text.lower() or "endpoint" in text.lower())
-        else ("tracking server", tracking_uri())
-    )
     cause = error
     while cause.__cause__ or cause.__context__:
         cause = cause.__cause__ or cause.__context__
+    from_boto = type(cause).__module__.startswith("botocore")
+    what, uri = (
+        ("object store", s3)
+        if s3 and (from_boto or "s3" in text.lower() or "endpoint" in text.lower())
+        else ("tracking server", tracking_uri())
+    )
     return (
         f"{what} {uri} stopped answering (retry policy: {RetryPolicy.from_env().describe()}; last error: "
         f"{type(cause).__name__}); nothing finished is lost: run the same command again when it is back"

@@ -72,7 +72,9 @@ class ModelSpec(BaseModel):
         label_smoothing: training targets ``y (1 - s) + s / 2`` (validation loss uses the true labels).
         ema: decay of an exponential moving average of the weights, which is validated and checkpointed instead
             of the raw weights (None: no average).
-        monitor: the validation metric that picks the best checkpoint (``f1_macro``, higher is better; ``loss``).
+        monitor: the validation metric that picks the best checkpoint (``f1_macro``, higher is better; ``loss``),
+            or ``last``: no epoch is picked, every one counts as an improvement and the last is kept (no early
+            stopping; validation is only reported). In CV each fold model then trains on every fold but its own.
         patience: stop after this many epochs without improvement (None: never).
         grad_clip: clip the gradient norm to this value (None: no clipping).
         amp, channels_last: mixed precision and channels-last memory format, used on CUDA only.
@@ -100,7 +102,7 @@ class ModelSpec(BaseModel):
     backbone_lr_scale: float = Field(default=1.0, gt=0, le=10)
     label_smoothing: float = Field(default=0.0, ge=0, le=0.5)
     ema: float | None = Field(default=None, gt=0, lt=1)
-    monitor: Literal["f1_macro", "loss"] = "f1_macro"
+    monitor: Literal["f1_macro", "loss", "last"] = "f1_macro"
     patience: int | None = Field(default=None, ge=1)
     grad_clip: float | None = Field(default=None, gt=0)
     amp: bool = True

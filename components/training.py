@@ -220,9 +220,9 @@ def predict_logits(
     return torch.cat(logits), torch.cat(labels)
 
 
-def _score(metrics: dict[str, float], monitor: str) -> float:
-    """Higher is better: F1 as is, loss negated."""
-    return metrics["val_f1_macro"] if monitor == "f1_macro" else -metrics["val_loss"]
+def _score(metrics: dict[str, float], monitor: str, epoch: int) -> float:
+    """Higher is better: F1 as is, loss negated, and with ``last`` the epoch itself (each one beats the one before)."""
+    return {"f1_macro": metrics["val_f1_macro"], "loss": -metrics["val_loss"], "last": float(epoch)}[monitor]
 
 
 @dataclass
@@ -374,7 +374,7 @@ class _Run:
     def _record(self, epoch: int, metrics: dict[str, float]) -> bool:
         """Updates the state with the epoch's score; whether it improved on the best."""
         spec, state = self.spec, self.state
-        score = _score(metrics, spec.monitor)
+        score = _score(metrics, spec.monitor, epoch)
         improved = state.best_score is None or score > state.best_score
         state.epoch = epoch
         if improved:

@@ -478,7 +478,10 @@ def _training(facts: Facts) -> list[str]:
     params, metrics = facts.run.data.params, facts.run.data.metrics
     spec = ", ".join(f"{k} `{params[k]}`" for k in SPEC_FIELDS if k in params)
     lines = ["", "## Training", "", f"- **Spec:** {spec}"]
-    if "best_epoch" in metrics and facts.split_mode == "cv":
+    if params.get("monitor") == "last":
+        folds = "; one model per fold, trained on every other fold, averaged" if facts.split_mode == "cv" else ""
+        lines.append(f"- **Epochs:** all {params.get('epochs', '?')}, the last kept: no epoch chosen on data{folds}")
+    elif "best_epoch" in metrics and facts.split_mode == "cv":
         lines.append(f"- **Best epoch:** median {int(metrics['best_epoch'])} of {params.get('epochs', '?')} over the "
                      "folds, each fold's chosen on another fold; one model per fold, averaged")  # fmt: skip
     elif "best_epoch" in metrics:

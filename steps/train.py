@@ -5,10 +5,12 @@ path, so a worker on another host needs nothing of the flow's files: only the tr
 
 With ``cv`` (patient-grouped k-fold cross-validation), the labelled pool (train + val) is split into folds and one
 model is trained per fold k: on the other folds but one, its best epoch chosen on that one (fold k+1), so fold k
-never trains, picks an epoch or anything else for it. Each image of the pool is then predicted (with the TTA
-``views``) by the model of its own fold: the **out-of-fold predictions** (``predictions/oof.csv``, with the fold),
-which later steps fit thresholds, temperatures and ensemble weights on. Their scores at 0.5 are logged as ``cv_*``
-with intervals. The registered version averages the fold models' probabilities (``checkpoints/fold_<k>.pt``).
+never trains, picks an epoch or anything else for it. A spec whose ``monitor`` is ``last`` picks no epoch: its fold
+model trains on every other fold and keeps its last epoch, and fold k's own scores are only reported per epoch. Each
+image of the pool is then predicted (with the TTA ``views``) by the model of its own fold: the **out-of-fold
+predictions** (``predictions/oof.csv``, with the fold), which later steps fit thresholds, temperatures and ensemble
+weights on. Their scores at 0.5 are logged as ``cv_*`` with intervals. The registered version averages the fold
+models' probabilities (``checkpoints/fold_<k>.pt``).
 
 The run holds every spec field as a param, per-epoch ``train_loss``, ``val_loss`` and validation metrics (both
 F1s, per-class F1, AUROC), system metrics, the dataset input, the best checkpoint (``checkpoints/best.pt``, tensors
@@ -225,6 +227,15 @@ def _progress(report: Callable[[float], None] | None, total: int, before: int = 
     return [] if report is None else [ProgressCallback(report, total, before)]
 
 
+def fold_rows(folds: np.ndarray, k: int, monitor: str) -> tuple[np.ndarray, np.ndarray]:
+    """Masks of the rows fold k's model trains on and validates on: the folds but k and k+1, and k+1, which picks
+    its epoch; with ``monitor`` ``last`` (no epoch picked) every fold but k, and k itself, only reported on."""
+    if monitor == "last":
+        return folds != k, folds == k
+    inner = (k + 1) % (folds.max() + 1)
+    return (folds != k) & (folds != inner), folds == inner
+
+
 def _train_folds(
     config: TrainStepConfig, manifest: Manifest, workdir: Path, progress: Callable[[float], None] | None = None
 ) -> tuple[FoldAverage, int, dict[str, float], str]:
@@ -238,8 +249,9 @@ def _train_folds(
     models, epochs, seconds = [], [], 0.0
     with tempfile.TemporaryDirectory() as tmp:
         for k in range(config.cv.folds):
-            inner = (k + 1) % config.cv.folds  # picks fold k's epoch; fold k itself is never seen
-            fit, pick, held_out = pool[(folds != k) & (folds != inner)], pool[folds == inner], folds == k
+            held_out = folds == k
+            fit, pick = fold_rows(folds, k, spec.monitor)
+            fit, pick = pool[fit], pool[pick]
             result = train(spec, manifest.rows_dataset(fit, spec.image_size),
                            manifest.rows_dataset(pick, spec.image_size),
                            workdir / f"fold_{k}",

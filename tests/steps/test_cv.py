@@ -54,6 +54,14 @@ def test_every_pool_image_is_predicted_by_the_model_of_its_own_fold(cv_run: dict
         assert metrics["cv_f1_macro_ci_low"] <= metrics["cv_f1_macro"] <= metrics["cv_f1_macro_ci_high"]
 
 
+def test_fold_models_train_on_all_folds_but_two_or_with_no_epoch_picked_all_but_one() -> None:
+    folds = np.array([0, 1, 2, 0, 1, 2, 2])
+    fit, pick = train.fold_rows(folds, 2, "f1_macro")  # fold 0 picks the epoch of the model that predicts fold 2
+    assert fit.tolist() == [0, 1, 0, 0, 1, 0, 0] and pick.tolist() == [1, 0, 0, 1, 0, 0, 0]
+    fit, pick = train.fold_rows(folds, 2, "last")
+    assert fit.tolist() == [1, 1, 0, 1, 1, 0, 0] and pick.tolist() == [0, 0, 1, 0, 0, 1, 1]
+
+
 def test_the_registered_member_averages_its_fold_models(cv_run: dict) -> None:
     manifest = contracts.load_manifest(cv_run["manifest_uri"])
     paths = [str(p) for p in manifest.paths("onsite_test")]

@@ -9,6 +9,7 @@ from pathlib import Path
 import mlflow
 import pytest
 from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, Run, RunData, RunInfo
 
 from components import LABELS
 from components.config import ModelSpec
@@ -330,6 +331,16 @@ def test_missing_metrics_read_not_measured() -> None:
     assert "Class prevalence:** not recorded" in card and "Training run: not found" in card
     no_evaluation = model_card.render(_facts(evaluations=[]))
     assert "Not measured: no evaluation of this version was found." in no_evaluation
+
+
+def test_a_member_that_picked_no_epoch_says_so() -> None:
+    info = RunInfo("r1", "0", "u", "FINISHED", 0, 0, "active")
+    data = RunData([Metric("best_epoch", 6.0, 0, 0)], [Param("epochs", "6"), Param("monitor", "last")])
+    run = Run(info, data)
+    given = model_card.render(_facts(run=run))
+    assert "**Epochs:** all 6, the last kept: no epoch chosen on data\n" in given and "Best epoch" not in given
+    folds = model_card.render(_facts(run=run, split_mode="cv"))
+    assert "no epoch chosen on data; one model per fold, trained on every other fold, averaged" in folds
 
 
 def test_a_card_too_long_for_the_registry_leaves_out_per_class_tables_and_says_where_they_are() -> None:

@@ -138,6 +138,8 @@ class ModelSpec(BaseModel):
             raise ValueError(f"mode {self.mode!r} trains, so epochs must be >= 1")
         if self.warmup_epochs and self.mode != "frozen" and self.warmup_epochs >= self.epochs:
             raise ValueError(f"warmup_epochs ({self.warmup_epochs:g}) must be less than epochs ({self.epochs})")
+        if self.monitor == "last" and self.patience is not None:
+            raise ValueError("monitor 'last' picks no epoch, so it never stops early: remove patience")
         return self
 
     @model_serializer(mode="wrap")

@@ -12,10 +12,10 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from components.errors import DataError, Problem
 
@@ -51,7 +51,7 @@ def client():
 
 def retrying(operation: Callable[[], T]) -> T:
     """``operation()`` (one object-store request) under the retry policy: the same doubling waits as the tracking
-    server's (1, 2, 4, 8 s by default), while the store refuses connections or answers with a 5xx.
+    server's (1, 2, 4, 8 s by default), while the store refuses connections, times out or answers with a 5xx.
 
     boto's own standard-mode waits are drawn at random up to 50, 100, 200, 400 ms: its five attempts pass within a
     second, less than SeaweedFS answers InternalError after a restart.
@@ -61,17 +61,35 @@ def retrying(operation: Callable[[], T]) -> T:
     """
     from steps.tracking import RetryPolicy, StoreUnreachable, store_unreachable, unreachable_message
 
-    policy = RetryPolicy.from_env()
-    for attempt in range(policy.attempts):
-        if attempt:
-            time.sleep(policy.backoff_s * 2 ** (attempt - 1))
+    for wait in RetryPolicy.from_env().waits():
+        time.sleep(wait)
         try:
             return operation()
         except Exception as error:
-            if not store_unreachable(error):
+            if not (store_unreachable(error) or _server_error(error)):
                 raise
             last = error
     raise StoreUnreachable(unreachable_message(last)) from None
+
+
+def _server_error(error: Exception) -> bool:
+    """A 5xx answer: the store up but failing (InternalError while SeaweedFS restarts, SlowDown, ...)."""
+    from botocore.exceptions import ClientError
+
+    status = (getattr(error, "response", None) or {}).get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+    return isinstance(error, ClientError) and status >= 500
+
+
+def _listing(s3: Any, bucket: str, prefix: str) -> Iterator[dict]:
+    """Every object under ``prefix``, one retried request per page of 1000 (a page that fails is asked again,
+    from its own continuation token)."""
+    query = {"Bucket": bucket, "Prefix": f"{prefix}/" if prefix else ""}
+    while True:
+        page = retrying(partial(s3.list_objects_v2, **query))
+        yield from page.get("Contents", [])
+        if not page.get("IsTruncated"):
+            return
+        query["ContinuationToken"] = page["NextContinuationToken"]
 
 
 def mirror_folder(uri: str) -> Path:
@@ -87,6 +105,9 @@ def localize(root: str | Path) -> Path:
     Raises:
         DataError: when the bucket or prefix cannot be read (naming the URI and the reason) or holds nothing.
     """
+    from boto3.exceptions import Boto3Error
+    from botocore.exceptions import BotoCoreError, ClientError
+
     if not is_s3(root):
         return Path(root)
     uri = str(root)
@@ -94,13 +115,10 @@ def localize(root: str | Path) -> Path:
     target = mirror_folder(uri)
     index_file = target / ".odir-s3-index.json"
     index = json.loads(index_file.read_text()) if index_file.exists() else {}
-    from botocore.exceptions import BotoCoreError, ClientError
-
     s3 = client()
     fetched, seen = 0, {}
-    listing = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/" if prefix else "")
     try:
-        for item in retrying(lambda: [entry for page in listing for entry in page.get("Contents", [])]):
+        for item in _listing(s3, bucket, prefix):
             relative = item["Key"][len(prefix) + 1 :] if prefix else item["Key"]
             if not relative or relative.endswith("/"):
                 continue
@@ -111,7 +129,7 @@ def localize(root: str | Path) -> Path:
                 local.parent.mkdir(parents=True, exist_ok=True)
                 retrying(partial(s3.download_file, bucket, item["Key"], str(local)))
                 fetched += 1
-    except (BotoCoreError, ClientError) as error:  # no such bucket, access denied, no credentials (not a store down)
+    except (Boto3Error, BotoCoreError, ClientError) as error:  # no such bucket, access denied, no credentials
         raise DataError([Problem(uri, f"cannot read the dataset from object storage ({error})")]) from None
     if not seen:
         raise DataError([Problem(uri, "no objects under this prefix")])
@@ -141,5 +159,12 @@ def ensure_bucket(name: str) -> bool:
     existing = {bucket["Name"] for bucket in retrying(s3.list_buckets).get("Buckets", [])}
     if name in existing:
         return False
-    retrying(partial(s3.create_bucket, Bucket=name))
+    from botocore.exceptions import ClientError
+
+    try:
+        retrying(partial(s3.create_bucket, Bucket=name))
+    except ClientError as error:  # made by an attempt whose answer was lost, or by someone else meanwhile
+        if error.response.get("Error", {}).get("Code") not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+            raise
+        return False
     return True

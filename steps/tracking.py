@@ -103,8 +103,8 @@ class RetryPolicy:
     second in all). The defaults (5 attempts, 8 s, 1 s) give up within about 15 s on a server that refuses
     connections (nothing listening, stopped) and within about 55 s on one that does not answer at all.
     ``ODIR_STORE_ATTEMPTS``, ``ODIR_STORE_TIMEOUT_S`` and ``ODIR_STORE_BACKOFF_S`` change them (a slow network or a
-    server that restarts slowly: more attempts, a longer timeout); MLflow's and boto's own variables, when set, win.
-    Flows do not retry a task that failed this way: no nested rounds.
+    server that restarts slowly: more attempts, a longer timeout); MLflow's and boto's own variables, when set, win
+    for MLflow's requests. Flows do not retry a task that failed this way: no nested rounds.
     """
 
     attempts: int = 5
@@ -114,7 +114,7 @@ class RetryPolicy:
     @classmethod
     def from_env(cls) -> RetryPolicy:
         return cls(
-            int(os.environ.get("ODIR_STORE_ATTEMPTS", cls.attempts)),
+            max(1, int(os.environ.get("ODIR_STORE_ATTEMPTS", cls.attempts))),
             int(os.environ.get("ODIR_STORE_TIMEOUT_S", cls.timeout_s)),
             int(os.environ.get("ODIR_STORE_BACKOFF_S", cls.backoff_s)),
         )
@@ -130,6 +130,12 @@ class RetryPolicy:
             "AWS_RETRY_MODE": "standard",
         }.items():
             os.environ.setdefault(variable, str(value))
+
+    def waits(self) -> Iterator[float]:
+        """Before each attempt, the seconds to wait: 0, then doubling from ``backoff_s``."""
+        yield 0
+        for attempt in range(1, self.attempts):
+            yield self.backoff_s * 2 ** (attempt - 1)
 
     def describe(self) -> str:
         return f"{self.attempts} attempts, {self.timeout_s:g} s each, backoff from {self.backoff_s:g} s"
@@ -170,9 +176,8 @@ def check_store(policy: RetryPolicy | None = None) -> None:
         if address is None:
             continue
         started, error = time.monotonic(), None
-        for attempt in range(policy.attempts):
-            if attempt:
-                time.sleep(policy.backoff_s * 2 ** (attempt - 1))
+        for wait in policy.waits():
+            time.sleep(wait)
             try:
                 socket.create_connection(address, timeout=policy.timeout_s).close()
                 break
@@ -186,21 +191,27 @@ def check_store(policy: RetryPolicy | None = None) -> None:
             )
 
 
+def causes(error: BaseException | None) -> Iterator[BaseException]:
+    """``error`` and what caused it, outermost first."""
+    while error is not None:
+        yield error
+        error = error.__cause__ or error.__context__
+
+
 def store_unreachable(error: BaseException | None) -> bool:
     """Whether ``error`` (or what caused it) is a failure to reach the tracking server or the object store."""
     import requests
+    from botocore.exceptions import ConnectionClosedError, ConnectTimeoutError, EndpointConnectionError
+    from botocore.exceptions import ReadTimeoutError as BotoReadTimeout
     from mlflow.exceptions import MlflowException
 
-    while error is not None:
-        if isinstance(error, requests.exceptions.ConnectionError | requests.exceptions.Timeout | ConnectionError):
+    unreachable = (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError,
+                   EndpointConnectionError, ConnectTimeoutError, ConnectionClosedError, BotoReadTimeout)  # fmt: skip
+    for cause in causes(error):
+        if isinstance(cause, unreachable):
             return True
-        if isinstance(error, MlflowException) and "Max retries exceeded" in str(error):
+        if isinstance(cause, MlflowException) and "Max retries exceeded" in str(cause):
             return True
-        if type(error).__name__ in ("EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError"):
-            return True  # botocore's, for the object store
-        if type(error).__name__ == "ClientError" and error.response["ResponseMetadata"].get("HTTPStatusCode", 0) >= 500:
-            return True  # the object store up but failing (InternalError while SeaweedFS restarts, SlowDown)
-        error = error.__cause__ or error.__context__
     return False
 
 
@@ -210,10 +221,8 @@ def unreachable_message(error: BaseException) -> str:
         return str(error)
     text = str(error)
     s3 = _s3_endpoint()
-    cause = error
-    while cause.__cause__ or cause.__context__:
-        cause = cause.__cause__ or cause.__context__
-    from_boto = type(cause).__module__.startswith("botocore")
+    *_, cause = causes(error)
+    from_boto = any(type(link).__module__.startswith(("botocore", "boto3")) for link in causes(error))
     what, uri = (
         ("object store", s3)
         if s3 and (from_boto or "s3" in text.lower() or "endpoint" in text.lower())

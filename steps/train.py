@@ -227,12 +227,12 @@ def _progress(report: Callable[[float], None] | None, total: int, before: int = 
     return [] if report is None else [ProgressCallback(report, total, before)]
 
 
-def fold_rows(folds: np.ndarray, k: int, monitor: str) -> tuple[np.ndarray, np.ndarray]:
+def fold_rows(folds: np.ndarray, k: int, n_folds: int, monitor: str) -> tuple[np.ndarray, np.ndarray]:
     """Masks of the rows fold k's model trains on and validates on: the folds but k and k+1, and k+1, which picks
     its epoch; with ``monitor`` ``last`` (no epoch picked) every fold but k, and k itself, only reported on."""
     if monitor == "last":
         return folds != k, folds == k
-    inner = (k + 1) % (folds.max() + 1)
+    inner = (k + 1) % n_folds
     return (folds != k) & (folds != inner), folds == inner
 
 
@@ -250,7 +250,7 @@ def _train_folds(
     with tempfile.TemporaryDirectory() as tmp:
         for k in range(config.cv.folds):
             held_out = folds == k
-            fit, pick = fold_rows(folds, k, spec.monitor)
+            fit, pick = fold_rows(folds, k, config.cv.folds, spec.monitor)
             fit, pick = pool[fit], pool[pick]
             result = train(spec, manifest.rows_dataset(fit, spec.image_size),
                            manifest.rows_dataset(pick, spec.image_size),

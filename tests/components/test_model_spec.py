@@ -64,6 +64,7 @@ def test_the_new_backbones_are_accepted(backbone: str) -> None:
         ("label_smoothing: 0.6", r"models\[0\].label_smoothing: Input should be less than or equal to 0.5"),
         ("ema: 1", r"models\[0\].ema: Input should be less than 1"),
         ("ema: 0", r"models\[0\].ema: Input should be greater than 0"),
+        ("monitor: last\n    patience: 2", r"models\[0\]: monitor 'last' picks no epoch, so it never stops early"),
     ],
 )
 def test_bad_values_name_the_file_and_the_field(tmp_path: Path, field: str, message: str) -> None:

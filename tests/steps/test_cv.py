@@ -56,9 +56,9 @@ def test_every_pool_image_is_predicted_by_the_model_of_its_own_fold(cv_run: dict
 
 def test_fold_models_train_on_all_folds_but_two_or_with_no_epoch_picked_all_but_one() -> None:
     folds = np.array([0, 1, 2, 0, 1, 2, 2])
-    fit, pick = train.fold_rows(folds, 2, "f1_macro")  # fold 0 picks the epoch of the model that predicts fold 2
+    fit, pick = train.fold_rows(folds, 2, 3, "f1_macro")  # fold 0 picks the epoch of the model that predicts fold 2
     assert fit.tolist() == [0, 1, 0, 0, 1, 0, 0] and pick.tolist() == [1, 0, 0, 1, 0, 0, 0]
-    fit, pick = train.fold_rows(folds, 2, "last")
+    fit, pick = train.fold_rows(folds, 2, 3, "last")
     assert fit.tolist() == [1, 1, 0, 1, 1, 0, 0] and pick.tolist() == [0, 0, 1, 0, 0, 1, 1]
 
 

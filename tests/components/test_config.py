@@ -27,7 +27,7 @@ def test_defaults_apply_and_model_keys_win() -> None:
 def test_profiles_resolve_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(CONFIGS.parent)
     assert load_profile("demo").name == "demo"
-    with pytest.raises(ConfigError, match="profile not found; known profiles: cpu, cpu-cv, cpu-given, demo, gpu, seed"):
+    with pytest.raises(ConfigError, match="profile not found; known profiles: cpu, cpu-cv, cpu-fast, cpu-given, demo, gpu, seed"):
         load_profile("nope")
 
 

@@ -20,7 +20,8 @@ writer, callbacks) travel together as a :class:`_Run`, whose methods are the epo
 - ``head`` mode without augmentation computes the frozen backbone's features once and trains the head on them:
   the same batches and the same result as running the backbone every step, at a fraction of the cost.
 - The best checkpoint is chosen on validation ``f1_macro`` (or loss); early stopping after ``patience`` epochs
-  without improvement. ``monitor: last`` chooses none: every epoch runs and the last is kept. Callbacks receive each epoch's metrics and each saved checkpoint (tracking plugs in here).
+  without improvement. ``monitor: last`` chooses none: every epoch runs and the last is kept. Callbacks receive
+  each epoch's metrics and each saved checkpoint (tracking plugs in here).
 - CUDA, then Apple MPS, then CPU; mixed precision and channels-last on CUDA.
 """
 

@@ -27,7 +27,8 @@ def test_defaults_apply_and_model_keys_win() -> None:
 def test_profiles_resolve_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(CONFIGS.parent)
     assert load_profile("demo").name == "demo"
-    with pytest.raises(ConfigError, match="profile not found; known profiles: cpu, cpu-cv, cpu-fast, cpu-given, demo, gpu, seed"):
+    known = "cpu, cpu-cv, cpu-fast, cpu-given, demo, gpu, seed"
+    with pytest.raises(ConfigError, match=f"profile not found; known profiles: {known}"):
         load_profile("nope")
 
 

@@ -142,12 +142,14 @@ def test_early_stopping(datasets, tmp_path: Path) -> None:
     assert result.stopped_early and len(result.history) == 3 and result.best_epoch == 1
 
 
-def test_monitor_last_picks_no_epoch_and_never_stops_early(datasets, tmp_path: Path) -> None:
-    # test_early_stopping's run, which stops after epoch 3 with epoch 1 best, trains all 5 and keeps the 5th
-    spec = _spec(epochs=5, lr=1e-9, mode="head", patience=2, augment=False, monitor="last")
+def test_monitor_last_picks_no_epoch(datasets, tmp_path: Path) -> None:
+    # test_early_stopping's run, where no epoch beats the first on validation: all 5 train and the 5th is kept
+    spec = _spec(epochs=5, lr=1e-9, mode="head", augment=False, monitor="last")
     result = train(spec, *datasets, tmp_path)
     assert not result.stopped_early and len(result.history) == 5 and result.best_epoch == 5
     assert torch.load(tmp_path / "best.pt", weights_only=True)["epoch"] == 5
+    with pytest.raises(OdirError, match="monitor 'last' picks no epoch, so it never stops early: remove patience"):
+        _spec(monitor="last", patience=2)
 
 
 def test_frozen_mode_evaluates_the_loaded_weights(datasets, tmp_path: Path) -> None:

@@ -393,10 +393,26 @@ def read_json(artifact_uri: str) -> Any:
 
 
 def download(artifact_uri: str, dst: str | None = None) -> str:
-    """Downloads an artifact (file or folder) to a local path and returns it."""
+    """Downloads an artifact (file or folder) to ``dst`` (by default a new folder of :func:`scratch`) and returns
+    its local path."""
     import mlflow
 
-    return mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=dst or tempfile.mkdtemp())
+    return mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=dst or scratch())
+
+
+@functools.cache
+def _scratch_root() -> tempfile.TemporaryDirectory:
+    return tempfile.TemporaryDirectory(prefix="odir-downloads-")
+
+
+def scratch() -> str:
+    """A new folder for downloaded artifacts, removed with the others when the process exits.
+
+    Why one root per process: a step hands on what it downloads (a verified model folder to ``load_model``, checkpoint
+    paths to the loader), so no call site can delete its own folder; left in the system's temporary folder, every
+    check of a version kept a copy of it (tens of MB) there for good.
+    """
+    return tempfile.mkdtemp(dir=_scratch_root().name)
 
 
 def split_model_uri(model_uri: str) -> tuple[str, str]:

@@ -1,5 +1,6 @@
 """Two ``odir full`` at once on one store (a scheduled retrain overlapping a manual run): both end well, and the
-store holds one version per member, one ensemble version and one champion."""
+store holds one version per member, one ensemble version and one champion, and neither leaves files in the system's
+temporary folder."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ BIN = Path(sys.executable).parent
 def test_two_pipelines_at_once_train_each_model_once(stack: Stack, tiny_data: Path, tiny_profile: Path,
                                                      tmp_path: Path) -> None:  # fmt: skip
     home = tmp_path / "store"
-    env = {**stack.env, "ODIR_HOME": str(home)}
+    system_tmp = tmp_path / "tmp"
+    system_tmp.mkdir()
+    env = {**stack.env, "ODIR_HOME": str(home), "TMPDIR": str(system_tmp)}
     subprocess.run([sys.executable, "-c", "from steps import tracking; tracking.setup()"], env=env, check=True)
     command = [str(BIN / "odir"), "full", "--profile", str(tiny_profile), "--data", str(tiny_data)]
     logs = [tmp_path / "first.log", tmp_path / "second.log"]
@@ -32,3 +35,4 @@ def test_two_pipelines_at_once_train_each_model_once(stack: Stack, tiny_data: Pa
     experiment = client.get_experiment_by_name("odir")
     trainings = client.search_runs([experiment.experiment_id], "tags.`odir.step` = 'train'")
     assert sorted(run.data.tags["odir.model"] for run in trainings) == ["tiny-a", "tiny-b"]
+    assert {path.name for path in system_tmp.iterdir()} <= {"torchinductor_root"}  # torch.compile's cache, reused

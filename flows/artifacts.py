@@ -64,6 +64,14 @@ def rate(value: float) -> str:
     return "n/a" if value != value else f"{value:.2f}"
 
 
+def promotion_evidence(summary: dict[str, Any]) -> str:
+    """What the promotion decision rests on, in parentheses: the paired bootstrap's probability, or why no
+    comparison was made; empty when there was no champion to compare with."""
+    if summary.get("prob_better") is not None:
+        return f" (P(better than champion) {summary['prob_better']:.2f})"
+    return f" ({summary['promotion_note']})" if summary.get("promotion_note") else ""
+
+
 def summary_markdown(summary: dict[str, Any]) -> str:
     """The pipeline run's result as Markdown: what a reader of the Prefect UI wants first."""
     title = f"# odir {summary.get('profile')}: {summary.get('decision')}"
@@ -81,8 +89,8 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         *(f"| {name} | {_interval(*values)} |" for name, values in summary["scores"].items()),
         "",
     ]
-    evidence = "" if summary.get("prob_better") is None else f" (P(better than champion) {summary['prob_better']:.2f})"
-    lines.append(f"**Decision:** {summary['decision']}{evidence}; champion is version {summary['champion_version']}.")
+    lines.append(f"**Decision:** {summary['decision']}{promotion_evidence(summary)}; champion is version "
+                 f"{summary['champion_version']}.")  # fmt: skip
     if summary.get("referral"):
         referral = summary["referral"]
         lines.append(f"\n**Referred to a grader:** {referral['n_referred']} of {referral['n']} images on {split} "

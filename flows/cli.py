@@ -286,7 +286,7 @@ def _runs_page(ui: str) -> str:
 
 def _print_summary(summary: dict) -> None:
     """The pipeline's result as a reader wants it: scores with intervals, the decision, where things are."""
-    from flows.artifacts import rate, run_url
+    from flows.artifacts import promotion_evidence, rate, run_url
 
     print(f"\nodir pipeline finished: profile {summary.get('profile')}, data {summary['data_digest'][:12]}")
     if "scores" not in summary:  # retraining found nothing changed
@@ -305,8 +305,8 @@ def _print_summary(summary: dict) -> None:
     )
     scored_on = "out-of-fold" if summary["split_mode"].startswith("cv") else "val, at the best epoch"
     print(f"members' f1_macro ({scored_on}): {members}")
-    evidence = "" if summary.get("prob_better") is None else f" (P(better than champion) {summary['prob_better']:.2f})"
-    print(f"decision: {summary['decision']}{evidence}; champion is version {summary['champion_version']}")
+    print(f"decision: {summary['decision']}{promotion_evidence(summary)}; champion is version "
+          f"{summary['champion_version']}")  # fmt: skip
     if summary.get("referral"):
         referral = summary["referral"]
         referred, kept = rate(referral["error_rate_referred"]), rate(referral["error_rate_kept"])

@@ -356,7 +356,7 @@ def _pipeline(run: PipelineRun, data_root: str, out: str | None, only_if_changed
         "split_mode": f"cv ({config.cv.folds} folds)" if config.cv else "given splits",
         "scored_split": test_split, "scores": headline_scores(scored, test_split),
         "per_class": per_class_rows(scored, test_split), "referral": referral_counts(scored, test_split),
-        "decision": decision.decision, "prob_better": decision.prob_better,
+        "decision": decision.decision, "prob_better": decision.prob_better, "promotion_note": decision.note,
         "champion_version": decision.version if decision.decision == "champion" else decision.champion_version,
         "submission": submission, "pipeline_run_id": common["parent_run_id"],
         "member_runs": [m.run_id for m in members], "ensemble_run": ens.run_id,

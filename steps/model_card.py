@@ -432,6 +432,8 @@ def _promotion_line(promotion: dict[str, str], version: str) -> str:
         line += f", needed {promotion['min_probability']}" if "min_probability" in promotion else ""
     if "difference_ci" in promotion:
         line += f"; difference {promotion['difference_ci']}"
+    if "evidence" in promotion:
+        line += f"; {promotion['evidence']}"
     return line + ")"
 
 

@@ -9,9 +9,12 @@ tie or a marginal win keeps the champion.
 
 In cross-validation mode without a test split (``split`` ``cv``), the images are the labelled pool and each version
 is represented by its cross-fitted out-of-fold predictions (the ensemble step's ``predictions/cv.csv``). A
-champion without them for the same images (trained on other data or folds) is run on the pool instead: it may
-have trained on some of those images, so its score is optimistic, and a challenger that beats it anyway is
-better still. The decision, the probability and both intervals are logged on the
+champion without them, built on other data, is run on the pool instead: it may have trained on some of those
+images, so its score is optimistic, and a challenger that beats it anyway is better still. A champion built on
+this same data that trained or was tuned on the compared images (:func:`trained_on`: a given-splits version on the
+pool, a cross-validated one on train or val) has no fair score there: no comparison is made, the challenger stays
+``@challenger``, and the log, the summary and its version's ``promotion.evidence`` tag say why and how to move the
+alias by hand. The decision, the probability and both intervals are logged on the
 promote run and as tags of the challenger's version. Aliases are moved last, after everything else succeeded, and
 under a lock held in the registry, so two concurrent promotions compare one after the other.
 """
@@ -77,6 +80,7 @@ class PromoteResult:
     champion_score: float | None
     run_id: str
     prob_better: float | None = None
+    note: str | None = None  # why no comparison was made, when none was
 
 
 @dataclass(frozen=True)
@@ -148,6 +152,19 @@ def scored_on(model_uri: str, manifest: Manifest, split: str, experiment: str, i
     return Scored(prediction.probs, prediction.thresholds)
 
 
+def trained_on(model_uri: str, manifest: Manifest, split: str, experiment: str) -> bool:
+    """Whether a version built on this same data used ``split``'s images to train, pick an epoch or tune a
+    threshold: a cross-validated version used train and val, a given-splits one all of the CV pool (its train
+    trained, its val picked and tuned). A version built on other data is not known to have: False."""
+    from mlflow import MlflowClient
+
+    name, version = tracking.split_model_uri(model_uri)
+    if MlflowClient().get_model_version(name, version).tags.get("data_digest") != manifest.digest:
+        return False
+    cross_validated = cv_predictions(f"models:/{name}/{version}", experiment) is not None
+    return split in CV_POOL if cross_validated else split == "cv"
+
+
 def current_champion(name: str) -> str | None:
     """The version holding ``@champion``, or None."""
     from mlflow import MlflowClient
@@ -187,7 +204,8 @@ def _already_decided(name: str, version: str, split: str, digest: str) -> Promot
     if tags.get("promotion.decision") == CHALLENGER and tags.get("promotion.champion_version") == champion:
         log.info("%s version %s stays challenger to champion version %s: compared before on the same data", name,
                  version, champion)  # fmt: skip
-        return PromoteResult(CHALLENGER, version, score, champion, None, "", float(tags["promotion.prob_better"]))
+        prob = float(tags["promotion.prob_better"]) if "promotion.prob_better" in tags else None
+        return PromoteResult(CHALLENGER, version, score, champion, None, "", prob, tags.get("promotion.evidence"))
     return None
 
 
@@ -217,8 +235,12 @@ def _promote(config: PromoteConfig, manifest: Manifest, images: Images, name: st
     mlflow.log_params({"model_uri": f"models:/{name}/{version}", "split": config.split, "metric": config.metric,
                        "min_probability": config.min_probability,
                        "champion_version": champion_version or "none"})  # fmt: skip
+    note = None
     if champion_version is None or champion_version == version:
         decision, evidence, champion_score = CHAMPION, None, None
+    elif trained_on(f"models:/{name}/{champion_version}", manifest, config.split, config.experiment):
+        decision, evidence, champion_score = CHALLENGER, None, None
+        note = _no_fair_comparison(name, version, champion_version, config.split)
     else:
         champion = scored_on(f"models:/{name}/{champion_version}", manifest, config.split, config.experiment, images)
         wins, evidence = decide(labels, images.patients, champion, challenger, config.metric, config.min_probability)
@@ -240,7 +262,23 @@ def _promote(config: PromoteConfig, manifest: Manifest, images: Images, name: st
             if evidence else "",
         )  # fmt: skip
     prob = evidence.prob_b_better if evidence else None
-    return PromoteResult(decision, version, score, champion_version, champion_score, run.info.run_id, prob)
+    return PromoteResult(decision, version, score, champion_version, champion_score, run.info.run_id, prob, note)
+
+
+def _no_fair_comparison(name: str, version: str, champion_version: str, split: str) -> str:
+    """Records (on the promote run and the challenger's version) and returns why no comparison was made."""
+    import mlflow
+
+    note = (f"no comparison: champion version {champion_version} trained or was tuned on these images ({split}) of "
+            "the same data, so its score there is not a fair one")  # fmt: skip
+    mlflow.log_param("evidence", note)
+    client = mlflow.MlflowClient()
+    client.set_model_version_tag(name, version, "promotion.decision", CHALLENGER)
+    client.set_model_version_tag(name, version, "promotion.champion_version", champion_version)
+    client.set_model_version_tag(name, version, "promotion.evidence", note)
+    log.warning("%s version %s stays challenger: %s. To make it the champion, set its alias by hand (MLflow UI: "
+                "Models > %s > Version %s > Aliases: champion)", name, version, note, name, version)  # fmt: skip
+    return note
 
 
 def _score(scored: Scored, labels: np.ndarray, metric: str) -> float:

@@ -115,6 +115,8 @@ def test_summary_markdown_and_links_by_hand(monkeypatch: pytest.MonkeyPatch) -> 
     text = summary_markdown(summary)
     assert "| f1_macro | 0.800 [0.700, 0.900] |" in text and "| f1_G | 0.500 |" in text
     assert "(P(better than champion) 0.95); champion is version 3" in text
+    unfair = {**summary, "decision": "challenger", "prob_better": None, "promotion_note": "no comparison: why"}
+    assert "**Decision:** challenger (no comparison: why); champion is version 3." in summary_markdown(unfair)
     assert "4 of 20 images on offsite_test (error rate 0.50 referred vs 0.12 kept)" in text
     assert "`models:/odir-ensemble/3`" in text and "member run 1 (run `m1`)" in text
     monkeypatch.setenv("ODIR_MLFLOW_UI_URL", "http://ui:5000/")

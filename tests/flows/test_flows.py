@@ -159,15 +159,30 @@ def test_prefect_yaml_deploys_and_a_worker_runs_odir_full(
         stop(worker)
 
 
-def test_a_cv_profile_runs_end_to_end_and_names_its_protocol(stack: Stack, tiny_data: Path, tmp_path: Path) -> None:
+def test_a_cv_profile_runs_end_to_end_and_is_not_compared_with_a_champion_that_trained_on_its_pool(
+    stack: Stack, tiny_data: Path, tiny_profile: Path, tmp_path: Path
+) -> None:
+    """The real data's shape (no labelled offsite split): a given-splits champion trained on train and was tuned on
+    val, so it has no fair score on the CV pool; the CV version stays challenger and says why."""
+    data = Path(shutil.copytree(tiny_data, tmp_path / "data"))
+    (data / "offsite_test.csv").unlink()
+    shutil.rmtree(data / "images" / "offsite_test")
+    own = Stack(stack.api, tmp_path / "store", {**stack.env, "ODIR_HOME": str(tmp_path / "store")})
+    given = own.run(str(BIN / "odir"), "full", "--profile", str(tiny_profile), "--data", str(data))
+    assert given.returncode == 0, given.stdout[-3000:] + given.stderr[-3000:]
     profile = tmp_path / "cv.yaml"
     profile.write_text(
         "name: cvtiny\ndefaults: {image_size: 32, batch_size: 8, epochs: 1, lr: 0.003, seed: 3}\nmodels:\n"
         "  - {name: cv-tiny, backbone: tiny_cnn}\ntta_views: [identity, hflip]\ncv: {folds: 3, seed: 1}\n"
     )
-    done = stack.run(str(BIN / "odir"), "full", "--profile", str(profile), "--data", str(tiny_data))
+    done = own.run(str(BIN / "odir"), "full", "--profile", str(profile), "--data", str(data))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "cv (3 folds); 95% intervals: bootstrap over patients" in done.stdout
     assert "members' f1_macro (out-of-fold): odir-cv-tiny" in done.stdout
-    [member] = _client(stack).search_model_versions("name = 'odir-cv-tiny'")
+    [member] = _client(own).search_model_versions("name = 'odir-cv-tiny'")
     assert "patient-grouped" in member.description.lower() or "out-of-fold" in member.description.lower()
+    note = "no comparison: champion version 1 trained or was tuned on these images (cv) of the same data"
+    assert f"decision: challenger ({note}, so its score there is not a fair one); champion is version 1" in done.stdout
+    assert "Models > odir-ensemble > Version 2 > Aliases: champion" in done.stderr
+    assert _client(own).get_model_version(tracking.ENSEMBLE_MODEL, "2").tags["promotion.evidence"].startswith(note)
+    assert _champion(own) == "1"

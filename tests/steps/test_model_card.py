@@ -377,3 +377,6 @@ def test_the_promotion_line_names_split_metric_and_evidence() -> None:
         "needed 0.9; difference [-0.020, +0.050])"
     )
     assert model_card._promotion_line(promotion, "1") == "challenger on offsite_test (already the champion)"
+    unfair = {"decision": "challenger", "split": "cv", "champion_version": "1", "evidence": "no comparison: why"}
+    expected = "challenger on cv against version 1 (f1_macro; no comparison: why)"
+    assert model_card._promotion_line(unfair, "2") == expected

@@ -19,6 +19,7 @@ from components import LABELS
 from components.bootstrap import paired_bootstrap, pick, report_metrics
 from components.data import patient_of
 from components.ensemble import PROB_COLUMNS
+from steps import tracking
 
 DEFAULT_STORE = f"sqlite:///{Path('.odir/ablation/mlruns/mlflow.db').resolve()}"
 
@@ -40,7 +41,7 @@ def cross_fitted(client: MlflowClient, ensemble) -> pd.DataFrame | None:
     sit at 0.5), or None."""
     if "cv_predictions_uri" not in ensemble.data.tags:
         return None
-    path = client.download_artifacts(ensemble.info.run_id, "predictions/cv.csv")
+    path = client.download_artifacts(ensemble.info.run_id, "predictions/cv.csv", tracking.scratch())
     return pd.read_csv(path, dtype={"id": str}).sort_values("id").reset_index(drop=True)
 
 

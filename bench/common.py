@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import statistics
 import tempfile
 import time
@@ -42,6 +44,7 @@ def dataset_root(real: bool = True, size: int = 128, count: int = 200) -> tuple[
     if real and (REAL_DATA / "train.csv").exists():
         return REAL_DATA, f"real ODIR data ({REAL_DATA})"
     root = Path(tempfile.mkdtemp(prefix="odir-bench-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
     write_synthetic_dataset(root, size=size, sizes=SynthSizes(count, 0, 0, 0), seed=0)
     return root, f"synthetic data ({count} images, {size} px)"
 

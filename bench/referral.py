@@ -26,6 +26,7 @@ from components.bootstrap import patient_codes, percentile_interval, resample_co
 from components.data import patient_of
 from components.ensemble import PROB_COLUMNS
 from components.referral import ReferralSpec, disagreement, refer, view_spread
+from steps import tracking
 
 
 def _ensemble_run(client, profile: str):
@@ -45,7 +46,7 @@ def _name_version(model_uri: str) -> tuple[str, str]:
 def _oof(client, model_uri: str) -> pd.DataFrame:
     """A member's out-of-fold predictions (id, labels, p_*, fold) from its training run."""
     run_id = client.get_model_version(*_name_version(model_uri)).run_id
-    frame = pd.read_csv(client.download_artifacts(run_id, "predictions/oof.csv"), dtype={"id": str})
+    frame = pd.read_csv(client.download_artifacts(run_id, "predictions/oof.csv", tracking.scratch()), dtype={"id": str})
     return frame.set_index("id")
 
 
@@ -102,7 +103,9 @@ def main() -> None:
 
     client = MlflowClient(tracking_uri=args.store)
     run = _ensemble_run(client, args.profile)
-    cv = pd.read_csv(client.download_artifacts(run.info.run_id, "predictions/cv.csv"), dtype={"id": str})
+    cv = pd.read_csv(
+        client.download_artifacts(run.info.run_id, "predictions/cv.csv", tracking.scratch()), dtype={"id": str}
+    )
     ensemble = client.get_model_version(*_name_version(run.data.tags["registered_model_uri"]))
     member_uris = ensemble.tags["members"].split(",")
     oofs = [_oof(client, uri).loc[cv["id"]] for uri in member_uris]
@@ -115,7 +118,9 @@ def main() -> None:
     else:
         views = tuple(run.data.params["tta_views"].split(","))
         print(f"profile {args.profile}: ensemble run {run.info.run_id}, members {member_uris}, {len(cv)} images")
-        weights = pd.read_json(client.download_artifacts(run.info.run_id, "weights.json"), typ="series").to_numpy()
+        weights = pd.read_json(
+            client.download_artifacts(run.info.run_id, "weights.json", tracking.scratch()), typ="series"
+        ).to_numpy()
         spreads = [held_out_view_spread(uri, manifest, oof, views) for uri, oof in zip(member_uris, oofs, strict=True)]
         tta_std = np.tensordot(weights, np.stack(spreads), axes=1)
         member_probs = [oof.loc[:, list(PROB_COLUMNS)].to_numpy() for oof in oofs]

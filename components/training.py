@@ -368,9 +368,16 @@ class _Run:
         log.info(
             "%s epoch %d/%d  train_loss %.4f  val_loss %.4f  val_f1_macro %.4f  val_f1_course %.4f%s",
             self.spec.name, epoch, self.spec.epochs, metrics["train_loss"], metrics["val_loss"],
-            metrics["val_f1_macro"], metrics["val_f1_course"], "  *best*" if improved else "",
+            metrics["val_f1_macro"], metrics["val_f1_course"], self._mark(improved, epoch),
         )  # fmt: skip
         self._notify(epoch, metrics, writes)
+
+    def _mark(self, improved: bool, epoch: int) -> str:
+        """The log line's mark of the weights kept so far: the best epoch's, or with ``monitor: last`` (no epoch is
+        chosen, so none is "best") the last one's."""
+        if self.spec.monitor == "last":
+            return "  *kept*" if epoch == self.spec.epochs else ""
+        return "  *best*" if improved else ""
 
     def _record(self, epoch: int, metrics: dict[str, float]) -> bool:
         """Updates the state with the epoch's score; whether it improved on the best."""

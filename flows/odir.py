@@ -25,7 +25,7 @@ from components.folds import CVSpec
 from components.referral import ReferralSpec
 from components.tta import STUDY_VIEWS
 from flows import freeze_startup_objects, without_heartbeats
-from flows.artifacts import per_class_rows, publish_summary, training_progress
+from flows.artifacts import per_class_rows, promotion_evidence, publish_summary, training_progress
 from steps import ensemble, evaluate, ingest, model_card, promote, submit, tracking, train, tune_thresholds
 from steps.base import StepConfig
 from steps.contracts import load_manifest
@@ -189,7 +189,8 @@ def _record_headline(pid: str, summary: dict[str, Any]) -> None:
         lines = [f"| {name} | {v:.3f} [{lo:.3f}, {hi:.3f}] |" for name, (v, lo, hi) in summary["scores"].items()
                  if v is not None and lo is not None and lo == lo]  # fmt: skip
         note = (f"**{summary['ensemble']}** on {summary['scored_split']} ({summary['split_mode']}): "
-                f"{summary['decision']}.\n\n| metric | value [95% CI] |\n|---|---|\n" + "\n".join(lines))  # fmt: skip
+                f"{summary['decision']}{promotion_evidence(summary)}.\n\n| metric | value [95% CI] |\n|---|---|\n"
+                + "\n".join(lines))  # fmt: skip
         client.set_tag(pid, "mlflow.note.content", note)
         f1, low, high = summary["scores"]["f1_macro"]
         if f1 is not None:  # the runs list shows names, not metrics, until a user picks columns: the headline there

@@ -152,16 +152,21 @@ def scored_on(model_uri: str, manifest: Manifest, split: str, experiment: str, i
     return Scored(prediction.probs, prediction.thresholds)
 
 
-def trained_on(model_uri: str, manifest: Manifest, split: str, experiment: str) -> bool:
-    """Whether a version built on this same data used ``split``'s images to train, pick an epoch or tune a
-    threshold: a cross-validated version used train and val, a given-splits one all of the CV pool (its train
-    trained, its val picked and tuned). A version built on other data is not known to have: False."""
+def trained_on(model_uri: str, manifest: Manifest, split: str) -> bool:
+    """Whether a champion built on this same data, under the other protocol than the compared split's, used that
+    split's images to train, pick an epoch or tune a threshold: a cross-validated version used train and val; a
+    given-splits one, all of the CV pool (its train trained, its val picked and tuned). Two given-splits versions
+    compared on val were both tuned there, the protocol's known optimism: False. A version built on other data is
+    not known to have used them: False."""
     from mlflow import MlflowClient
 
+    client = MlflowClient()
     name, version = tracking.split_model_uri(model_uri)
-    if MlflowClient().get_model_version(name, version).tags.get("data_digest") != manifest.digest:
+    model_version = client.get_model_version(name, version)
+    if model_version.tags.get("data_digest") != manifest.digest:
         return False
-    cross_validated = cv_predictions(f"models:/{name}/{version}", experiment) is not None
+    # the version's own run, whatever experiment it was built in
+    cross_validated = "cv_predictions_uri" in client.get_run(model_version.run_id).data.tags
     return split in CV_POOL if cross_validated else split == "cv"
 
 
@@ -238,7 +243,9 @@ def _promote(config: PromoteConfig, manifest: Manifest, images: Images, name: st
     note = None
     if champion_version is None or champion_version == version:
         decision, evidence, champion_score = CHAMPION, None, None
-    elif trained_on(f"models:/{name}/{champion_version}", manifest, config.split, config.experiment):
+        if champion_version is None:
+            _set_promotion_tags(name, version, {"decision": CHAMPION, "champion_version": "none"})
+    elif trained_on(f"models:/{name}/{champion_version}", manifest, config.split):
         decision, evidence, champion_score = CHALLENGER, None, None
         note = _no_fair_comparison(name, version, champion_version, config.split)
     else:
@@ -272,10 +279,7 @@ def _no_fair_comparison(name: str, version: str, champion_version: str, split: s
     note = (f"no comparison: champion version {champion_version} trained or was tuned on these images ({split}) of "
             "the same data, so its score there is not a fair one")  # fmt: skip
     mlflow.log_param("evidence", note)
-    client = mlflow.MlflowClient()
-    client.set_model_version_tag(name, version, "promotion.decision", CHALLENGER)
-    client.set_model_version_tag(name, version, "promotion.champion_version", champion_version)
-    client.set_model_version_tag(name, version, "promotion.evidence", note)
+    _set_promotion_tags(name, version, {"decision": CHALLENGER, "champion_version": champion_version, "evidence": note})
     log.warning("%s version %s stays challenger: %s. To make it the champion, set its alias by hand (MLflow UI: "
                 "Models > %s > Version %s > Aliases: champion)", name, version, note, name, version)  # fmt: skip
     return note
@@ -295,12 +299,33 @@ def _log_evidence(name: str, version: str, evidence: PairedResult, decision: str
         "score_ci_low": evidence.interval_b[0], "score_ci_high": evidence.interval_b[1],
         "champion_score_ci_low": evidence.interval_a[0], "champion_score_ci_high": evidence.interval_a[1],
     })  # fmt: skip
-    client = mlflow.MlflowClient()
-    client.set_model_version_tag(name, version, "promotion.decision", decision)
-    client.set_model_version_tag(name, version, "promotion.champion_version", champion_version)
-    client.set_model_version_tag(name, version, "promotion.prob_better", f"{evidence.prob_b_better:.3f}")
     interval = f"[{evidence.interval[0]:+.3f}, {evidence.interval[1]:+.3f}]"
-    client.set_model_version_tag(name, version, "promotion.difference_ci", interval)
+    _set_promotion_tags(
+        name,
+        version,
+        {
+            "decision": decision,
+            "champion_version": champion_version,
+            "prob_better": f"{evidence.prob_b_better:.3f}",
+            "difference_ci": interval,
+        },
+    )
+
+
+PROMOTION_TAGS = ("decision", "champion_version", "prob_better", "difference_ci", "evidence")
+
+
+def _set_promotion_tags(name: str, version: str, values: dict[str, str]) -> None:
+    """The version's ``promotion.*`` tags: this decision's, none left from an earlier one."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    tags = client.get_model_version(name, version).tags
+    for key in PROMOTION_TAGS:
+        if key in values:
+            client.set_model_version_tag(name, version, f"promotion.{key}", values[key])
+        elif f"promotion.{key}" in tags:
+            client.delete_model_version_tag(name, version, f"promotion.{key}")
 
 
 if __name__ == "__main__":

@@ -13,9 +13,11 @@ import functools
 import json
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -400,19 +402,35 @@ def download(artifact_uri: str, dst: str | None = None) -> str:
     return mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=dst or scratch())
 
 
+SCRATCH_PREFIX = "odir-downloads-"
+_scratch_lock = threading.Lock()
+
+
 @functools.cache
 def _scratch_root() -> tempfile.TemporaryDirectory:
-    return tempfile.TemporaryDirectory(prefix="odir-downloads-")
+    _remove_dead_scratch()
+    return tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-")
+
+
+def _remove_dead_scratch() -> None:
+    """Removes the scratch folders of processes that are gone (killed: no exit handler ran)."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*-*"):
+        pid = folder.name.removeprefix(SCRATCH_PREFIX).split("-")[0]
+        if pid.isdigit() and not process_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def scratch() -> str:
-    """A new folder for downloaded artifacts, removed with the others when the process exits.
+    """A new folder for downloaded artifacts, removed with the others when the process exits (or, if it is killed,
+    by the next odir process on this machine that downloads something).
 
     Why one root per process: a step hands on what it downloads (a verified model folder to ``load_model``, checkpoint
     paths to the loader), so no call site can delete its own folder; left in the system's temporary folder, every
     check of a version kept a copy of it (tens of MB) there for good.
     """
-    return tempfile.mkdtemp(dir=_scratch_root().name)
+    with _scratch_lock:  # the pipeline's tasks run in threads: one root for all of them
+        root = _scratch_root()
+    return tempfile.mkdtemp(dir=root.name)
 
 
 def split_model_uri(model_uri: str) -> tuple[str, str]:

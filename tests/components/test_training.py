@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -142,11 +143,14 @@ def test_early_stopping(datasets, tmp_path: Path) -> None:
     assert result.stopped_early and len(result.history) == 3 and result.best_epoch == 1
 
 
-def test_monitor_last_picks_no_epoch(datasets, tmp_path: Path) -> None:
+def test_monitor_last_picks_no_epoch(datasets, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     # test_early_stopping's run, where no epoch beats the first on validation: all 5 train and the 5th is kept
     spec = _spec(epochs=5, lr=1e-9, mode="head", augment=False, monitor="last")
-    result = train(spec, *datasets, tmp_path)
+    with caplog.at_level(logging.INFO, logger="components.training"):
+        result = train(spec, *datasets, tmp_path)
     assert not result.stopped_early and len(result.history) == 5 and result.best_epoch == 5
+    marks = [line.endswith("*kept*") for line in caplog.messages if " epoch " in line]
+    assert marks == [False] * 4 + [True] and "*best*" not in caplog.text
     assert torch.load(tmp_path / "best.pt", weights_only=True)["epoch"] == 5
     with pytest.raises(OdirError, match="monitor 'last' picks no epoch, so it never stops early: remove patience"):
         _spec(monitor="last", patience=2)

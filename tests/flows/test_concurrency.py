@@ -35,4 +35,5 @@ def test_two_pipelines_at_once_train_each_model_once(stack: Stack, tiny_data: Pa
     experiment = client.get_experiment_by_name("odir")
     trainings = client.search_runs([experiment.experiment_id], "tags.`odir.step` = 'train'")
     assert sorted(run.data.tags["odir.model"] for run in trainings) == ["tiny-a", "tiny-b"]
-    assert {path.name for path in system_tmp.iterdir()} <= {"torchinductor_root"}  # torch.compile's cache, reused
+    left = [path.name for path in system_tmp.iterdir() if not path.name.startswith("torchinductor_")]
+    assert not left  # torchinductor_<user>: torch.compile's cache, reused by the next run

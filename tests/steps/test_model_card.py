@@ -161,7 +161,7 @@ def test_card_states_intended_use_data_and_limitations(pipeline: dict) -> None:
 
 def _ingest_report(pipeline: dict) -> dict:
     run_id = pipeline["ingest"].run_id
-    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="validation/report.json")
+    path = tracking.download(f"runs:/{run_id}/validation/report.json")
     return json.loads(Path(path).read_text())
 
 
@@ -207,7 +207,7 @@ def test_publish_writes_description_artifact_and_model_description(pipeline: dic
         card = model_card.write_model_card(uri)
         assert len(card) <= model_card.DESCRIPTION_LIMIT
         assert client.get_model_version(name, version).description == card
-        artifact = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=model_card.CARD_ARTIFACT)
+        artifact = tracking.download(f"runs:/{run_id}/{model_card.CARD_ARTIFACT}")
         assert Path(artifact).read_text() == card
         assert client.get_registered_model(name).description.startswith(summary)
         assert "not a diagnosis" in client.get_registered_model(name).description

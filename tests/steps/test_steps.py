@@ -106,7 +106,7 @@ def test_logged_models_pin_the_installed_torch_without_its_build_tag(pipeline: d
 
     torch_pin = f"torch=={torch.__version__.split('+')[0]}"  # 2.14.1+cpu installs as 2.14.1 from PyPI
     for model_uri in (pipeline["members"][0].model_uri, pipeline["ensemble"].model_uri):
-        requirements = Path(mlflow.artifacts.download_artifacts(f"{model_uri}/requirements.txt")).read_text()
+        requirements = Path(tracking.download(f"{model_uri}/requirements.txt")).read_text()
         assert torch_pin in requirements.splitlines(), requirements
         assert any(line.startswith("torchvision==") and "+" not in line for line in requirements.splitlines())
 
@@ -315,7 +315,7 @@ def test_evaluate_logs_a_gradcam_gallery_of_true_and_false_positives_and_misses(
                 for (label, kind), rows in cases.items() for row in rows}  # fmt: skip
     logged = {f.path for label in LABELS for f in client.list_artifacts(result.run_id, f"{folder}/{label}")}
     assert expected and logged == expected
-    page = Path(mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path=f"{folder}/gallery.html"))
+    page = Path(tracking.download(f"runs:/{result.run_id}/{folder}/gallery.html"))
     text = page.read_text()
     assert all(f'alt="{path.removeprefix(folder + "/")}"' in text for path in expected)
     assert text.count('<img src="data:image/png;base64,') == len(expected)

@@ -1,7 +1,9 @@
-"""Downloads from the store land in one scratch folder per process, gone when the process exits."""
+"""Downloads from the store land in one scratch folder per process, gone when the process exits, or, when it was
+killed, at the next download of another process."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,9 +21,14 @@ with mlflow.start_run():
 """
 
 
-def test_a_downloaded_artifact_is_gone_when_the_process_exits(tmp_path: Path) -> None:
+def test_downloads_are_gone_when_their_process_exits_or_was_killed(tmp_path: Path) -> None:
     system_tmp = tmp_path / "tmp"
     system_tmp.mkdir()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    killed = system_tmp / f"odir-downloads-{gone.stdout.strip()}-abc"  # as a killed process leaves its folder
+    (killed / "model").mkdir(parents=True)
+    alive = system_tmp / f"odir-downloads-{os.getpid()}-abc"  # this process is alive: its folder stays
+    alive.mkdir()
     env = {**odir_env(tmp_path / "home"), "TMPDIR": str(system_tmp)}
     done = subprocess.run([sys.executable, "-c", DOWNLOAD], env=env, capture_output=True, text=True, timeout=120,
                           cwd=Path(__file__).resolve().parents[2])  # fmt: skip
@@ -29,4 +36,5 @@ def test_a_downloaded_artifact_is_gone_when_the_process_exits(tmp_path: Path) ->
     downloaded, content = done.stdout.splitlines()[-2:]
     assert Path(downloaded).name == "thresholds.json" and Path(downloaded).is_relative_to(system_tmp)
     assert content == "{'a': 1}"
-    assert not list(system_tmp.iterdir())  # each check of a version used to leave its copy (tens of MB) here
+    # each check of a version used to leave its copy (tens of MB) here for good
+    assert [path.name for path in system_tmp.iterdir()] == [alive.name]

@@ -62,8 +62,7 @@ def _run_checkpoints(run_id: str) -> Path | None:
 
     if not mlflow.MlflowClient().list_artifacts(run_id, CHECKPOINT_PART.rstrip("/")):
         return None
-    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=CHECKPOINT_PART.rstrip("/"),
-                                                    dst_path=tracking.scratch()))  # fmt: skip
+    return Path(tracking.download(f"runs:/{run_id}/{CHECKPOINT_PART.rstrip('/')}"))
 
 
 def register(logged_model_uri: str, name: str, tags: dict[str, str]) -> str:

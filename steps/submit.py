@@ -18,9 +18,9 @@ import pandas as pd
 
 from components import LABELS
 from components.outputs import check_output
-from steps import cli, integrity, tracking
+from steps import cli, tracking
 from steps.base import StepConfig, run_step
-from steps.contracts import Manifest, load_manifest
+from steps.contracts import Manifest, load_manifest, predict_paths
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,8 +67,7 @@ def _submit(config: SubmitConfig, manifest: Manifest, model_uri: str, out_path: 
     template = manifest.split(config.split)
     mlflow.log_params({"model_uri": model_uri, "split": config.split})
     started = time.perf_counter()
-    model = mlflow.pyfunc.load_model(str(integrity.verified_model_dir(model_uri)))
-    output = model.unwrap_python_model().predict_sources([str(p) for p in manifest.paths(config.split)])
+    output = predict_paths(model_uri, [str(p) for p in manifest.paths(config.split)]).frame  # files checked
     mlflow.log_metric("predict_seconds", time.perf_counter() - started)
     submission = pd.DataFrame({"id": template["id"]})
     for label in LABELS:

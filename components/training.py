@@ -146,11 +146,17 @@ class _Runtime:
     def __init__(self, spec: ModelSpec, device: torch.device) -> None:
         self.device = device
         cuda = device.type == "cuda"
-        self.channels_last = cuda and spec.channels_last
+        self.channels_last = spec.channels_last
         self.amp_dtype = None
         if cuda and spec.amp:
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        elif device.type == "cpu" and spec.cpu_bf16:
+            self.amp_dtype = torch.bfloat16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+
+    def in_effect(self) -> dict[str, bool]:
+        """The spec's speed settings as this device applies them (what a run's params record)."""
+        return {"amp": self.amp_dtype is not None, "channels_last": self.channels_last}
 
     def autocast(self) -> AbstractContextManager:
         if self.amp_dtype is None:
@@ -162,6 +168,12 @@ class _Runtime:
 
     def layout(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+
+def speed_settings(spec: ModelSpec, device: str | None = None) -> dict[str, bool]:
+    """Whether mixed precision (``amp``: CUDA's, or ``cpu_bf16``) and channels-last are in effect for ``spec``
+    on ``device`` (None: the one training would pick)."""
+    return _Runtime(spec, select_device(device)).in_effect()
 
 
 @dataclass

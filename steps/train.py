@@ -39,7 +39,7 @@ from components.folds import CVSpec
 from components.inference import predict_images
 from components.models import FoldAverage, parameter_count, preprocessing_config
 from components.scoring import scored_report
-from components.training import Callback, TrainResult, select_device, train
+from components.training import Callback, TrainResult, speed_settings, train
 from components.tta import STUDY_VIEWS
 from steps import cli, integrity, tracking
 from steps.base import StepConfig, run_step
@@ -184,9 +184,7 @@ def _train(
     import mlflow
 
     spec = config.spec
-    # amp and channels_last as in effect: the training uses them on CUDA only
-    cuda = select_device(config.device).type == "cuda"
-    in_effect = {"amp": spec.amp and cuda, "channels_last": spec.channels_last and cuda}
+    in_effect = speed_settings(spec, config.device)  # amp: CUDA's mixed precision, or cpu_bf16 on a CPU
     mlflow.log_params(tracking.flat_params({**spec.model_dump(), **in_effect, "profile": config.profile}))
     mlflow.log_params({"data_digest": manifest.digest, "manifest_uri": config.manifest_uri,
                        "split_mode": "cv" if config.cv else "given"})  # fmt: skip

@@ -1,10 +1,12 @@
-"""CPU training throughput: today's settings (float32, contiguous tensors, torch's default threads) against the
-CPU options issue 15 asked about, side by side in one run.
+"""CPU training throughput: the settings before issue 15 measured them (float32, contiguous tensors, torch's default
+threads) against the CPU options it asked about, side by side in one run.
 
 One training step (forward, backward, Adam) of EfficientNet-Lite0 at 160 px, batch 32, on fixed random tensors: the
 data path is measured elsewhere (``bench/data_cache.py``), so the rows compare compute only. Variants: channels-last
-memory format, bfloat16 autocast (this CPU has avx512_bf16; without AMX it runs on AVX-512), both, and
-``torch.compile`` (``ODIR_BENCH_COMPILE=1``: its compilation takes minutes on 2 cores and is reported apart).
+memory format (training's setting since, ``ModelSpec.channels_last``), bfloat16 autocast (``ModelSpec.cpu_bf16``:
+this CPU has avx512_bf16; without AMX it runs on AVX-512), both, and ``torch.compile`` (``ODIR_BENCH_COMPILE=1``:
+its compilation takes minutes on 2 cores and is reported apart). Each variant is timed right after its own
+measurement of the reference, so that a machine's drift over the run (warm-up, another process) falls on both.
 """
 
 from __future__ import annotations
@@ -60,13 +62,14 @@ def run(_root: Path | None = None, size: int = 160, batch: int = 32, backbone: s
                 "bf16 + channels_last": (True, True, False)}  # fmt: skip
     if os.environ.get("ODIR_BENCH_COMPILE") == "1":
         variants["torch.compile"] = (False, False, True)
-    today, _ = _throughput(False, False, False, size, batch, backbone)
+    _throughput(False, False, False, size, batch, backbone)  # warms the allocator and oneDNN's primitive caches
     rows = []
     for name, (channels_last, bf16, compiled) in variants.items():
+        reference, _ = _throughput(False, False, False, size, batch, backbone)
         value, warmup = _throughput(channels_last, bf16, compiled, size, batch, backbone)
         note = f"compiling took {warmup:.0f} s" if compiled else ""
-        goal = f"> 1x to keep; today {today:.1f} img/s, {torch.get_num_threads()} threads {note}".rstrip()
-        rows.append(Row(f"cpu training images/s: {name} vs today's", value, today, "img/s", goal))
+        goal = f"> 1x to keep; {torch.get_num_threads()} threads {note}".rstrip()
+        rows.append(Row(f"cpu training images/s: {name} vs float32 contiguous", value, reference, "img/s", goal))
     return rows
 
 

@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from components import training
 from components.config import parse_model_spec
 from components.data import FundusDataset, ImageCache, load_split
 from components.errors import OdirError
 from components.inference import predict_images
 from components.models import IMAGENET, build_model, preprocessing_config
-from components.training import Callback, epoch_seed, load_trained, select_device, train
+from components.training import Callback, epoch_seed, load_trained, select_device, speed_settings, train
 
 SIZE = 32
 
@@ -251,6 +252,35 @@ def test_the_ema_is_what_is_validated_and_checkpointed(datasets, tmp_path: Path)
     result = train(spec, *datasets, tmp_path)
     best = _weights(result.best_checkpoint)
     assert all(torch.allclose(best[k], initial[k], atol=1e-3) for k in weights)
+
+
+def test_training_runs_in_the_memory_format_and_precision_the_spec_asks_for(
+    datasets, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # channels_last: the first convolution of a training step sees channels-last input; cpu_bf16: it computes in
+    # bfloat16 under autocast, while the weights (and the checkpoint) stay float32
+    assert speed_settings(_spec(), "cpu") == {"amp": False, "channels_last": True}  # amp is CUDA's
+    assert speed_settings(_spec(cpu_bf16=True, channels_last=False), "cpu") == {"amp": True, "channels_last": False}
+    seen: list[tuple[bool, torch.dtype]] = []
+
+    def recording_model(*args, **kwargs):
+        model = build_model(*args, **kwargs)
+        first_conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+        first_conv.register_forward_hook(
+            lambda module, inputs, output: seen.append(
+                (inputs[0].is_contiguous(memory_format=torch.channels_last), output.dtype)
+            ) if module.training else None
+        )  # fmt: skip
+        return model
+
+    monkeypatch.setattr(training, "build_model", recording_model)
+    cases = [({}, (True, torch.float32)), ({"channels_last": False}, (False, torch.float32)),
+             ({"cpu_bf16": True}, (True, torch.bfloat16))]  # fmt: skip
+    for index, (settings, expected) in enumerate(cases):
+        seen.clear()
+        result = train(_spec(epochs=1, **settings), *datasets, tmp_path / str(index))
+        assert seen and set(seen) == {expected}
+        assert all(v.dtype == torch.float32 for v in _weights(result.best_checkpoint).values() if v.is_floating_point())
 
 
 def test_the_schedule_and_the_backbone_lr_reach_the_optimiser(datasets, tmp_path: Path) -> None:

@@ -78,10 +78,11 @@ class ModelSpec(BaseModel):
         patience: stop after this many epochs without improvement (None: never).
         grad_clip: clip the gradient norm to this value (None: no clipping).
         amp: mixed precision on CUDA (bfloat16 where supported, else float16 with gradient scaling).
-        cpu_bf16: bfloat16 autocast when training on a CPU (1.4x faster Lite0 steps on this machine's avx512_bf16,
-            ``make bench``); off by default because it changes the numbers, so a profile opts in after measuring.
-        channels_last: channels-last memory format on every device (1.5-1.7x faster Lite0 training steps on 2 CPU
-            cores in float32, ``make bench``; the same arithmetic in another order).
+        cpu_bf16: bfloat16 autocast when training on a CPU (on this machine's avx512_bf16, 1.2x faster Lite0 fold
+            models at 224 px on top of channels-last, docs/benchmarks.md); off by default because it changes the
+            numbers, so a profile opts in after measuring.
+        channels_last: channels-last memory format on every device (1.7x faster Lite0 fold models on 2 CPU cores
+            in float32, docs/benchmarks.md; the same arithmetic in another order).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")

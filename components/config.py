@@ -80,9 +80,9 @@ class ModelSpec(BaseModel):
         amp: mixed precision on CUDA (bfloat16 where supported, else float16 with gradient scaling).
         cpu_bf16: bfloat16 autocast when training on a CPU (on this machine's avx512_bf16, 1.2x faster Lite0 fold
             models at 224 px on top of channels-last, docs/benchmarks.md); off by default because it changes the
-            numbers, so a profile opts in after measuring.
-        channels_last: channels-last memory format on every device (1.7x faster Lite0 fold models on 2 CPU cores
-            in float32, docs/benchmarks.md; the same arithmetic in another order).
+            numbers, so a profile opts in after measuring. Ignored, with a warning, on a CPU without native bfloat16.
+        channels_last: channels-last memory format on CUDA and the CPU (1.6x faster Lite0 training steps on 2 CPU
+            cores in float32, docs/benchmarks.md; the same arithmetic in another order). Not on MPS.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")

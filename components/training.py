@@ -22,11 +22,13 @@ writer, callbacks) travel together as a :class:`_Run`, whose methods are the epo
 - The best checkpoint is chosen on validation ``f1_macro`` (or loss); early stopping after ``patience`` epochs
   without improvement. ``monitor: last`` chooses none: every epoch runs and the last is kept. Callbacks receive
   each epoch's metrics and each saved checkpoint (tracking plugs in here).
-- CUDA, then Apple MPS, then CPU; mixed precision and channels-last on CUDA.
+- CUDA, then Apple MPS, then CPU; channels-last on CUDA and the CPU, mixed precision on CUDA (and on a CPU with
+  native bfloat16 when the spec asks, ``cpu_bf16``).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -140,17 +142,31 @@ def augment_batch(images: torch.Tensor) -> torch.Tensor:
     return Flips()(images)
 
 
+@functools.cache
+def _cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (avx512_bf16 or AMX): elsewhere it is emulated, slower than
+    float32 and still changes the numbers, so ``cpu_bf16`` is ignored there, with a warning."""
+    try:
+        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())  # oneDNN's own check; no public API for it
+    except (AttributeError, RuntimeError):
+        native = False
+    if not native:
+        log.warning("cpu_bf16 is ignored: this CPU has no native bfloat16 (avx512_bf16 or AMX); training in float32")
+    return native
+
+
 class _Runtime:
     """Device placement, autocast and gradient scaling for one run."""
 
     def __init__(self, spec: ModelSpec, device: torch.device) -> None:
         self.device = device
         cuda = device.type == "cuda"
-        self.channels_last = spec.channels_last
+        # measured on CUDA and the CPU; MPS's channels-last backward had bugs in torch releases this project accepts
+        self.channels_last = spec.channels_last and device.type in ("cuda", "cpu")
         self.amp_dtype = None
         if cuda and spec.amp:
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        elif device.type == "cpu" and spec.cpu_bf16:
+        elif device.type == "cpu" and spec.cpu_bf16 and _cpu_has_native_bf16():
             self.amp_dtype = torch.bfloat16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
 

@@ -261,6 +261,9 @@ def test_training_runs_in_the_memory_format_and_precision_the_spec_asks_for(
     # bfloat16 under autocast, while the weights (and the checkpoint) stay float32
     assert speed_settings(_spec(), "cpu") == {"amp": False, "channels_last": True}  # amp is CUDA's
     assert speed_settings(_spec(cpu_bf16=True, channels_last=False), "cpu") == {"amp": True, "channels_last": False}
+    with monkeypatch.context() as patched:  # a CPU without native bfloat16 ignores cpu_bf16 (emulated: slower)
+        patched.setattr(training, "_cpu_has_native_bf16", lambda: False)
+        assert speed_settings(_spec(cpu_bf16=True), "cpu") == {"amp": False, "channels_last": True}
     seen: list[tuple[bool, torch.dtype]] = []
 
     def recording_model(*args, **kwargs):

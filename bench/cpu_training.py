@@ -3,10 +3,11 @@ threads) against the CPU options it asked about, side by side in one run.
 
 One training step (forward, backward, Adam) of EfficientNet-Lite0 at 160 px, batch 32, on fixed random tensors: the
 data path is measured elsewhere (``bench/data_cache.py``), so the rows compare compute only. Variants: channels-last
-memory format (training's setting since this measurement, ``ModelSpec.channels_last``), bfloat16 autocast (``ModelSpec.cpu_bf16``:
-this CPU has avx512_bf16; without AMX it runs on AVX-512), both, and ``torch.compile`` (``ODIR_BENCH_COMPILE=1``:
-its compilation takes minutes on 2 cores and is reported apart). Each variant is timed right after its own
-measurement of the reference, so that a machine's drift over the run (warm-up, another process) falls on both.
+memory format (training's setting since this measurement, ``ModelSpec.channels_last``), bfloat16 autocast
+(``ModelSpec.cpu_bf16``: this CPU has avx512_bf16; without AMX it runs on AVX-512), both, and ``torch.compile``
+(``ODIR_BENCH_COMPILE=1``: its compilation takes minutes on 2 cores and is reported apart). Each variant is timed
+right after its own measurement of the reference, so that a machine's drift over the run (warm-up, another process)
+falls on both.
 """
 
 from __future__ import annotations

@@ -185,6 +185,11 @@ class _Runtime:
     def layout(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
+    def place(self, model: nn.Module) -> nn.Module:
+        """``model`` on the device, in the memory format of this run (its convolutions then run in it whatever
+        the input's layout)."""
+        return model.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
+
 
 def speed_settings(spec: ModelSpec, device: str | None = None) -> dict[str, bool]:
     """Whether mixed precision (``amp``: CUDA's, or ``cpu_bf16``) and channels-last are in effect for ``spec``
@@ -251,7 +256,9 @@ def predict_logits(
 
 def _score(metrics: dict[str, float], monitor: str, epoch: int) -> float:
     """Higher is better: F1 as is, loss negated, and with ``last`` the epoch itself (each one beats the one before)."""
-    return {"f1_macro": metrics["val_f1_macro"], "loss": -metrics["val_loss"], "last": float(epoch)}[monitor]
+    if monitor == "last":  # the one monitor that allows epochs without validation (``validate_every``)
+        return float(epoch)
+    return metrics["val_f1_macro"] if monitor == "f1_macro" else -metrics["val_loss"]
 
 
 @dataclass
@@ -297,7 +304,7 @@ class _Run:
         seed_everything(spec.seed)
         model = build_model(spec.backbone, spec.weights)
         set_trainable(model, spec.mode)
-        model.to(rt.device, memory_format=torch.channels_last if rt.channels_last else torch.preserve_format)
+        rt.place(model)
         loss_fn = build_loss(spec.loss, train_data.labels.numpy(), **spec.loss_params).to(rt.device)
         optimiser = build_optimiser(model, spec.optimizer, spec.lr, spec.weight_decay, spec.backbone_lr_scale)
         base_lrs = [group["lr"] for group in optimiser.param_groups] if optimiser is not None else []
@@ -324,7 +331,9 @@ class _Run:
         try:
             for epoch in range(self.state.epoch + 1, self.spec.epochs + 1):
                 seed_everything(epoch_seed(self.spec.seed, epoch))
-                metrics = {"train_loss": self.train_epoch(epoch), **self.validate()}
+                metrics = {"train_loss": self.train_epoch(epoch)}
+                if epoch == self.spec.epochs or epoch % self.spec.validate_every == 0:
+                    metrics.update(self.validate())
                 self.state.history.append({"epoch": float(epoch), **metrics})
                 self.after_epoch(epoch, metrics)
                 if self.state.finished:
@@ -393,11 +402,12 @@ class _Run:
         improved = self._record(epoch, metrics)
         writes = self._checkpoints(improved)
         self.writer.submit(writes)
-        log.info(
-            "%s epoch %d/%d  train_loss %.4f  val_loss %.4f  val_f1_macro %.4f  val_f1_course %.4f%s",
-            self.spec.name, epoch, self.spec.epochs, metrics["train_loss"], metrics["val_loss"],
-            metrics["val_f1_macro"], metrics["val_f1_course"], self._mark(improved, epoch),
+        validated = (
+            f"  val_loss {metrics['val_loss']:.4f}  val_f1_macro {metrics['val_f1_macro']:.4f}"
+            f"  val_f1_course {metrics['val_f1_course']:.4f}" if "val_loss" in metrics else "  (not validated)"
         )  # fmt: skip
+        log.info("%s epoch %d/%d  train_loss %.4f%s%s", self.spec.name, epoch, self.spec.epochs,
+                 metrics["train_loss"], validated, self._mark(improved, epoch))  # fmt: skip
         self._notify(epoch, metrics, writes)
 
     def _mark(self, improved: bool, epoch: int) -> str:
@@ -523,7 +533,8 @@ def _changing_weights(model: Classifier, mode: str) -> dict[str, torch.Tensor]:
 
 def load_trained(checkpoint: Path | str, device: str | None = None) -> tuple[Classifier, ModelSpec]:
     """The model and spec of a ``best.pt`` written by :func:`train` (tensors only: ``weights_only=True``), normalising
-    its input as it was trained to."""
+    its input as it was trained to, in the memory format it was trained in (channels-last predicts 1.8x faster on
+    the CPU, ``make bench``)."""
     saved = load_checkpoint(checkpoint)
     spec = ModelSpec.model_validate(saved["spec"])
     # the normalisation the weights were trained under: recorded since it became part of the backbone's
@@ -531,4 +542,4 @@ def load_trained(checkpoint: Path | str, device: str | None = None) -> tuple[Cla
     recorded = saved.get("preprocessing")
     model = build_model(spec.backbone, "none", Normalisation.from_config(recorded) if recorded else IMAGENET)
     model.load_state_dict(saved["model"])
-    return model.to(select_device(device)).eval(), spec
+    return _Runtime(spec, select_device(device)).place(model).eval(), spec

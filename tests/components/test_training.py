@@ -157,6 +157,20 @@ def test_monitor_last_picks_no_epoch(datasets, tmp_path: Path, caplog: pytest.Lo
         _spec(monitor="last", patience=2)
 
 
+def test_validate_every_skips_validation_but_not_training(datasets, tmp_path: Path) -> None:
+    # 5 epochs, validate_every 2: epochs 2 and 4 and the last (5) are validated; the weights are those of a run
+    # validated every epoch (validation draws no random numbers and changes no weights)
+    every = train(_spec(epochs=5, monitor="last"), *datasets, tmp_path / "every")
+    some = train(_spec(epochs=5, monitor="last", validate_every=2), *datasets, tmp_path / "some")
+    assert [("val_loss" in h) for h in some.history] == [False, True, False, True, True]
+    assert [h["train_loss"] for h in some.history] == [h["train_loss"] for h in every.history]
+    assert some.best_metrics == every.best_metrics and some.best_epoch == 5
+    assert all(torch.equal(a, b) for a, b in zip(_weights(some.best_checkpoint).values(),
+                                                 _weights(every.best_checkpoint).values(), strict=True))  # fmt: skip
+    with pytest.raises(OdirError, match="monitor 'f1_macro' picks an epoch, so it validates every one"):
+        _spec(validate_every=2)
+
+
 def test_frozen_mode_evaluates_the_loaded_weights(datasets, tmp_path: Path) -> None:
     result = train(_spec(mode="frozen", epochs=0), *datasets, tmp_path)
     assert result.best_epoch == 0 and len(result.history) == 1
@@ -284,6 +298,9 @@ def test_training_runs_in_the_memory_format_and_precision_the_spec_asks_for(
         result = train(_spec(epochs=1, **settings), *datasets, tmp_path / str(index))
         assert seen and set(seen) == {expected}
         assert all(v.dtype == torch.float32 for v in _weights(result.best_checkpoint).values() if v.is_floating_point())
+        loaded, _ = load_trained(result.best_checkpoint)  # predicts in the memory format it was trained in
+        first_conv = next(m for m in loaded.modules() if isinstance(m, torch.nn.Conv2d))
+        assert first_conv.weight.is_contiguous(memory_format=torch.channels_last) is expected[0]
 
 
 def test_the_schedule_and_the_backbone_lr_reach_the_optimiser(datasets, tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 """Inference: the registered-style ``odir-ensemble`` pyfunc (3 members, 5-view TTA) against calling the three raw
-models with the same TTA in a loop (goal <= 1.10x wall), and TTA as one batched forward against five forwards.
+models with the same TTA in a loop (goal <= 1.10x wall), TTA as one batched forward against five forwards, and
+a loaded model's prediction in its trained memory format (channels-last, ``load_trained``) against contiguous.
 
 Both sides read the same images through the same decoded-image cache (warmed first) and return the same numbers;
 the pyfunc side adds what serving adds: the DataFrame in and out, schema checks, the weighted mean, thresholds.
@@ -7,6 +8,7 @@ the pyfunc side adds what serving adds: the DataFrame in and out, schema checks,
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import tempfile
@@ -87,8 +89,13 @@ def run(root: Path, size: int = 128, limit: int = 100, repeats: int = 3) -> list
 
         batched_seconds = median_seconds(lambda: predict_proba(model, x, STUDY_VIEWS), repeats)
         separate_seconds = median_seconds(separate, repeats)
+        lite0, _ = members[MEMBERS.index("efficientnet_lite0")]  # as loaded: in the memory format it trained in
+        contiguous = copy.deepcopy(lite0).to(memory_format=torch.contiguous_format)
+        layout_seconds = [median_seconds(lambda m=m: predict_proba(m, x, STUDY_VIEWS, 32), repeats)
+                          for m in (lite0, contiguous)]  # fmt: skip
     count = len(paths)
     return [
         Row(f"ensemble pyfunc vs raw models, 3x5 views, {count} img", pyfunc_seconds, raw_seconds, "s", "<= 1.10x"),
         Row(f"TTA one batched forward vs 5 forwards ({size}px, 32)", batched_seconds, separate_seconds, "s", "-"),
+        Row(f"Lite0 5-view prediction: channels-last vs contiguous ({size}px, 32)", *layout_seconds, "s", "< 1x"),
     ]

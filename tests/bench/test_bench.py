@@ -20,7 +20,7 @@ def test_head_only_benchmark_runs(synthetic_root: Path) -> None:
 
 def test_inference_benchmark_runs(synthetic_root: Path) -> None:
     rows = inference.run(synthetic_root, size=32, limit=4, repeats=1)
-    assert len(rows) == 2 and all(row.value > 0 and row.reference > 0 for row in rows)
+    assert len(rows) == 3 and all(row.value > 0 and row.reference > 0 for row in rows)
 
 
 def test_pipeline_overhead_benchmark_runs(synthetic_root: Path, monkeypatch) -> None:

@@ -1,7 +1,10 @@
 """Test-time augmentation: the study's five deterministic views, one batched forward, probabilities averaged.
 
 Views: ``identity``, ``hflip`` (mirror left-right), ``vflip`` (mirror top-bottom), ``rot90`` (rotate +90°,
-counter-clockwise) and ``rot270`` (rotate −90°, clockwise). All act on the last two (H, W) dimensions.
+counter-clockwise) and ``rot270`` (rotate −90°, clockwise); with ``rot180``, ``transpose`` (mirror about the main
+diagonal) and ``antitranspose`` (about the other one), all eight symmetries of a square (:data:`DIHEDRAL_VIEWS`;
+measured no better than the five on the `cpu` profile's fold models, docs/results.md). All act on the last two
+(H, W) dimensions.
 """
 
 from __future__ import annotations
@@ -19,8 +22,12 @@ VIEWS.register("hflip")(lambda x: torch.flip(x, dims=(-1,)))
 VIEWS.register("vflip")(lambda x: torch.flip(x, dims=(-2,)))
 VIEWS.register("rot90")(lambda x: torch.rot90(x, k=1, dims=(-2, -1)))
 VIEWS.register("rot270")(lambda x: torch.rot90(x, k=-1, dims=(-2, -1)))
+VIEWS.register("rot180")(lambda x: torch.rot90(x, k=2, dims=(-2, -1)))
+VIEWS.register("transpose")(lambda x: x.transpose(-2, -1))
+VIEWS.register("antitranspose")(lambda x: torch.rot90(x, k=2, dims=(-2, -1)).transpose(-2, -1))
 
 STUDY_VIEWS: tuple[str, ...] = ("identity", "hflip", "vflip", "rot90", "rot270")
+DIHEDRAL_VIEWS: tuple[str, ...] = (*STUDY_VIEWS, "rot180", "transpose", "antitranspose")
 
 
 def check_views(views: Sequence[str]) -> tuple[str, ...]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from components.tta import STUDY_VIEWS, VIEWS, predict_proba, stack_views
+from components.tta import DIHEDRAL_VIEWS, STUDY_VIEWS, VIEWS, predict_proba, stack_views
 
 N = 4
 IMAGE = torch.arange(2 * N * N, dtype=torch.float32).view(1, 2, N, N)
@@ -19,11 +19,15 @@ def _explicit(name: str, i: int, j: int) -> tuple[int, int]:
         "vflip": (N - 1 - i, j),
         "rot90": (j, N - 1 - i),  # counter-clockwise: the top row becomes the left column, read upwards
         "rot270": (N - 1 - j, i),  # clockwise
+        "rot180": (N - 1 - i, N - 1 - j),
+        "transpose": (j, i),  # about the main diagonal
+        "antitranspose": (N - 1 - j, N - 1 - i),  # about the other diagonal
     }[name]
 
 
-@pytest.mark.parametrize("name", STUDY_VIEWS)
+@pytest.mark.parametrize("name", DIHEDRAL_VIEWS)
 def test_views_match_index_arithmetic(name: str) -> None:
+    assert set(DIHEDRAL_VIEWS) == set(VIEWS.names()) and len(DIHEDRAL_VIEWS) == 8
     out = VIEWS.get(name)(IMAGE)
     for i in range(N):
         for j in range(N):

@@ -1,0 +1,41 @@
+"""The pieces of bench/oof_variants.py against hand-computed values (the bench itself needs a store's train run)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bench.oof_variants import course_thresholds, cross_fitted, fellow_index, pool_fellow
+from components.metrics import f1_macro
+
+
+def test_the_fellow_eye_is_the_same_patients_other_side() -> None:
+    ids = ["1_left.jpg", "2_right.jpg", "1_right.jpg", "3_left.jpg", "scan.jpg"]
+    assert fellow_index(ids).tolist() == [2, -1, 0, -1, -1]
+
+
+def test_pooling_mixes_in_the_fellow_eyes_probabilities_by_class() -> None:
+    probs = np.array([[0.2, 0.4, 0.8], [0.6, 0.0, 0.4], [0.9, 0.9, 0.9]])
+    pooled = pool_fellow(probs, np.array([1, 0, -1]), np.array([0.25, 0.5, 0.0]))
+    # row 0: 0.75 * 0.2 + 0.25 * 0.6 = 0.3, 0.5 * 0.4 + 0.5 * 0.0 = 0.2, 0.8 unchanged (w 0); row 2 has no fellow
+    np.testing.assert_allclose(pooled, [[0.3, 0.2, 0.8], [0.5, 0.2, 0.4], [0.9, 0.9, 0.9]])
+
+
+def test_course_thresholds_take_the_first_grid_value_that_separates() -> None:
+    labels = np.array([[0, 0, 1], [0, 1, 0], [1, 0, 0], [1, 1, 1]])
+    probs = np.array([[0.1, 0.2, 0.7], [0.3, 0.6, 0.2], [0.8, 0.1, 0.4], [0.9, 0.7, 0.9]])
+    # F1 of both classes is 1 for any threshold in (0.3, 0.8] for D, (0.2, 0.6] for G, (0.4, 0.7] for A
+    assert course_thresholds(labels, probs) == pytest.approx([0.31, 0.21, 0.41])
+
+
+def test_cross_fitting_keeps_separable_folds_separated() -> None:
+    rng = np.random.default_rng(0)
+    labels = np.tile(np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [0, 0, 0], [1, 1, 1]]), (8, 1))
+    probs = np.clip(labels * 0.6 + 0.2 + rng.uniform(-0.1, 0.1, labels.shape), 0, 1)  # 0.1-0.3 against 0.7-0.9
+    folds = np.repeat(np.arange(4), 10)
+    shifted = cross_fitted(labels, probs, folds)
+    pooled = cross_fitted(labels, probs, folds, fellow=fellow_index([f"{i // 2}_{'left' if i % 2 else 'right'}"
+                                                                        for i in range(40)]))  # fmt: skip
+    assert f1_macro(labels, shifted) == 1.0 and shifted.min() >= 0 and shifted.max() <= 1
+    # a fellow eye of other labels only blurs the classes here: the other folds pick weight 0, pooling nothing
+    assert np.array_equal(pooled, shifted)

@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.metrics import f1_score
 
 from components import LABELS
 from components.bootstrap import paired_bootstrap, pick, report_metrics
@@ -35,6 +34,7 @@ from components.metrics import DEFAULT_THRESHOLD
 from components.scoring import scored_report
 from components.thresholds import fine_grid, tune_thresholds
 from components.tta import DIHEDRAL_VIEWS, STUDY_VIEWS
+from steps.contracts import CHECKPOINT_DIR
 
 FELLOW_WEIGHTS = np.round(np.arange(0.0, 0.55, 0.05), 2)
 Thresholds = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -65,11 +65,7 @@ def f1_thresholds(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
 
 def course_thresholds(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
     """Per class, the threshold of the fine grid with the best F1 averaged over both classes (the course's)."""
-    grid = fine_grid()
-    return np.array([
-        grid[int(np.argmax([f1_score(labels[:, c], probs[:, c] >= t, average="macro", zero_division=0) for t in grid]))]
-        for c in range(len(LABELS))
-    ])  # fmt: skip
+    return tune_thresholds(labels, probs, fine_grid(), ("f1_course",) * len(LABELS)).thresholds
 
 
 def cross_fitted(
@@ -77,7 +73,8 @@ def cross_fitted(
     fellow: np.ndarray | None = None,
 ) -> np.ndarray:  # fmt: skip
     """Each fold's probabilities calibrated, pooled (with ``fellow``) and thresholded by what the other folds fit,
-    shifted so that its thresholds sit at 0.5."""
+    shifted so that its thresholds sit at 0.5: the ensemble step's ``_cross_fitted`` for one member, with the two
+    variants' hooks (the step's own logs to MLflow and knows neither)."""
     shifted = np.zeros_like(probs)
     for fold in np.unique(folds):
         fit, held_out = folds != fold, folds == fold
@@ -122,7 +119,7 @@ def repredict(
 
     probs = np.zeros((len(oof), len(LABELS)))
     for fold in sorted(oof["fold"].unique()):
-        model, spec = load_trained(checkpoints / f"fold_{fold}.pt")
+        model, spec = load_trained(checkpoints / f"fold_{fold}.pt", device="cpu")  # where the bf16 autocast applies
         held_out = (oof["fold"] == fold).to_numpy()
         paths = [_image_path(data, image_id) for image_id in oof["id"][held_out]]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -133,7 +130,10 @@ def repredict(
 
 def _image_path(data: Path, image_id: str) -> Path:
     """Where a CV pool image is: the dataset's train or val images."""
-    return next(path for split in ("train", "val") if (path := data / "images" / split / image_id).exists())
+    for split in ("train", "val"):
+        if (path := data / "images" / split / image_id).exists():
+            return path
+    raise SystemExit(f"{image_id}: not in {data / 'images' / 'train'} or {data / 'images' / 'val'}")
 
 
 def _member_run(store: str, run_name: str, folder: Path) -> tuple[pd.DataFrame, Path]:
@@ -142,10 +142,13 @@ def _member_run(store: str, run_name: str, folder: Path) -> tuple[pd.DataFrame, 
 
     client = MlflowClient(store)
     experiments = [e.experiment_id for e in client.search_experiments()]
-    [run] = client.search_runs(experiments, f"tags.mlflow.runName = '{run_name}'", order_by=["start_time DESC"],
-                               max_results=1)  # fmt: skip
-    oof = pd.read_csv(client.download_artifacts(run.info.run_id, "predictions/oof.csv", str(folder)), dtype={"id": str})
-    return oof, Path(client.download_artifacts(run.info.run_id, "checkpoints", str(folder)))
+    runs = client.search_runs(experiments, f"tags.mlflow.runName = '{run_name}' and attributes.status = 'FINISHED'",
+                              order_by=["start_time DESC"], max_results=1)  # fmt: skip
+    if not runs or "oof_predictions_uri" not in runs[0].data.tags:
+        raise SystemExit(f"{store}: no finished cross-validated train run named {run_name!r}")
+    run_id = runs[0].info.run_id
+    oof = pd.read_csv(client.download_artifacts(run_id, "predictions/oof.csv", str(folder)), dtype={"id": str})
+    return oof, Path(client.download_artifacts(run_id, CHECKPOINT_DIR, str(folder)))
 
 
 def main() -> None:

@@ -81,7 +81,7 @@ class ModelSpec(BaseModel):
             costs 5 seconds. Picking an epoch needs every one scored, so other monitors take 1 only.
         grad_clip: clip the gradient norm to this value (None: no clipping).
         amp: mixed precision on CUDA (bfloat16 where supported, else float16 with gradient scaling).
-        cpu_bf16: bfloat16 autocast when training on a CPU (on this machine's avx512_bf16, 1.2x faster Lite0 fold
+        cpu_bf16: bfloat16 autocast when training on a CPU (on this machine's avx512_bf16, 1.0-1.3x faster Lite0 fold
             models at 224 px on top of channels-last, docs/benchmarks.md); off by default because it changes the
             numbers, so a profile opts in after measuring. Ignored, with a warning, on a CPU without native bfloat16.
         channels_last: channels-last memory format on CUDA and the CPU (1.6x faster Lite0 training steps on 2 CPU

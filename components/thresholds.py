@@ -8,6 +8,8 @@ Tune on validation predictions only, never on a test split.
 F1 is one objective among several, chosen per class by name (:func:`parse_objective`, :data:`OBJECTIVES`):
 
 - ``f1`` (the default): the highest F1.
+- ``f1_course``: the highest F1 averaged over both classes of the disease (how the study's course scored,
+  ``f1_course`` in :mod:`components.metrics`).
 - ``youden``: the highest Youden index, sensitivity + specificity - 1 (Youden, *Cancer* 1950).
 - ``sens_at_spec:<level>``: the highest sensitivity among the thresholds with specificity >= level; a screening
   programme that caps false referrals.
@@ -108,6 +110,11 @@ def _f1(y_true: np.ndarray, scores: np.ndarray, grid: np.ndarray, level: float |
     return f1_per_threshold(y_true, scores, grid), np.zeros(len(grid)), True
 
 
+def _f1_course(y_true: np.ndarray, scores: np.ndarray, grid: np.ndarray, level: float | None) -> Scores:
+    tp, fp, fn, tn = _grid_counts(y_true, scores, grid)
+    return (_rate(2 * tp, 2 * tp + fp + fn) + _rate(2 * tn, 2 * tn + fn + fp)) / 2, np.zeros(len(grid)), True
+
+
 def _youden(y_true: np.ndarray, scores: np.ndarray, grid: np.ndarray, level: float | None) -> Scores:
     sensitivity, specificity = rates_per_threshold(y_true, scores, grid)
     return sensitivity + specificity - 1.0, np.zeros(len(grid)), True
@@ -143,6 +150,7 @@ class ObjectiveKind:
 
 OBJECTIVES: dict[str, ObjectiveKind] = {
     "f1": ObjectiveKind(_f1, takes_level=False),
+    "f1_course": ObjectiveKind(_f1_course, takes_level=False),
     "youden": ObjectiveKind(_youden, takes_level=False),
     "sens_at_spec": ObjectiveKind(_sens_at_spec, takes_level=True, floor_name="specificity"),
     "spec_at_sens": ObjectiveKind(_spec_at_sens, takes_level=True, floor_name="sensitivity"),

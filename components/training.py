@@ -69,7 +69,8 @@ class Callback:
     """Hooks called by :func:`train`; override what you need."""
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
-        """After each epoch, with ``train_loss``, ``val_loss`` and every ``val_*`` metric."""
+        """After each epoch, with ``train_loss``, and ``val_loss`` and every ``val_*`` metric if the epoch was
+        validated (every one unless ``validate_every`` says otherwise)."""
 
     def on_checkpoint(self, path: Path, kind: str, epoch: int) -> None:
         """After a checkpoint is written; ``kind`` is ``"best"`` or ``"last"``."""
@@ -82,7 +83,8 @@ class TrainResult:
     Attributes:
         best_epoch: the epoch of the best checkpoint (0 for ``frozen``: the weights as loaded).
         best_metrics: validation metrics of the best checkpoint.
-        history: one dict of metrics per epoch run, including those before a resume.
+        history: one dict of metrics per epoch run, including those before a resume (``val_*`` only for the
+            validated epochs, see ``ModelSpec.validate_every``).
         best_checkpoint: ``{"model", "spec", "epoch", "metrics"}``, loadable with ``weights_only=True``.
         resumed_from: the epoch a resumed run continued after, or None.
         stopped_early: whether early stopping ended the run.

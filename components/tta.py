@@ -1,4 +1,5 @@
-"""Test-time augmentation: the study's five deterministic views, one batched forward, probabilities averaged.
+"""Test-time augmentation: deterministic views (the study's five by default), one batched forward, probabilities
+averaged.
 
 Views: ``identity``, ``hflip`` (mirror left-right), ``vflip`` (mirror top-bottom), ``rot90`` (rotate +90°,
 counter-clockwise) and ``rot270`` (rotate −90°, clockwise); with ``rot180``, ``transpose`` (mirror about the main

@@ -28,9 +28,10 @@ STEP_CODE: dict[str, tuple[str, ...]] = {
     "train": ("components.attention", "components.augment", "components.checkpoints", "components.data",
               "components.fundus", "components.losses", "components.metrics", "components.models",
               "components.schedule", "components.training"),
+    # components.training: load_trained, which puts a loaded model in the memory format it trained in
     "evaluate": ("components.data", "components.explain", "components.fundus", "components.inference",
                  "components.metrics", "components.models", "components.referral", "components.scoring",
-                 "components.tta", "steps.ensemble_model"),
+                 "components.training", "components.tta", "steps.ensemble_model"),
     "tune_thresholds": ("components.thresholds",),
     # components.drift: the drift reference the ensemble logs with each version
     "ensemble": ("components.data", "components.drift", "components.ensemble", "components.fundus",

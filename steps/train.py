@@ -13,9 +13,10 @@ weights on. Their scores at 0.5 are logged as ``cv_*`` with intervals. The regis
 models' probabilities (``checkpoints/fold_<k>.pt``).
 
 The run holds every spec field as a param, per-epoch ``train_loss``, ``val_loss`` and validation metrics (both
-F1s, per-class F1, AUROC), system metrics, the dataset input, the best checkpoint (``checkpoints/best.pt``, tensors
-only) and the best model logged with ``mlflow.pytorch``. The version is tagged with the dataset digest and the
-profile. An interrupted run resumes from its local checkpoint folder (``last.pt`` stays there: resume state only).
+F1s, per-class F1, AUROC; with ``validate_every``, the validated epochs' only), system metrics, the dataset input,
+the best checkpoint (``checkpoints/best.pt``, tensors only) and the best model logged with ``mlflow.pytorch``. The
+version is tagged with the dataset digest and the profile. An interrupted run resumes from its local checkpoint
+folder (``last.pt`` stays there: resume state only).
 """
 
 from __future__ import annotations

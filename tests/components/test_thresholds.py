@@ -78,12 +78,12 @@ def test_empty_grid_raises() -> None:
 
 
 # Objectives on a custom grid. Positives score 0.3 0.5 0.7 0.9, negatives 0.1 0.25 0.35 0.45 0.65 0.85.
-#   t     TP FP FN TN   sensitivity  specificity   F1          Youden
-#   0.20   4  5  0  1   1            1/6           8/13 0.615  1/6
-#   0.40   3  3  1  3   3/4          1/2           6/10 0.6    1/4
-#   0.60   2  2  2  4   1/2          2/3           4/8  0.5    1/6
-#   0.80   1  1  3  5   1/4          5/6           2/6         1/12
-#   0.87   1  0  3  6   1/4          1             2/5         1/4
+#   t     TP FP FN TN   sensitivity  specificity   F1          Youden  F1 of the negatives  f1_course
+#   0.20   4  5  0  1   1            1/6           8/13 0.615  1/6     2/7                  0.451
+#   0.40   3  3  1  3   3/4          1/2           6/10 0.6    1/4     6/10                 0.6
+#   0.60   2  2  2  4   1/2          2/3           4/8  0.5    1/6     8/12                 0.583
+#   0.80   1  1  3  5   1/4          5/6           2/6         1/12    10/14                0.524
+#   0.87   1  0  3  6   1/4          1             2/5         1/4     12/15                0.6
 OBJ_Y = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
 OBJ_S = np.array([0.3, 0.5, 0.7, 0.9, 0.1, 0.25, 0.35, 0.45, 0.65, 0.85])
 OBJ_GRID = (0.2, 0.4, 0.6, 0.8, 0.87)
@@ -98,6 +98,7 @@ def _tune(objective: str) -> float:
     ("objective", "threshold"),
     [
         ("f1", 0.2),  # 8/13 beats 6/10
+        ("f1_course", 0.4),  # 0.6 at 0.40 and 0.87: the tie goes to 0.40, closer to 0.5
         ("youden", 0.4),  # 1/4 at 0.40 and 0.87: the tie goes to 0.40, closer to 0.5
         ("sens_at_spec:0.6", 0.6),  # specificity >= 0.6 at 0.6, 0.8, 0.87; sensitivity 1/2 beats 1/4
         ("sens_at_spec:0.8", 0.87),  # 0.8 and 0.87 both give 1/4; 0.87 has more specificity (1 > 5/6)
@@ -139,13 +140,17 @@ def test_parse_objective() -> None:
     assert parse_objective(" youden ") == Objective("youden")
     assert parse_objective("sens_at_spec:0.9") == Objective("sens_at_spec", 0.9)
     assert str(parse_objective("spec_at_sens:0.95")) == "spec_at_sens:0.95"
-    assert set(OBJECTIVES) == {"f1", "youden", "sens_at_spec", "spec_at_sens"}
+    assert set(OBJECTIVES) == {"f1", "f1_course", "youden", "sens_at_spec", "spec_at_sens"}
 
 
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("f2", "unknown threshold objective 'f2'; valid: f1, youden, sens_at_spec:<level>, spec_at_sens:<level>"),
+        (
+            "f2",
+            "unknown threshold objective 'f2'; valid: f1, f1_course, youden, sens_at_spec:<level>, "
+            "spec_at_sens:<level>",
+        ),
         ("sens_at_spec", "needs a level in \\(0, 1\\), e.g. sens_at_spec:0.9"),
         ("sens_at_spec:high", "needs a level"),
         ("sens_at_spec:1.0", "must be in \\(0, 1\\), got 1.0"),

@@ -167,6 +167,11 @@ def test_validate_every_skips_validation_but_not_training(datasets, tmp_path: Pa
     assert some.best_metrics == every.best_metrics and some.best_epoch == 5
     assert all(torch.equal(a, b) for a, b in zip(_weights(some.best_checkpoint).values(),
                                                  _weights(every.best_checkpoint).values(), strict=True))  # fmt: skip
+    with pytest.raises(KeyboardInterrupt):  # a crash after an epoch that was not validated resumes as well
+        train(_spec(epochs=5, monitor="last", validate_every=2), *datasets, tmp_path / "crash",
+              callbacks=[_Crash(after_epoch=3)])  # fmt: skip
+    resumed = train(_spec(epochs=5, monitor="last", validate_every=2), *datasets, tmp_path / "crash")
+    assert resumed.resumed_from == 3 and resumed.history == some.history
     with pytest.raises(OdirError, match="monitor 'f1_macro' picks an epoch, so it validates every one"):
         _spec(validate_every=2)
 

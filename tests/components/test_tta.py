@@ -27,7 +27,6 @@ def _explicit(name: str, i: int, j: int) -> tuple[int, int]:
 
 @pytest.mark.parametrize("name", DIHEDRAL_VIEWS)
 def test_views_match_index_arithmetic(name: str) -> None:
-    assert set(DIHEDRAL_VIEWS) == set(VIEWS.names()) and len(DIHEDRAL_VIEWS) == 8
     out = VIEWS.get(name)(IMAGE)
     for i in range(N):
         for j in range(N):

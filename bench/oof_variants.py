@@ -1,14 +1,15 @@
 """Variants of a cross-validated member's prediction and thresholds, measured on its fold models and out-of-fold
-predictions without training again (issue 15). Each variant is cross-fitted fold by fold as the ensemble step does
-for one member (a temperature per class, then per-class F1 thresholds, fit on the other folds) and paired over
-patients with the step's own way on the same images.
+predictions without training again (issue 15). Each variant is cross-fitted by the ensemble step's own
+:func:`steps.ensemble.cross_fit` for one member (a temperature per class, then per-class thresholds, fit on the
+other folds) and paired over patients with the step as a profile runs it (F1 thresholds on the fine grid).
 
     python -m bench.oof_variants --store sqlite:////work/abl-home/mlruns/mlflow.db --run "train abl19-lite0" \\
         [--data ../shared/data/odir]
 
 Variants on the stored out-of-fold predictions: thresholds maximising the course F1 (macro over both classes of a
-disease) instead of the positive class's, and pooling the fellow eye (``p' = (1 - w) p + w p_fellow`` per class,
-``w`` in 0..0.5 picked on the other folds; ODIR ids are ``<patient>_<left|right>``). With ``--data``, each fold
+disease) instead of the positive class's (the ``f1_course`` objective), and pooling the fellow eye
+(``p' = (1 - w) p + w p_fellow`` per class before calibration, ``w`` in 0..0.5 picked on the other folds; ODIR ids
+are ``<patient>_<left|right>``). With ``--data``, each fold
 model predicts its held-out fold again: as trained (which reproduces the stored predictions), under bfloat16
 autocast, and with all eight symmetries of the square as views instead of five.
 """
@@ -16,8 +17,8 @@ autocast, and with all eight symmetries of the square as views instead of five.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -26,18 +27,19 @@ import torch
 
 from components import LABELS
 from components.bootstrap import paired_bootstrap, pick, report_metrics
-from components.calibration import apply_temperature, fit_temperatures
 from components.data import patient_of
 from components.ensemble import PROB_COLUMNS
 from components.inference import predict_images
 from components.metrics import DEFAULT_THRESHOLD
 from components.scoring import scored_report
-from components.thresholds import fine_grid, tune_thresholds
+from components.thresholds import tune_thresholds
 from components.tta import DIHEDRAL_VIEWS, STUDY_VIEWS
-from steps.contracts import CHECKPOINT_DIR
+from steps.contracts import CHECKPOINT_DIR, grid_of
+from steps.ensemble import EnsembleConfig, cross_fit
 
 FELLOW_WEIGHTS = np.round(np.arange(0.0, 0.55, 0.05), 2)
-Thresholds = Callable[[np.ndarray, np.ndarray], np.ndarray]
+STEP = EnsembleConfig(member_model_uris=("member",), member_val_predictions=("oof",), manifest_uri="-", grid="fine")
+"""The ensemble step as the `cpu` profile runs it on one member (``threshold_grid: fine``, F1, calibrated)."""
 
 
 def fellow_index(ids: list[str]) -> np.ndarray:
@@ -58,38 +60,24 @@ def pool_fellow(probs: np.ndarray, fellow: np.ndarray, weights: np.ndarray | flo
     return pooled
 
 
-def f1_thresholds(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
-    """The ensemble step's: per class, the threshold of the fine grid with the best positive-class F1."""
-    return tune_thresholds(labels, probs, fine_grid()).thresholds
-
-
-def course_thresholds(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
-    """Per class, the threshold of the fine grid with the best F1 averaged over both classes (the course's)."""
-    return tune_thresholds(labels, probs, fine_grid(), ("f1_course",) * len(LABELS)).thresholds
-
-
-def cross_fitted(
-    labels: np.ndarray, probs: np.ndarray, folds: np.ndarray, thresholds: Thresholds = f1_thresholds,
-    fellow: np.ndarray | None = None,
-) -> np.ndarray:  # fmt: skip
-    """Each fold's probabilities calibrated, pooled (with ``fellow``) and thresholded by what the other folds fit,
-    shifted so that its thresholds sit at 0.5: the ensemble step's ``_cross_fitted`` for one member, with the two
-    variants' hooks (the step's own logs to MLflow and knows neither)."""
+def fellow_pooled(config: EnsembleConfig, labels: np.ndarray, probs: np.ndarray, folds: np.ndarray,
+                  fellow: np.ndarray) -> np.ndarray:  # fmt: skip
+    """Cross-fitted as the step does, each fold's images pooled with their fellow eyes by weights picked on the
+    other folds (a fellow eye is in its image's fold: folds group patients); the shifted probabilities."""
     shifted = np.zeros_like(probs)
     for fold in np.unique(folds):
-        fit, held_out = folds != fold, folds == fold
-        calibrated = apply_temperature(probs, fit_temperatures(labels[fit], probs[fit]))
-        if fellow is not None:
-            calibrated = pool_fellow(calibrated, fellow, _fellow_weights(labels, calibrated, fellow, fit))
-        chosen = thresholds(labels[fit], calibrated[fit])
-        shifted[held_out] = np.clip(calibrated[held_out] - chosen + DEFAULT_THRESHOLD, 0.0, 1.0)
+        held_out = folds == fold
+        pooled = pool_fellow(probs, fellow, _fellow_weights(config, labels, probs, fellow, ~held_out))
+        shifted[held_out] = cross_fit(config, labels, [pooled], folds)[1][held_out]
     return shifted
 
 
-def _fellow_weights(labels: np.ndarray, probs: np.ndarray, fellow: np.ndarray, fit: np.ndarray) -> np.ndarray:
-    """Per class, the pooling weight whose best threshold gives the highest F1 on the ``fit`` rows (a fellow eye is
-    in its image's fold: folds group patients)."""
-    best_f1 = np.stack([tune_thresholds(labels[fit], pool_fellow(probs, fellow, w)[fit], fine_grid()).f1
+def _fellow_weights(
+    config: EnsembleConfig, labels: np.ndarray, probs: np.ndarray, fellow: np.ndarray, fit: np.ndarray
+) -> np.ndarray:  # fmt: skip
+    """Per class, the pooling weight whose best threshold gives the highest F1 on the ``fit`` rows."""
+    grid = grid_of(config.grid)
+    best_f1 = np.stack([tune_thresholds(labels[fit], pool_fellow(probs, fellow, w)[fit], grid).f1
                         for w in FELLOW_WEIGHTS])  # fmt: skip
     return FELLOW_WEIGHTS[best_f1.argmax(axis=0)]
 
@@ -162,12 +150,13 @@ def main() -> None:
         labels, folds = oof.loc[:, list(LABELS)].to_numpy(), oof["fold"].to_numpy()
         patients, stored = [patient_of(i) for i in oof["id"]], oof.loc[:, list(PROB_COLUMNS)].to_numpy()
         fellow = fellow_index(list(oof["id"]))
-        base = cross_fitted(labels, stored, folds)
+        course = dataclasses.replace(STEP, objectives=("f1_course",) * len(LABELS))
+        base = cross_fit(STEP, labels, [stored], folds)[1]
         print(f"# {args.run}: {len(oof)} out-of-fold images, {int((fellow >= 0).sum())} with their fellow eye")
         print(describe("as the ensemble step (F1 thresholds)", labels, base, base, patients), flush=True)
-        print(describe("course-F1 thresholds", labels, cross_fitted(labels, stored, folds, course_thresholds), base,
+        print(describe("course-F1 thresholds", labels, cross_fit(course, labels, [stored], folds)[1], base,
                        patients), flush=True)  # fmt: skip
-        print(describe("fellow-eye pooling", labels, cross_fitted(labels, stored, folds, fellow=fellow), base,
+        print(describe("fellow-eye pooling", labels, fellow_pooled(STEP, labels, stored, folds, fellow), base,
                        patients), flush=True)  # fmt: skip
         if args.data is None:
             return
@@ -176,7 +165,7 @@ def main() -> None:
         for name, (views, bf16) in variants.items():
             probs = repredict(oof, checkpoints, args.data, views, bf16)
             name = f"{name} (max |diff| {np.abs(probs - stored).max():.0e})" if name.endswith("trained") else name
-            print(describe(name, labels, cross_fitted(labels, probs, folds), base, patients), flush=True)
+            print(describe(name, labels, cross_fit(STEP, labels, [probs], folds)[1], base, patients), flush=True)
 
 
 if __name__ == "__main__":

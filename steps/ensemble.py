@@ -208,13 +208,11 @@ def _fit(
     return weights, probs, tune_thresholds(labels, probs, grid_of(config.grid), config.objectives)
 
 
-def _cross_fitted(
-    config: EnsembleConfig, frame: pd.DataFrame, member_probs: list[np.ndarray], folds: np.ndarray
-) -> dict[str, float]:
-    """The cross-fitted CV scores and predictions (see the module docstring), logged; returns the ``cv_`` metrics."""
-    import mlflow
-
-    labels = labels_of(frame)
+def cross_fit(
+    config: EnsembleConfig, labels: np.ndarray, member_probs: list[np.ndarray], folds: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The cross-fitted ensemble probabilities (see the module docstring), and the same shifted so that each fold's
+    thresholds sit at 0.5."""
     probs, shifted = np.zeros_like(member_probs[0]), np.zeros_like(member_probs[0])
     for fold in np.unique(folds):
         fit, held_out = folds != fold, folds == fold
@@ -223,6 +221,17 @@ def _cross_fitted(
         calibrated = [apply_temperature(p[held_out], t) for p, t in zip(member_probs, temperatures, strict=True)]
         probs[held_out] = weighted_mean(calibrated, weights)
         shifted[held_out] = np.clip(probs[held_out] - tuned.thresholds + DEFAULT_THRESHOLD, 0.0, 1.0)
+    return probs, shifted
+
+
+def _cross_fitted(
+    config: EnsembleConfig, frame: pd.DataFrame, member_probs: list[np.ndarray], folds: np.ndarray
+) -> dict[str, float]:
+    """The cross-fitted CV scores and predictions, logged; returns the ``cv_`` metrics."""
+    import mlflow
+
+    labels = labels_of(frame)
+    probs, shifted = cross_fit(config, labels, member_probs, folds)
     patients = [patient_of(i) for i in frame["id"]]
     at_threshold = scored_report(labels, shifted, (DEFAULT_THRESHOLD,) * len(LABELS), patients)
     ranked = scored_report(labels, probs, (DEFAULT_THRESHOLD,) * len(LABELS), patients)  # same resamples (seed)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
-from bench.oof_variants import course_thresholds, cross_fitted, fellow_index, pool_fellow
+from bench.oof_variants import STEP, fellow_index, fellow_pooled, pool_fellow
 from components.metrics import f1_macro
+from steps.ensemble import cross_fit
 
 
 def test_the_fellow_eye_is_the_same_patients_other_side() -> None:
@@ -21,22 +21,14 @@ def test_pooling_mixes_in_the_fellow_eyes_probabilities_by_class() -> None:
     np.testing.assert_allclose(pooled, [[0.3, 0.2, 0.8], [0.5, 0.2, 0.4], [0.9, 0.9, 0.9]])
 
 
-def test_course_thresholds_follow_the_projects_tie_rule() -> None:
-    labels = np.array([[0, 0, 1], [0, 1, 0], [1, 0, 0], [1, 1, 1]])
-    probs = np.array([[0.1, 0.2, 0.7], [0.3, 0.6, 0.2], [0.8, 0.1, 0.4], [0.9, 0.7, 0.9]])
-    # F1 of both classes is 1 for any threshold in (0.3, 0.8] for D, (0.2, 0.6] for G, (0.4, 0.7] for A: the tie
-    # goes to the one closest to 0.5
-    assert course_thresholds(labels, probs) == pytest.approx([0.5, 0.5, 0.5])
-
-
-def test_cross_fitting_keeps_separable_folds_separated() -> None:
+def test_pooling_picks_no_weight_where_the_fellow_eye_only_blurs() -> None:
     rng = np.random.default_rng(0)
     labels = np.tile(np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [0, 0, 0], [1, 1, 1]]), (8, 1))
     probs = np.clip(labels * 0.6 + 0.2 + rng.uniform(-0.1, 0.1, labels.shape), 0, 1)  # 0.1-0.3 against 0.7-0.9
     folds = np.repeat(np.arange(4), 10)
-    shifted = cross_fitted(labels, probs, folds)
-    pooled = cross_fitted(labels, probs, folds, fellow=fellow_index([f"{i // 2}_{'left' if i % 2 else 'right'}"
-                                                                        for i in range(40)]))  # fmt: skip
+    shifted = cross_fit(STEP, labels, [probs], folds)[1]
+    fellow = fellow_index([f"{i // 2}_{'left' if i % 2 else 'right'}" for i in range(40)])
+    pooled = fellow_pooled(STEP, labels, probs, folds, fellow)
     assert f1_macro(labels, shifted) == 1.0 and shifted.min() >= 0 and shifted.max() <= 1
     # a fellow eye of other labels only blurs the classes here: the other folds pick weight 0, pooling nothing
     assert np.array_equal(pooled, shifted)
@@ -49,5 +41,6 @@ def test_pooling_helps_where_both_eyes_share_their_labels() -> None:
     probs = np.clip(0.35 + 0.3 * labels + rng.uniform(-0.3, 0.3, labels.shape), 0, 1)
     ids = [f"{i // 2}_{'left' if i % 2 else 'right'}.jpg" for i in range(120)]
     folds = np.repeat(np.arange(4), 30)  # 15 patients each, both eyes in the patient's fold
-    alone, pooled = cross_fitted(labels, probs, folds), cross_fitted(labels, probs, folds, fellow=fellow_index(ids))
+    alone = cross_fit(STEP, labels, [probs], folds)[1]
+    pooled = fellow_pooled(STEP, labels, probs, folds, fellow_index(ids))
     assert f1_macro(labels, pooled) > f1_macro(labels, alone) + 0.05

@@ -11,7 +11,9 @@ disease) instead of the positive class's (the ``f1_course`` objective), and pool
 (``p' = (1 - w) p + w p_fellow`` per class before calibration, ``w`` in 0..0.5 picked on the other folds; ODIR ids
 are ``<patient>_<left|right>``). With ``--data``, each fold
 model predicts its held-out fold again: as trained (which reproduces the stored predictions), under bfloat16
-autocast, and with all eight symmetries of the square as views instead of five.
+autocast, with all eight symmetries of the square as views instead of five, and at larger sizes than it trained at
+(a model trained on random resized crops sees objects larger than a whole-image resize shows them at the same size:
+the "FixRes" discrepancy of Touvron et al., 2019). ``--variants`` picks some of those by name.
 """
 
 from __future__ import annotations
@@ -99,9 +101,26 @@ def describe(name: str, labels: np.ndarray, shifted: np.ndarray, base: np.ndarra
     return "  ".join(line)
 
 
-def repredict(
-    oof: pd.DataFrame, checkpoints: Path, data: Path, views: tuple[str, ...], bf16: bool
-) -> np.ndarray:  # fmt: skip
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """How the fold models predict their held-out folds again (``size`` None: the size they trained at)."""
+
+    label: str
+    views: tuple[str, ...] = STUDY_VIEWS
+    bf16: bool = False
+    size: int | None = None
+
+
+PREDICTIONS = {
+    "trained": Prediction("again, as trained"),
+    "bf16": Prediction("again, bfloat16 autocast", bf16=True),
+    "8views": Prediction("again, 8 views", views=DIHEDRAL_VIEWS),
+    "256px": Prediction("again, at 256 px", size=256),
+    "288px": Prediction("again, at 288 px", size=288),
+}
+
+
+def repredict(oof: pd.DataFrame, checkpoints: Path, data: Path, how: Prediction) -> np.ndarray:
     """Each fold model's probabilities for its held-out fold, read again from ``data``'s train and val images."""
     from components.training import load_trained
 
@@ -110,8 +129,8 @@ def repredict(
         model, spec = load_trained(checkpoints / f"fold_{fold}.pt", device="cpu")  # where the bf16 autocast applies
         held_out = (oof["fold"] == fold).to_numpy()
         paths = [_image_path(data, image_id) for image_id in oof["id"][held_out]]
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            probs[held_out] = predict_images(model, paths, spec.image_size, views, spec.batch_size,
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=how.bf16):
+            probs[held_out] = predict_images(model, paths, how.size or spec.image_size, how.views, spec.batch_size,
                                              preprocess=spec.fundus_preprocess())  # fmt: skip
     return probs
 
@@ -144,6 +163,8 @@ def main() -> None:
     parser.add_argument("--store", required=True, help="the MLflow tracking URI of the member's train run")
     parser.add_argument("--run", required=True, help="the train run's name, e.g. 'train abl19-lite0'")
     parser.add_argument("--data", type=Path, help="the dataset folder, to predict the held-out folds again")
+    parser.add_argument("--variants", nargs="+", choices=list(PREDICTIONS), default=list(PREDICTIONS),
+                        help="which predictions again with --data (default: all)")  # fmt: skip
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         oof, checkpoints = _member_run(args.store, args.run, Path(tmp))
@@ -160,11 +181,10 @@ def main() -> None:
                        patients), flush=True)  # fmt: skip
         if args.data is None:
             return
-        variants = {"again, as trained": (STUDY_VIEWS, False), "again, bfloat16 autocast": (STUDY_VIEWS, True),
-                    "again, 8 views": (DIHEDRAL_VIEWS, False)}  # fmt: skip
-        for name, (views, bf16) in variants.items():
-            probs = repredict(oof, checkpoints, args.data, views, bf16)
-            name = f"{name} (max |diff| {np.abs(probs - stored).max():.0e})" if name.endswith("trained") else name
+        for key in args.variants:
+            how = PREDICTIONS[key]
+            probs = repredict(oof, checkpoints, args.data, how)
+            name = f"{how.label} (max |diff| {np.abs(probs - stored).max():.0e})" if key == "trained" else how.label
             print(describe(name, labels, cross_fit(STEP, labels, [probs], folds)[1], base, patients), flush=True)
 
 

@@ -7,6 +7,8 @@ learning-rate schedule, label smoothing and an exponential moving average (EMA) 
 - :func:`lr_factor`: the multiplier of every group's learning rate at a global step: linear warmup over the first
   ``warmup`` steps, then ``constant`` (1) or ``cosine`` (half a cosine from 1 down to 0 at the end of training).
   A pure function of the step, so a resumed run needs no scheduler state.
+- :func:`epoch_side` and :func:`resize_batch`: progressive resizing, the first epochs trained on smaller images
+  (batches resized after augmentation), the later ones at the size the model predicts at.
 - :func:`smooth_targets`: ``y (1 - s) + s / 2`` for the binary targets of BCE-type losses.
 - :class:`WeightEMA`: ``ema = d * ema + (1 - d) * w`` after every optimiser step, on every floating-point tensor of
   the state dict (BatchNorm running statistics included; counters are copied).
@@ -16,10 +18,13 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional as F
+
+from components.augment import to_float
 
 SCHEDULES = ("constant", "cosine")
 OPTIMISERS = ("adam", "adamw")
@@ -44,6 +49,23 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int = 0, schedule: str 
         return 1.0
     progress = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)
     return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def epoch_side(epoch: int, image_size: int, progressive_sizes: Sequence[int] | None) -> int:
+    """The side of the square training images of ``epoch`` (from 1): ``progressive_sizes[epoch - 1]`` for the
+    epochs it lists, ``image_size`` after them (and without it)."""
+    if epoch < 1:
+        raise ValueError(f"epochs count from 1, got {epoch}")
+    sizes = progressive_sizes or ()
+    return sizes[epoch - 1] if epoch <= len(sizes) else image_size
+
+
+def resize_batch(images: torch.Tensor, side: int) -> torch.Tensor:
+    """A batch ``(N, C, H, W)`` resized to ``side x side`` (bilinear, antialiased when shrinking, as a resize of the
+    decoded image would be), as float in ``[0, 1]`` when it was uint8; the batch itself when it has that size."""
+    if images.shape[-2:] == (side, side):
+        return images
+    return F.interpolate(to_float(images), size=(side, side), mode="bilinear", align_corners=False, antialias=True)
 
 
 def smooth_targets(targets: torch.Tensor, smoothing: float) -> torch.Tensor:

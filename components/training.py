@@ -60,7 +60,15 @@ from components.errors import OdirError
 from components.losses import build_loss
 from components.metrics import multilabel_report
 from components.models import IMAGENET, Classifier, Normalisation, build_model
-from components.schedule import WeightEMA, build_optimiser, lr_factor, set_lr, smooth_targets
+from components.schedule import (
+    WeightEMA,
+    build_optimiser,
+    epoch_side,
+    lr_factor,
+    resize_batch,
+    set_lr,
+    smooth_targets,
+)
 
 log = logging.getLogger(__name__)
 
@@ -371,6 +379,9 @@ class _Run:
             x = self.source.augment(x)
             if x.is_floating_point():  # resampled: back to the runtime's memory format
                 x = rt.layout(x)
+        if not self.source.head_only:
+            epoch = global_step // self.steps_per_epoch + 1
+            x = rt.layout(resize_batch(x, epoch_side(epoch, spec.image_size, spec.progressive_sizes)))
         labels = smooth_targets(labels.to(rt.device), spec.label_smoothing)
         if self.scheduled:
             total = spec.epochs * self.steps_per_epoch
@@ -520,6 +531,11 @@ def train(
     use_features = cache_features if cache_features is not None else (spec.mode == "head" and augment is None)
     if use_features and spec.mode != "head":
         raise OdirError(f"cached features need mode 'head' (the backbone must be frozen), not {spec.mode!r}")
+    if use_features and spec.progressive_sizes is not None:
+        raise OdirError(
+            "cached features are computed once, at image_size: progressive_sizes needs augmentation or "
+            "cache_features off"
+        )
     if spec.mode == "frozen":
         return run.evaluate_frozen(train_data, val_data, started)
     if not run.state.finished:  # a resumed run that had finished trains nothing

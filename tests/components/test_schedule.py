@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from components.models import build_model
-from components.schedule import WeightEMA, build_optimiser, lr_factor, parameter_groups, smooth_targets
+from components.schedule import (
+    WeightEMA,
+    build_optimiser,
+    epoch_side,
+    lr_factor,
+    parameter_groups,
+    resize_batch,
+    smooth_targets,
+)
 
 
 def test_warmup_then_cosine_by_hand() -> None:
@@ -110,3 +120,26 @@ def test_nothing_to_train_means_no_optimiser() -> None:
     assert build_optimiser(model, "adamw", 0.01) is None
     with pytest.raises(ValueError, match="unknown optimizer 'sgd'; valid: adam, adamw"):
         build_optimiser(model, "sgd", 0.01)
+
+
+def test_progressive_sizes_per_epoch() -> None:
+    sizes = [160, 160, 192]
+    assert [epoch_side(e, 224, sizes) for e in range(1, 6)] == [160, 160, 192, 224, 224]
+    assert [epoch_side(e, 224, None) for e in (1, 7)] == [224, 224]
+    with pytest.raises(ValueError, match="epochs count from 1"):
+        epoch_side(0, 224, sizes)
+
+
+def test_resize_batch_shrinks_as_the_decoded_image_resize_does() -> None:
+    # the decoded-image cache resizes with PIL's bilinear filter (components.data.square_resize); a batch resized
+    # for an early epoch gets the same pixels, to within a grey level
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)
+    reference = np.asarray(Image.fromarray(image).resize((5, 5), Image.Resampling.BILINEAR), dtype=np.float32) / 255
+    batch = torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0).contiguous()
+    small = resize_batch(batch, 5)
+    assert small.dtype == torch.float32 and small.shape == (1, 3, 5, 5)
+    assert np.abs(small[0].permute(1, 2, 0).numpy() - reference).max() <= 1 / 255
+    assert resize_batch(batch, 12) is batch
+    flat = torch.full((2, 3, 8, 8), 0.25)
+    assert torch.allclose(resize_batch(flat, 3), torch.full((2, 3, 3, 3), 0.25))

@@ -232,6 +232,7 @@ def test_checkpoints_record_the_normalisation_their_weights_were_trained_under(d
 ALL_OPTIONS = {
     "augment": "fundus", "preprocess": ["fov_crop", "local_contrast"], "optimizer": "adamw", "weight_decay": 0.01,
     "schedule": "cosine", "warmup_epochs": 1, "backbone_lr_scale": 0.5, "label_smoothing": 0.1, "ema": 0.9,
+    "progressive_sizes": [SIZE // 2],
 }  # fmt: skip
 
 
@@ -247,6 +248,32 @@ def test_every_new_option_resumes_after_a_crash_to_the_uninterrupted_result(data
     assert all(torch.equal(a[k], b[k]) for k in a)
     _, loaded = load_trained(uninterrupted.best_checkpoint)
     assert loaded == spec and loaded.fundus_preprocess().contrast is not None
+
+
+def test_progressive_sizes_train_each_epoch_at_its_side_and_validate_at_image_size(
+    datasets, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[tuple[bool, int]] = []  # (training?, side) of every batch the model is given
+
+    def recording(backbone: str, weights: str):
+        model = build_model(backbone, weights)
+        model.register_forward_pre_hook(lambda module, args: seen.append((module.training, args[0].shape[-1])))
+        return model
+
+    monkeypatch.setattr("components.training.build_model", recording)
+    spec = _spec(epochs=3, monitor="last", augment=False, progressive_sizes=[SIZE // 2, SIZE * 3 // 4])
+    result = train(spec, *datasets, tmp_path)
+    batches = -(-len(datasets[0]) // spec.batch_size)
+    trained = [side for training, side in seen if training]
+    assert trained == [SIZE // 2] * batches + [SIZE * 3 // 4] * batches + [SIZE] * batches
+    assert {side for training, side in seen if not training} == {SIZE}
+    assert result.best_epoch == 3
+    with pytest.raises(OdirError, match="the last epoch trains at image_size"):
+        _spec(epochs=2, progressive_sizes=[16, 24])
+    with pytest.raises(OdirError, match="trains nothing"):
+        _spec(mode="frozen", epochs=0, progressive_sizes=[16])
+    with pytest.raises(OdirError, match="cached features are computed once"):
+        train(_spec(mode="head", epochs=2, progressive_sizes=[16]), *datasets, tmp_path / "head", cache_features=True)
 
 
 def test_flips_by_name_train_as_augment_true(datasets, tmp_path: Path) -> None:

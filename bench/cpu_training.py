@@ -7,7 +7,8 @@ memory format (training's setting since this measurement, ``ModelSpec.channels_l
 (``ModelSpec.cpu_bf16``: this CPU has avx512_bf16; without AMX it runs on AVX-512), both, and ``torch.compile``
 (``ODIR_BENCH_COMPILE=1``: its compilation takes minutes on 2 cores and is reported apart). Each variant is timed
 right after its own measurement of the reference, so that a machine's drift over the run (warm-up, another process)
-falls on both.
+falls on both. A last row measures glibc keeping freed memory (:func:`components.heap.freed_memory_kept`, what
+training does on the CPU) against its default, both in channels-last at the `cpu` profile's 224 px.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ from pathlib import Path
 import torch
 
 from bench.common import Row
+from components.heap import freed_memory_kept
 from components.models import build_model
 
 STEPS, WARMUP = 8, 2
+PROFILE_SIZE = 224  # the `cpu` profile's image size
 
 
 def _throughput(
@@ -71,6 +74,12 @@ def run(_root: Path | None = None, size: int = 160, batch: int = 32, backbone: s
         note = f"compiling took {warmup:.0f} s" if compiled else ""
         goal = f"> 1x to keep; {torch.get_num_threads()} threads {note}".rstrip()
         rows.append(Row(f"cpu training images/s: {name} vs float32 contiguous", value, reference, "img/s", goal))
+    reference, _ = _throughput(True, False, False, PROFILE_SIZE, batch, backbone)
+    with freed_memory_kept() as applies:
+        value, _ = _throughput(True, False, False, PROFILE_SIZE, batch, backbone)
+    if applies:
+        name = f"freed memory kept vs glibc's default ({PROFILE_SIZE} px, channels_last)"
+        rows.append(Row(f"cpu training images/s: {name}", value, reference, "img/s", "> 1x to keep"))
     return rows
 
 

@@ -57,6 +57,7 @@ from components.checkpoints import (
 from components.config import ModelSpec
 from components.data import FundusDataset, to_model_input
 from components.errors import OdirError
+from components.heap import freed_memory_kept
 from components.losses import build_loss
 from components.metrics import multilabel_report
 from components.models import IMAGENET, Classifier, Normalisation, build_model
@@ -544,7 +545,8 @@ def train(
             if use_features
             else _image_source(train_data, val_data, run.rt, augment)
         )
-        run.run_epochs()
+        with freed_memory_kept() if run.rt.device.type == "cpu" else nullcontext():
+            run.run_epochs()
     return run.result(resumed_from, started)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench import cpu_training, data_cache, end_to_end, head_only, inference, pipeline_overhead
+from components.heap import glibc
 
 
 def test_data_cache_benchmark_runs(synthetic_root: Path) -> None:
@@ -54,4 +55,6 @@ def test_cpu_training_benchmark_runs() -> None:
         "bf16 autocast vs float32 contiguous",
         "bf16 + channels_last vs float32 contiguous",
     ]
+    if glibc() is not None:
+        assert rows[3].name.endswith("freed memory kept vs glibc's default (224 px, channels_last)")
     assert all(row.value > 0 and row.reference > 0 and row.unit == "img/s" for row in rows)

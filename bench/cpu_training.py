@@ -8,7 +8,8 @@ memory format (training's setting since this measurement, ``ModelSpec.channels_l
 (``ODIR_BENCH_COMPILE=1``: its compilation takes minutes on 2 cores and is reported apart). Each variant is timed
 right after its own measurement of the reference, so that a machine's drift over the run (warm-up, another process)
 falls on both. A last row measures glibc keeping freed memory (:func:`components.heap.freed_memory_kept`, what
-training does on the CPU) against its default, both in channels-last at the `cpu` profile's 224 px.
+training does on the CPU) against its default, both in channels-last at the `cpu` profile's 224 px whatever
+``size`` says (glibc always unmaps blocks above 32 MB, which a batch of 32 at 224 px has).
 """
 
 from __future__ import annotations

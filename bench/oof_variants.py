@@ -102,7 +102,7 @@ def describe(name: str, labels: np.ndarray, shifted: np.ndarray, base: np.ndarra
 
 
 @dataclasses.dataclass(frozen=True)
-class Prediction:
+class Reprediction:
     """How the fold models predict their held-out folds again (``size`` None: the size they trained at)."""
 
     label: str
@@ -112,15 +112,15 @@ class Prediction:
 
 
 PREDICTIONS = {
-    "trained": Prediction("again, as trained"),
-    "bf16": Prediction("again, bfloat16 autocast", bf16=True),
-    "8views": Prediction("again, 8 views", views=DIHEDRAL_VIEWS),
-    "256px": Prediction("again, at 256 px", size=256),
-    "288px": Prediction("again, at 288 px", size=288),
+    "trained": Reprediction("again, as trained"),
+    "bf16": Reprediction("again, bfloat16 autocast", bf16=True),
+    "8views": Reprediction("again, 8 views", views=DIHEDRAL_VIEWS),
+    "256px": Reprediction("again, at 256 px", size=256),
+    "288px": Reprediction("again, at 288 px", size=288),
 }
 
 
-def repredict(oof: pd.DataFrame, checkpoints: Path, data: Path, how: Prediction) -> np.ndarray:
+def repredict(oof: pd.DataFrame, checkpoints: Path, data: Path, how: Reprediction) -> np.ndarray:
     """Each fold model's probabilities for its held-out fold, read again from ``data``'s train and val images."""
     from components.training import load_trained
 

@@ -61,8 +61,9 @@ def epoch_side(epoch: int, image_size: int, progressive_sizes: Sequence[int] | N
 
 
 def resize_batch(images: torch.Tensor, side: int) -> torch.Tensor:
-    """A batch ``(N, C, H, W)`` resized to ``side x side`` (bilinear, antialiased when shrinking, as a resize of the
-    decoded image would be), as float in ``[0, 1]`` when it was uint8; the batch itself when it has that size."""
+    """A batch ``(N, C, H, W)`` resized to ``side x side`` (bilinear, antialiased when shrinking: within a grey
+    level of PIL's resize of the cached image), as float in ``[0, 1]`` when it was uint8; the batch itself when it
+    has that size."""
     if images.shape[-2:] == (side, side):
         return images
     return F.interpolate(to_float(images), size=(side, side), mode="bilinear", align_corners=False, antialias=True)

@@ -380,8 +380,8 @@ class _Run:
             x = self.source.augment(x)
             if x.is_floating_point():  # resampled: back to the runtime's memory format
                 x = rt.layout(x)
-        if not self.source.head_only:
-            epoch = global_step // self.steps_per_epoch + 1
+        if spec.progressive_sizes and not self.source.head_only:
+            epoch = global_step // self.steps_per_epoch + 1  # as the learning-rate schedule counts
             x = rt.layout(resize_batch(x, epoch_side(epoch, spec.image_size, spec.progressive_sizes)))
         labels = smooth_targets(labels.to(rt.device), spec.label_smoothing)
         if self.scheduled:
@@ -529,7 +529,11 @@ def train(
     augment = spec.augmentation()
     run = _Run.start(spec, train_data, workdir, callbacks, device, resume)
     resumed_from = run.state.epoch or None
-    use_features = cache_features if cache_features is not None else (spec.mode == "head" and augment is None)
+    use_features = (
+        cache_features
+        if cache_features is not None
+        else (spec.mode == "head" and augment is None and spec.progressive_sizes is None)
+    )
     if use_features and spec.mode != "head":
         raise OdirError(f"cached features need mode 'head' (the backbone must be frozen), not {spec.mode!r}")
     if use_features and spec.progressive_sizes is not None:

@@ -232,7 +232,7 @@ def test_checkpoints_record_the_normalisation_their_weights_were_trained_under(d
 ALL_OPTIONS = {
     "augment": "fundus", "preprocess": ["fov_crop", "local_contrast"], "optimizer": "adamw", "weight_decay": 0.01,
     "schedule": "cosine", "warmup_epochs": 1, "backbone_lr_scale": 0.5, "label_smoothing": 0.1, "ema": 0.9,
-    "progressive_sizes": [SIZE // 2],
+    "progressive_sizes": [SIZE // 2], "monitor": "last",
 }  # fmt: skip
 
 
@@ -269,11 +269,17 @@ def test_progressive_sizes_train_each_epoch_at_its_side_and_validate_at_image_si
     assert {side for training, side in seen if not training} == {SIZE}
     assert result.best_epoch == 3
     with pytest.raises(OdirError, match="the last epoch trains at image_size"):
-        _spec(epochs=2, progressive_sizes=[16, 24])
+        _spec(epochs=2, monitor="last", progressive_sizes=[16, 24])
+    with pytest.raises(OdirError, match="none above image_size"):
+        _spec(epochs=3, monitor="last", progressive_sizes=[16, SIZE * 2])
+    with pytest.raises(OdirError, match="progressive_sizes needs monitor 'last'"):
+        _spec(epochs=3, progressive_sizes=[16])
     with pytest.raises(OdirError, match="trains nothing"):
         _spec(mode="frozen", epochs=0, progressive_sizes=[16])
+    head = _spec(mode="head", epochs=2, monitor="last", augment=False, progressive_sizes=[16])
     with pytest.raises(OdirError, match="cached features are computed once"):
-        train(_spec(mode="head", epochs=2, progressive_sizes=[16]), *datasets, tmp_path / "head", cache_features=True)
+        train(head, *datasets, tmp_path / "head", cache_features=True)
+    assert train(head, *datasets, tmp_path / "head-images").best_epoch == 2  # by default on images, not features
 
 
 def test_flips_by_name_train_as_augment_true(datasets, tmp_path: Path) -> None:

@@ -538,8 +538,7 @@ def train(
         raise OdirError(f"cached features need mode 'head' (the backbone must be frozen), not {spec.mode!r}")
     if use_features and spec.progressive_sizes is not None:
         raise OdirError(
-            "cached features are computed once, at image_size: progressive_sizes needs augmentation or "
-            "cache_features off"
+            "cached features are computed once, at image_size: progressive_sizes trains on images (cache_features off)"
         )
     if spec.mode == "frozen":
         return run.evaluate_frozen(train_data, val_data, started)

@@ -157,21 +157,25 @@ class ModelSpec(BaseModel):
             raise ValueError(f"warmup_epochs ({self.warmup_epochs:g}) must be less than epochs ({self.epochs})")
         if self.monitor == "last" and self.patience is not None:
             raise ValueError("monitor 'last' picks no epoch, so it never stops early: remove patience")
-        if self.progressive_sizes is not None and self.mode == "frozen":
-            raise ValueError("mode 'frozen' trains nothing: remove progressive_sizes")
-        if self.progressive_sizes is not None and self.monitor != "last":
-            raise ValueError("progressive_sizes needs monitor 'last': an epoch picked before the last may have trained "
-                             "at a smaller size than the model predicts at")  # fmt: skip
-        if self.progressive_sizes is not None and max(self.progressive_sizes) > self.image_size:
-            raise ValueError(f"progressive_sizes are the smaller sides of the first epochs: none above image_size "
-                             f"({self.image_size}), got {max(self.progressive_sizes)}")  # fmt: skip
-        if self.progressive_sizes is not None and not 0 < len(self.progressive_sizes) < self.epochs:
-            raise ValueError(f"progressive_sizes lists the sides of the first epochs, 1 to {self.epochs - 1} of them: "
-                             f"the last epoch trains at image_size ({self.image_size}); got "
-                             f"{len(self.progressive_sizes)}")  # fmt: skip
+        if self.progressive_sizes is not None:
+            self._check_progressive_sizes(self.progressive_sizes)
         if self.monitor != "last" and self.validate_every != 1:
             raise ValueError(f"monitor {self.monitor!r} picks an epoch, so it validates every one: validate_every 1")
         return self
+
+    def _check_progressive_sizes(self, sizes: list[int]) -> None:
+        """Progressive resizing ends at ``image_size``, on the epoch that is kept."""
+        if self.mode == "frozen":
+            raise ValueError("mode 'frozen' trains nothing: remove progressive_sizes")
+        if self.monitor != "last":
+            raise ValueError("progressive_sizes needs monitor 'last': an epoch picked before the last may have trained "
+                             "at a smaller size than the model predicts at")  # fmt: skip
+        if max(sizes) > self.image_size:
+            raise ValueError(f"progressive_sizes are the smaller sides of the first epochs: none above image_size "
+                             f"({self.image_size}), got {max(sizes)}")  # fmt: skip
+        if not 0 < len(sizes) < self.epochs:
+            raise ValueError(f"progressive_sizes lists the sides of the first epochs, 1 to {self.epochs - 1} of them: "
+                             f"the last epoch trains at image_size ({self.image_size}); got {len(sizes)}")  # fmt: skip
 
     @model_serializer(mode="wrap")
     def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:

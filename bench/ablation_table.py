@@ -16,10 +16,10 @@ import pandas as pd
 from mlflow import MlflowClient
 
 from components import LABELS
-from components.bootstrap import paired_bootstrap, pick, report_metrics
-from components.data import patient_of
-from components.ensemble import PROB_COLUMNS
-from steps import tracking
+from components.data.dataset import patient_of
+from components.evaluation.bootstrap import paired_bootstrap, pick, report_metrics
+from components.evaluation.ensemble import PROB_COLUMNS
+from steps.support import tracking
 
 DEFAULT_STORE = f"sqlite:///{Path('.odir/ablation/mlruns/mlflow.db').resolve()}"
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.synth import SynthSizes, write_synthetic_dataset
+from components.data.synth import SynthSizes, write_synthetic_dataset
 
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "odir"
 

@@ -7,7 +7,7 @@ memory format (training's setting since this measurement, ``ModelSpec.channels_l
 (``ModelSpec.cpu_bf16``: this CPU has avx512_bf16; without AMX it runs on AVX-512), both, and ``torch.compile``
 (``ODIR_BENCH_COMPILE=1``: its compilation takes minutes on 2 cores and is reported apart). Each variant is timed
 right after its own measurement of the reference, so that a machine's drift over the run (warm-up, another process)
-falls on both. A last row measures glibc keeping freed memory (:func:`components.heap.freed_memory_kept`, what
+falls on both. A last row measures glibc keeping freed memory (:func:`components.training.heap.freed_memory_kept`, what
 training does on the CPU) against its default, both in channels-last at the `cpu` profile's 224 px whatever
 ``size`` says (glibc always unmaps blocks above 32 MB, which a batch of 32 at 224 px has).
 """
@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from bench.common import Row
-from components.heap import freed_memory_kept
-from components.models import build_model
+from components.models.backbones import build_model
+from components.training.heap import freed_memory_kept
 
 STEPS, WARMUP = 8, 2
 PROFILE_SIZE = 224  # the `cpu` profile's image size

@@ -4,8 +4,8 @@ Both variants iterate the same batches (one seeded order) through the same DataL
 is handed to the training device. The cached variant's first epoch decodes and fills the cache; the ratio is
 reported for the epochs after it (steady state, what every epoch but the first costs) and, separately, over all
 epochs including the first. Batch normalisation (uint8 -> normalised float, done by the model itself on the
-training device, :meth:`components.models.Classifier.normalise`) is reported on its own row, per image, since it
-costs the same in both variants.
+training device, :meth:`components.models.backbones.Classifier.normalise`) is reported on its own row, per image, since
+it costs the same in both variants.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from bench.common import HEADER, Row, dataset_root
-from components.data import FundusDataset, ImageCache, load_split
-from components.models import build_model
+from components.data.dataset import FundusDataset, ImageCache, load_split
+from components.models.backbones import build_model
 
 
 def _epoch_seconds(dataset: FundusDataset, batch_size: int, seed: int) -> float:

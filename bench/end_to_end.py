@@ -68,7 +68,7 @@ def run(data: Path | None = None, repeats: int = 3) -> list[Row]:
     """The median of ``repeats`` demo pipeline runs by their share outside (its wall, span and inside, so that the
     row's ratio and share agree) on demo data generated beforehand (generating it is a one-off, not the pipeline);
     the peak memory is the highest of them."""
-    from components.synth import write_synthetic_dataset
+    from components.data.synth import write_synthetic_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
         root = data or write_synthetic_dataset(Path(tmp) / "demo")

@@ -14,8 +14,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from bench.common import HEADER, REAL_DATA, Row
-from components.data import FundusDataset, load_split, to_model_input
-from components.models import build_model
+from components.data.dataset import FundusDataset, load_split, to_model_input
+from components.models.backbones import build_model
 
 
 def images_per_second(backbone: str, loader: DataLoader, steps: int, amp: bool, device: torch.device) -> float:

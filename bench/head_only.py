@@ -12,8 +12,8 @@ from pathlib import Path
 
 from bench.common import Row
 from components.config import parse_model_spec
-from components.data import FundusDataset, ImageCache, load_split
-from components.training import train
+from components.data.dataset import FundusDataset, ImageCache, load_split
+from components.training.loop import train
 
 
 def run(

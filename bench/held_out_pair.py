@@ -21,9 +21,9 @@ import numpy as np
 import pandas as pd
 
 from components import LABELS
-from components.bootstrap import paired_bootstrap, patient_bootstrap, pick, report_metrics
-from components.data import patient_of
-from components.ensemble import PROB_COLUMNS
+from components.data.dataset import patient_of
+from components.evaluation.bootstrap import paired_bootstrap, patient_bootstrap, pick, report_metrics
+from components.evaluation.ensemble import PROB_COLUMNS
 
 
 def thresholds_of(path: Path) -> tuple[float, ...]:

@@ -20,11 +20,11 @@ import torch
 
 from bench.common import Row, median_seconds
 from components.config import parse_model_spec
-from components.data import load_split, to_model_input
-from components.ensemble import weighted_mean
-from components.inference import predict_images
-from components.models import build_model
-from components.tta import STUDY_VIEWS, VIEWS, predict_proba
+from components.data.dataset import load_split, to_model_input
+from components.evaluation.ensemble import weighted_mean
+from components.models.backbones import build_model
+from components.models.inference import predict_images
+from components.models.tta import STUDY_VIEWS, VIEWS, predict_proba
 
 MEMBERS = ("resnet18", "se_resnet18", "efficientnet_lite0")
 
@@ -43,7 +43,7 @@ def _checkpoints(folder: Path, size: int) -> list[Path]:
 def _pyfunc(folder: Path, checkpoints: list[Path]):
     import mlflow
 
-    from steps.ensemble_model import CONFIG_ARTIFACT, OdirEnsemble
+    from steps.support.ensemble_model import CONFIG_ARTIFACT, OdirEnsemble
 
     config = folder / "ensemble.json"
     thresholds = {"D": 0.5, "G": 0.5, "A": 0.5}
@@ -56,7 +56,7 @@ def _pyfunc(folder: Path, checkpoints: list[Path]):
 
 def run(root: Path, size: int = 128, limit: int = 100, repeats: int = 3) -> list[Row]:
     """Times the three comparisons on the first ``limit`` train images of ``root``."""
-    from components.training import load_trained
+    from components.training.loop import load_trained
 
     paths = [str(p) for p in load_split(root, "train", check_images=False).paths[:limit]]
     with tempfile.TemporaryDirectory() as tmp:

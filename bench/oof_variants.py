@@ -28,16 +28,16 @@ import pandas as pd
 import torch
 
 from components import LABELS
-from components.bootstrap import paired_bootstrap, pick, report_metrics
-from components.data import patient_of
-from components.ensemble import PROB_COLUMNS
-from components.inference import predict_images
-from components.metrics import DEFAULT_THRESHOLD
-from components.scoring import scored_report
-from components.thresholds import tune_thresholds
-from components.tta import DIHEDRAL_VIEWS, STUDY_VIEWS
-from steps.contracts import CHECKPOINT_DIR, grid_of
+from components.data.dataset import patient_of
+from components.evaluation.bootstrap import paired_bootstrap, pick, report_metrics
+from components.evaluation.ensemble import PROB_COLUMNS
+from components.evaluation.metrics import DEFAULT_THRESHOLD
+from components.evaluation.scoring import scored_report
+from components.evaluation.thresholds import tune_thresholds
+from components.models.inference import predict_images
+from components.models.tta import DIHEDRAL_VIEWS, STUDY_VIEWS
 from steps.ensemble import EnsembleConfig, cross_fit
+from steps.support.contracts import CHECKPOINT_DIR, grid_of
 
 FELLOW_WEIGHTS = np.round(np.arange(0.0, 0.55, 0.05), 2)
 STEP = EnsembleConfig(member_model_uris=("member",), member_val_predictions=("oof",), manifest_uri="-", grid="fine")
@@ -122,7 +122,7 @@ PREDICTIONS = {
 
 def repredict(oof: pd.DataFrame, checkpoints: Path, data: Path, how: Reprediction) -> np.ndarray:
     """Each fold model's probabilities for its held-out fold, read again from ``data``'s train and val images."""
-    from components.training import load_trained
+    from components.training.loop import load_trained
 
     probs = np.zeros((len(oof), len(LABELS)))
     for fold in sorted(oof["fold"].unique()):

@@ -21,9 +21,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from bench.common import Row
-from components.data import FundusDataset, load_split, to_model_input
-from components.models import build_model
-from components.training import epoch_seed
+from components.data.dataset import FundusDataset, load_split, to_model_input
+from components.models.backbones import build_model
+from components.training.loop import epoch_seed
 
 SPEC = {"name": "bench-overhead", "backbone": "resnet18", "epochs": 4, "lr": 1e-4, "batch_size": 32, "seed": 0}
 
@@ -74,7 +74,8 @@ def run(root: Path, size: int = 128, limit: int = 200, repeats: int = 5) -> list
         from components.config import ModelSpec
         from flows import without_heartbeats
         from flows.odir import odir_train
-        from steps import contracts, ingest
+        from steps import ingest
+        from steps.support import contracts
 
         model_spec = ModelSpec.model_validate(spec)
         manifest = ingest.run(ingest.IngestConfig(data_root=str(data))).manifest_uri

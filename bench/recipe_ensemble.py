@@ -20,10 +20,10 @@ import argparse
 from mlflow import MlflowClient
 
 from bench.ablation_table import cross_fitted, finished, interval, paired, per_class
-from components.tta import STUDY_VIEWS
-from steps import tracking
+from components.models.tta import STUDY_VIEWS
 from steps.ensemble import EnsembleConfig
 from steps.ensemble import run as run_ensemble
+from steps.support import tracking
 
 
 def members(client: MlflowClient, experiment_id: str, profiles: list[str]) -> tuple[list[str], list[str], str]:

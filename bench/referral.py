@@ -8,8 +8,8 @@ Per image: the cross-fitted probabilities (each fold's thresholds fit on the oth
 ensemble step's ``predictions/cv.csv``), the test-time views' spread of the held-out fold model (its views re-run
 here), and, for an ensemble of several members, the members' out-of-fold disagreement (a single member's fold models
 cannot disagree honestly: each but one has seen the image, so that column is left out and said so). ``refer`` is
-:func:`components.referral.refer` with the given limits; an error is any class wrong at the thresholds. Error rates
-in and out of the referred group come with 95% intervals over patient resamples, and so does their difference.
+:func:`components.monitoring.referral.refer` with the given limits; an error is any class wrong at the thresholds. Error
+rates in and out of the referred group come with 95% intervals over patient resamples, and so does their difference.
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ import numpy as np
 import pandas as pd
 
 from components import LABELS
-from components.bootstrap import patient_codes, percentile_interval, resample_counts
-from components.data import patient_of
-from components.ensemble import PROB_COLUMNS
-from components.referral import ReferralSpec, disagreement, refer, view_spread
-from steps import tracking
+from components.data.dataset import patient_of
+from components.evaluation.bootstrap import patient_codes, percentile_interval, resample_counts
+from components.evaluation.ensemble import PROB_COLUMNS
+from components.monitoring.referral import ReferralSpec, disagreement, refer, view_spread
+from steps.support import tracking
 
 
 def _ensemble_run(client, profile: str):
@@ -52,9 +52,9 @@ def _oof(client, model_uri: str) -> pd.DataFrame:
 
 def held_out_view_spread(model_uri: str, manifest, oof: pd.DataFrame, views: tuple[str, ...]) -> np.ndarray:
     """``(N, 3)`` view spread of each image under the fold model that held it out, in ``oof``'s order."""
-    from components.inference import predict_image_views
-    from components.training import load_trained
-    from steps.contracts import member_checkpoints
+    from components.models.inference import predict_image_views
+    from components.training.loop import load_trained
+    from steps.support.contracts import member_checkpoints
 
     paths = manifest.frame.set_index("id").loc[oof.index, "path"].map(lambda p: str(manifest.local_root / p))
     spread = np.zeros((len(oof), len(LABELS)))
@@ -99,7 +99,7 @@ def main() -> None:
     os.environ["MLFLOW_TRACKING_URI"] = args.store
     from mlflow import MlflowClient
 
-    from steps.contracts import load_manifest
+    from steps.support.contracts import load_manifest
 
     client = MlflowClient(tracking_uri=args.store)
     run = _ensemble_run(client, args.profile)

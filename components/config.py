@@ -31,16 +31,16 @@ from pydantic import (
 )
 
 from components import LABELS
-from components.augment import AugmentPipeline, build_augment, parse_augment
+from components.data.augment import AugmentPipeline, build_augment, parse_augment
+from components.data.folds import CVSpec
+from components.data.fundus import FundusPreprocess, parse_preprocess
 from components.errors import OdirError
-from components.explain import GALLERY_PER_KIND
-from components.folds import CVSpec
-from components.fundus import FundusPreprocess, parse_preprocess
-from components.losses import LOSSES
-from components.models import BACKBONES
-from components.referral import ReferralSpec
-from components.thresholds import parse_objective
-from components.tta import STUDY_VIEWS, check_views
+from components.evaluation.thresholds import parse_objective
+from components.models.backbones import BACKBONES
+from components.models.tta import STUDY_VIEWS, check_views
+from components.monitoring.explain import GALLERY_PER_KIND
+from components.monitoring.referral import ReferralSpec
+from components.training.losses import LOSSES
 
 
 class ConfigError(OdirError):
@@ -59,11 +59,11 @@ class ModelSpec(BaseModel):
         loss: a registered loss (``bce``, ``focal``, ``class_balanced``) and ``loss_params`` for it.
         epochs, lr, weight_decay, batch_size, image_size, seed: the usual (``weight_decay``: L2 under ``adam``,
             decoupled under ``adamw``).
-        augment: training augmentation (:mod:`components.augment`): ``false``/``none`` (default), ``true``/``flips``
-            (random horizontal and vertical flips, as ``true`` always meant), ``fundus`` (flips, resized crop, any
-            rotation, colour and gamma jitter), a list of registered names and presets, or a mapping of names to
-            their parameters.
-        preprocess: fundus preprocessing done once per decoded image (:mod:`components.fundus`): ``none``
+        augment: training augmentation (:mod:`components.data.augment`): ``false``/``none`` (default),
+            ``true``/``flips`` (random horizontal and vertical flips, as ``true`` always meant), ``fundus`` (flips,
+            resized crop, any rotation, colour and gamma jitter), a list of registered names and presets, or a mapping
+            of names to their parameters.
+        preprocess: fundus preprocessing done once per decoded image (:mod:`components.data.fundus`): ``none``
             (default), ``fov_crop``, ``local_contrast``, a list of them, or a mapping of them to their parameters.
         optimizer: ``adam`` (default) or ``adamw`` (decoupled weight decay, none on biases and norms).
         schedule: the learning rate over the run's steps: ``constant`` (default) or ``cosine`` (to 0 at the end).
@@ -228,7 +228,8 @@ class Profile(BaseModel):
         exclude_shared_patients: in given-splits mode, score val without the images of patients also in train.
         promotion: the evidence a new ensemble needs to become champion.
         referral: when a prediction is referred to a human grader (margin to the threshold, largest spreads);
-            carried by the registered ensemble (:class:`components.referral.ReferralSpec` documents the defaults).
+            carried by the registered ensemble (:class:`components.monitoring.referral.ReferralSpec` documents the
+            defaults).
         gradcam_gallery: per class, the evaluate step logs Grad-CAM overlays of at most this many true positives,
             false positives and false negatives of the evaluated split (``gradcam/<split>/<class>/``); 0 logs none
             (tiny test profiles: faster).

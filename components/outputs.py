@@ -8,6 +8,8 @@ from pathlib import Path
 
 from components.errors import OdirError
 
+SHAPES_RESULTS = False  # moves data, computes none of a step's results: steps.support.fingerprint
+
 
 def check_output(path: str | Path, folder: bool = False) -> Path:
     """``path`` can be written: an output file (or, with ``folder``, an output folder) that is not the wrong kind of

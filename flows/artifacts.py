@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from components import LABELS
-from steps import tracking
+from steps.support import tracking
 
 MLFLOW_UI_ENV = "ODIR_MLFLOW_UI_URL"
 PER_CLASS = ("f1", "precision", "recall", "auroc", "ap")

@@ -1,7 +1,7 @@
 """The ``odir`` command line: one entry point for users, each sub-command a thin call into the library.
 
 Bad input (``OdirError``) ends with its message on stderr and exit status 2, never a traceback; a tracking server
-or object store that does not answer under the retry policy (:class:`steps.tracking.RetryPolicy`) ends with one
+or object store that does not answer under the retry policy (:class:`steps.support.tracking.RetryPolicy`) ends with one
 line naming it and exit status 3. Outputs are checked before the work starts.
 """
 
@@ -19,10 +19,10 @@ from components import LABELS
 from components.errors import OdirError
 from components.outputs import check_output
 from flows.deployments import SERVED
-from steps import tracking
+from steps.support import tracking
 
 if TYPE_CHECKING:
-    from components.data import Split
+    from components.data.dataset import Split
 
 EXIT_INVALID = 2
 EXIT_UNREACHABLE = 3
@@ -31,7 +31,7 @@ STORE_COMMANDS = ("full", "experiments", "predict", "explain", "check-drift", "v
 
 
 def _print_report(root: Path, check_images: bool) -> int:
-    from components.data import validate_dataset
+    from components.data.dataset import validate_dataset
 
     report = validate_dataset(root, check_images=check_images)
     print(f"Dataset {report.root}")
@@ -53,7 +53,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo_data(args: argparse.Namespace) -> int:
-    from components.synth import SynthSizes, write_synthetic_dataset
+    from components.data.synth import SynthSizes, write_synthetic_dataset
 
     check_output(args.out, folder=True)
     sizes = SynthSizes(args.n_train, args.n_val, args.n_offsite, args.n_onsite)
@@ -64,8 +64,8 @@ def _cmd_demo_data(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from components.config import load_profile
-    from components.data import FundusDataset, load_split
-    from components.training import train
+    from components.data.dataset import FundusDataset, load_split
+    from components.training.loop import train
 
     profile = load_profile(args.profile)
     specs = [profile.model(args.model)] if args.model else profile.models
@@ -88,10 +88,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _print_offsite(checkpoint: Path, offsite: Split, size: int) -> None:
-    from components.data import FundusDataset
-    from components.inference import predict_images
-    from components.metrics import multilabel_report
-    from components.training import load_trained
+    from components.data.dataset import FundusDataset
+    from components.evaluation.metrics import multilabel_report
+    from components.models.inference import predict_images
+    from components.training.loop import load_trained
 
     model, spec = load_trained(checkpoint)
     dataset = FundusDataset.from_split(offsite, size)
@@ -101,14 +101,14 @@ def _print_offsite(checkpoint: Path, offsite: Split, size: int) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from steps.contracts import image_files, predict_paths
+    from steps.support.contracts import image_files, predict_paths
 
     images = image_files(args.images)
     check_output(args.out)
     tracking.setup()
     tracking.registered_version(args.model)  # a wrong URI or a model that is not there: one line, before the work
     if args.check_drift:
-        from steps.contracts import load_drift_reference
+        from steps.support.contracts import load_drift_reference
 
         load_drift_reference(args.model)  # a version without one: one line before the work, not after it
     prediction = predict_paths(args.model, [str(p) for p in images])
@@ -125,8 +125,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    from steps.contracts import image_files
     from steps.explain import INDEX_FILE, explain
+    from steps.support.contracts import image_files
 
     images = image_files(args.images)
     check_output(args.out, folder=True)
@@ -140,8 +140,8 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 
 def _cmd_check_drift(args: argparse.Namespace) -> int:
-    from steps.contracts import image_files
     from steps.drift import check_images, format_report
+    from steps.support.contracts import image_files
 
     report = check_images(image_files(args.images), args.model, alpha=args.alpha)
     print(format_report(report))
@@ -192,7 +192,7 @@ def _warm_start() -> None:
 
         import flows.experiments  # noqa: F401  # and flows.odir
         from flows import freeze_startup_objects
-        from steps import tracking
+        from steps.support import tracking
 
         try:
             _save_a_throwaway_model()
@@ -326,13 +326,13 @@ def _print_summary(summary: dict) -> None:
 
 
 def _tracking_uri_for_humans() -> str:
-    from steps import tracking
+    from steps.support import tracking
 
     return tracking.tracking_uri()
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from steps import integrity
+    from steps.support import integrity
 
     tracking.setup()
     reports = integrity.verify_registry(fix=args.fix)
@@ -387,7 +387,7 @@ def _cmd_down(args: argparse.Namespace) -> int:
 
 
 def _cmd_bucket(args: argparse.Namespace) -> int:
-    from steps.storage import ensure_bucket
+    from steps.support.storage import ensure_bucket
 
     print(f"bucket {args.name}: {'created' if ensure_bucket(args.name) else 'exists'}")
     return 0
@@ -396,7 +396,7 @@ def _cmd_bucket(args: argparse.Namespace) -> int:
 def _cmd_upload(args: argparse.Namespace) -> int:
     from flows.events import announce_dataset
     from steps.ingest import dataset_digest
-    from steps.storage import split_s3, upload_folder
+    from steps.support.storage import split_s3, upload_folder
 
     if not Path(args.folder).is_dir():
         raise OdirError(f"{args.folder}: {'not found' if not Path(args.folder).exists() else 'not a folder'}")
@@ -411,9 +411,9 @@ def _cmd_upload(args: argparse.Namespace) -> int:
 def _ingest_drift(manifest_uri: str) -> None:
     """A new dataset's train images (a fixed sample of at most 500) against the champion's drift reference, when
     there is a champion with one."""
-    from components.drift import reference_sample
-    from steps.contracts import load_manifest
+    from components.monitoring.drift import reference_sample
     from steps.drift import check_images
+    from steps.support.contracts import load_manifest
 
     paths = load_manifest(manifest_uri).paths("train")
     sample = [paths[i] for i in reference_sample(len(paths))]  # the reference's size: enough for its tests

@@ -35,7 +35,8 @@ def champion_digest() -> str | None:
     """The ``data_digest`` of the champion's data, or None when there is no champion."""
     from mlflow import MlflowClient
 
-    from steps import promote, tracking
+    from steps import promote
+    from steps.support import tracking
 
     champion = promote.current_champion(tracking.ENSEMBLE_MODEL)
     if champion is None:

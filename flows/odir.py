@@ -21,14 +21,15 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from components.config import ModelSpec, Profile, load_profile
-from components.folds import CVSpec
-from components.referral import ReferralSpec
-from components.tta import STUDY_VIEWS
+from components.data.folds import CVSpec
+from components.models.tta import STUDY_VIEWS
+from components.monitoring.referral import ReferralSpec
 from flows import freeze_startup_objects, without_heartbeats
 from flows.artifacts import per_class_rows, promotion_evidence, publish_summary, training_progress
-from steps import ensemble, evaluate, ingest, model_card, promote, submit, tracking, train, tune_thresholds
-from steps.base import StepConfig
-from steps.contracts import load_manifest
+from steps import ensemble, evaluate, ingest, model_card, promote, submit, train, tune_thresholds
+from steps.support import tracking
+from steps.support.base import StepConfig
+from steps.support.contracts import load_manifest
 
 Result = TypeVar("Result")
 
@@ -39,7 +40,7 @@ DEMO_DATA = Path("data") / "demo"
 def _transient(task_: Any, task_run: Any, state: Any) -> bool:
     """Retry a failed task unless its error is bad input or a bad setting (``OdirError``, ``ValueError``), or a
     store that stayed unreachable: the steps' requests already retried it under the one policy
-    (:class:`steps.tracking.RetryPolicy`), and a second round would only multiply the wait."""
+    (:class:`steps.support.tracking.RetryPolicy`), and a second round would only multiply the wait."""
     try:
         state.result()
     except (ValueError, TypeError):  # OdirError is a ValueError
@@ -54,7 +55,7 @@ RETRY = {"retries": 2, "retry_delay_seconds": [2, 10], "retry_condition_fn": _tr
 
 @task(name="demo data", cache_policy=NO_CACHE)
 def demo_data_task(root: str) -> str:
-    from components.synth import write_synthetic_dataset
+    from components.data.synth import write_synthetic_dataset
 
     if not (Path(root) / "train.csv").exists():
         get_run_logger().info("writing the synthetic demo dataset to %s", root)

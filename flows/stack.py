@@ -18,8 +18,8 @@ from functools import partial
 from pathlib import Path
 
 from flows.deployments import SERVED
-from steps import tracking
-from steps.tracking import process_alive
+from steps.support import tracking
+from steps.support.tracking import process_alive
 
 HOST = "127.0.0.1"
 

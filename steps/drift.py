@@ -1,13 +1,13 @@
 """Drift check: new images against the training reference stored with a registered ensemble version.
 
 :func:`check_images` loads the reference the ensemble step logged with the version
-(:func:`steps.contracts.load_drift_reference`), measures the new images and embeds them with the same member network
-(its first fold model), compares (:func:`components.drift.compare`: per-feature KS tests and an embedding MMD test,
-Holm-corrected at ``alpha``; per-image out-of-distribution flags) and logs a run tagged ``odir.step=drift``: metrics
-``drift_score``, ``mmd``, ``mmd_p_value``, ``ks_<feature>`` (the KS statistics), ``ood_count``; artifacts
-``drift/images.csv`` (per image its statistics, embedding distance, and why it is out of distribution) and
-``drift/report.txt`` (:func:`format_report`). A check is never reused: the same images may be checked again against
-another version.
+(:func:`steps.support.contracts.load_drift_reference`), measures the new images and embeds them with the same member
+network (its first fold model), compares (:func:`components.monitoring.drift.compare`: per-feature KS tests and an
+embedding MMD test, Holm-corrected at ``alpha``; per-image out-of-distribution flags) and logs a run tagged
+``odir.step=drift``: metrics ``drift_score``, ``mmd``, ``mmd_p_value``, ``ks_<feature>`` (the KS statistics),
+``ood_count``; artifacts ``drift/images.csv`` (per image its statistics, embedding distance, and why it is out of
+distribution) and ``drift/report.txt`` (:func:`format_report`). A check is never reused: the same images may be checked
+again against another version.
 
 ``python -m steps.drift --images DIR [--model-uri URI] [--alpha A]`` prints the report as JSON (exit 0 whatever it
 found); ``odir check-drift`` prints :func:`format_report` and exits 1 on drift or any image out of distribution.
@@ -23,10 +23,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from components.drift import FEATURES, DriftReport, compare, describe_images
 from components.errors import OdirError
-from steps import cli, tracking
-from steps.contracts import embed_paths, embedding_checkpoint, image_files, load_drift_reference
+from components.monitoring.drift import FEATURES, DriftReport, compare, describe_images
+from steps.support import cli, tracking
+from steps.support.contracts import embed_paths, embedding_checkpoint, image_files, load_drift_reference
 
 CHAMPION = f"models:/{tracking.ENSEMBLE_MODEL}@champion"
 SHOWN_IMAGES = 20
@@ -78,7 +78,7 @@ def check_images(
 
     Raises:
         OdirError: no images, ``alpha`` outside (0, 1), a model URI the registry does not have, a version without a
-            reference (:class:`~steps.contracts.NoDriftReference`), an image that cannot be decoded (a
+            reference (:class:`~steps.support.contracts.NoDriftReference`), an image that cannot be decoded (a
             :class:`~components.errors.DataError` naming it).
     """
     paths = [str(path) for path in image_paths]

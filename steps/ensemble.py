@@ -16,7 +16,7 @@ CV mode compares them. The result is registered as ``odir-ensemble``: an MLflow
 pyfunc that holds the member checkpoints, the weights, the temperatures, the TTA views and the thresholds, and
 predicts labels from image paths or bytes.
 
-The ensemble's run also logs ``drift_reference/`` (:func:`steps.contracts.log_drift_reference`): statistics and
+The ensemble's run also logs ``drift_reference/`` (:func:`steps.support.contracts.log_drift_reference`): statistics and
 pooled embeddings (first member, first fold model) of up to 500 images that model never trained on (val, or fold 0
 in CV mode); the registered version names it in
 its tags ``drift_reference_uri`` and ``drift_reference_sha256``, so every version carries the reference that new
@@ -38,18 +38,18 @@ import numpy as np
 import pandas as pd
 
 from components import LABELS
-from components.calibration import apply_temperature, calibration_errors, fit_temperatures
-from components.data import patient_of
-from components.drift import MIN_REFERENCE_IMAGES
-from components.ensemble import align_members, normalise_weights, weighted_mean, weights_from_scores
-from components.metrics import DEFAULT_THRESHOLD, f1_macro, multilabel_report
-from components.referral import ReferralSpec
-from components.scoring import scored_report
-from components.thresholds import ThresholdResult, tune_thresholds
-from components.tta import STUDY_VIEWS, check_views
-from steps import cli, integrity, tracking
-from steps.base import StepConfig, code_fingerprint, run_step
-from steps.contracts import (
+from components.data.dataset import patient_of
+from components.evaluation.calibration import apply_temperature, calibration_errors, fit_temperatures
+from components.evaluation.ensemble import align_members, normalise_weights, weighted_mean, weights_from_scores
+from components.evaluation.metrics import DEFAULT_THRESHOLD, f1_macro, multilabel_report
+from components.evaluation.scoring import scored_report
+from components.evaluation.thresholds import ThresholdResult, tune_thresholds
+from components.models.tta import STUDY_VIEWS, check_views
+from components.monitoring.drift import MIN_REFERENCE_IMAGES
+from components.monitoring.referral import ReferralSpec
+from steps.support import cli, integrity, tracking
+from steps.support.base import StepConfig, run_step
+from steps.support.contracts import (
     build_drift_reference,
     grid_of,
     labels_of,
@@ -61,6 +61,7 @@ from steps.contracts import (
     read_predictions,
     read_thresholds,
 )
+from steps.support.fingerprint import code_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ def _register(
     """Logs the pyfunc with the member checkpoints and registers it; returns the new version."""
     import mlflow
 
-    from steps.ensemble_model import CONFIG_ARTIFACT, OdirEnsemble, input_schema, output_schema
+    from steps.support.ensemble_model import CONFIG_ARTIFACT, OdirEnsemble, input_schema, output_schema
 
     code = Path(__file__).resolve().parents[1]
     with tempfile.TemporaryDirectory() as tmp:

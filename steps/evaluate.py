@@ -12,8 +12,8 @@ thresholds inside). Logs, under the split's prefix (``val_``, ``offsite_``):
 - the per-class table, a figure of the classes' PR curves and confusion matrices, a reliability diagram, and
   ``predictions/<split>.csv`` (id, true labels, ``p_D``, ``p_G``, ``p_A``), which later steps read instead of
   running the network again;
-- a Grad-CAM gallery (:mod:`components.explain`): per class the most confident true and false positives and the
-  most clearly missed positives, ``gradcam_gallery`` of each at most (default 4; 0: none), as
+- a Grad-CAM gallery (:mod:`components.monitoring.explain`): per class the most confident true and false positives and
+  the most clearly missed positives, ``gradcam_gallery`` of each at most (default 4; 0: none), as
   ``gradcam/<split>/<class>/<tp|fp|fn>_<id>.png`` and all of them in one page, ``gradcam/<split>/gallery.html`` (tag
   ``gradcam_uri``). Only those images (36 at most) go through the maps, on the identity view.
 
@@ -34,9 +34,12 @@ import numpy as np
 import pandas as pd
 
 from components import LABELS
-from components.calibration import reliability_figure
 from components.errors import OdirError
-from components.explain import (
+from components.evaluation.calibration import reliability_figure
+from components.evaluation.metrics import binarize
+from components.evaluation.scoring import scored_report
+from components.models.tta import STUDY_VIEWS
+from components.monitoring.explain import (
     CLASS_NAMES,
     GALLERY_KINDS,
     GALLERY_PER_KIND,
@@ -46,8 +49,7 @@ from components.explain import (
     gallery_cases,
     overlay,
 )
-from components.metrics import binarize
-from components.referral import (
+from components.monitoring.referral import (
     MEMBER_STD_COLUMNS,
     TTA_STD_COLUMNS,
     UNCERTAINTY_COLUMNS,
@@ -55,11 +57,9 @@ from components.referral import (
     refer,
     referral_table,
 )
-from components.scoring import scored_report
-from components.tta import STUDY_VIEWS
-from steps import cli, tracking
-from steps.base import StepConfig, run_step
-from steps.contracts import (
+from steps.support import cli, tracking
+from steps.support.base import StepConfig, run_step
+from steps.support.contracts import (
     LABELLED_SPLITS,
     Manifest,
     evaluate_key,

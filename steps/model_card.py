@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from components import LABELS
-from steps import cli, tracking
+from steps.support import cli, tracking
 
 log = logging.getLogger(__name__)
 

@@ -28,11 +28,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from components.bootstrap import PairedResult, paired_bootstrap, pick, report_metrics
 from components.errors import OdirError
-from steps import cli, integrity, locks, tracking
-from steps.base import StepConfig
-from steps.contracts import (
+from components.evaluation.bootstrap import PairedResult, paired_bootstrap, pick, report_metrics
+from steps.support import cli, integrity, locks, tracking
+from steps.support.base import StepConfig
+from steps.support.contracts import (
     CV_POOL,
     Manifest,
     labels_of,

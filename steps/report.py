@@ -1,9 +1,10 @@
 """Report: the results table of an experiment grid, from what MLflow holds for it.
 
 Finds each model's training run (same spec and data digest) and each evaluation the grid needs (same model,
-split and TTA views), combines and scores every experiment with ``components.report``, and writes ``results.md``,
-``results.html``, ``results.csv`` and figures (per-class F1 bars, PR curves of the best experiments, threshold
-curves) to an output folder, to its own run and to the parent run. The same store and grid give the same report.
+split and TTA views), combines and scores every experiment with ``components.evaluation.report``, and writes
+``results.md``, ``results.html``, ``results.csv`` and figures (per-class F1 bars, PR curves of the best experiments,
+threshold curves) to an output folder, to its own run and to the parent run. The same store and grid give the same
+report.
 
 Every headline metric comes with its 95% interval from a bootstrap over the manifest's patients (1000 resamples,
 seed 0), and the report's header says the protocol: the given splits scored, which rows fit thresholds or weights
@@ -24,7 +25,7 @@ import numpy as np
 
 from components.config import ExperimentGrid
 from components.errors import OdirError
-from components.report import (
+from components.evaluation.report import (
     ExperimentScores,
     figure_f1_bars,
     figure_pr_curves,
@@ -36,9 +37,16 @@ from components.report import (
     to_html,
     to_markdown,
 )
-from steps import cli, tracking
-from steps.base import StepConfig
-from steps.contracts import Manifest, evaluate_key, load_manifest, probabilities_of, read_predictions, train_tags
+from steps.support import cli, tracking
+from steps.support.base import StepConfig
+from steps.support.contracts import (
+    Manifest,
+    evaluate_key,
+    load_manifest,
+    probabilities_of,
+    read_predictions,
+    train_tags,
+)
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +106,7 @@ def _predictions(
 
 def score_grid(grid: ExperimentGrid, manifest: Manifest, experiment: str) -> list[ExperimentScores]:
     """Every experiment of the grid, scored from saved predictions."""
-    from components.thresholds import STUDY_GRID, fine_grid
+    from components.evaluation.thresholds import STUDY_GRID, fine_grid
 
     runs = _member_runs(grid, manifest, experiment)
     splits = evaluation_splits(manifest)
@@ -141,7 +149,8 @@ def gallery_links(grid: ExperimentGrid, manifest: Manifest, experiment: str) -> 
 
 
 def report_notes(grid: ExperimentGrid, manifest: Manifest) -> list[str]:
-    """The protocol paragraphs of the report (``components.report.protocol_notes``) for this grid and data."""
+    """The protocol paragraphs of the report (``components.evaluation.report.protocol_notes``) for this grid and
+    data."""
     splits = evaluation_splits(manifest)
     tuned = [e.name for e in grid.experiments if e.thresholds]
     weighted = [e.name for e in grid.experiments if e.weights is None and len(e.members) > 1]

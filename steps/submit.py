@@ -18,9 +18,9 @@ import pandas as pd
 
 from components import LABELS
 from components.outputs import check_output
-from steps import cli, tracking
-from steps.base import StepConfig, run_step
-from steps.contracts import Manifest, load_manifest, predict_paths
+from steps.support import cli, tracking
+from steps.support.base import StepConfig, run_step
+from steps.support.contracts import Manifest, load_manifest, predict_paths
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -35,16 +35,16 @@ import yaml
 
 from components import LABELS
 from components.config import ModelSpec
-from components.data import patient_of
-from components.folds import CVSpec
-from components.inference import predict_images
-from components.models import FoldAverage, parameter_count, preprocessing_config
-from components.scoring import scored_report
-from components.training import Callback, TrainResult, speed_settings, train
-from components.tta import STUDY_VIEWS
-from steps import cli, integrity, tracking
-from steps.base import StepConfig, run_step
-from steps.contracts import (
+from components.data.dataset import patient_of
+from components.data.folds import CVSpec
+from components.evaluation.scoring import scored_report
+from components.models.backbones import FoldAverage, parameter_count, preprocessing_config
+from components.models.inference import predict_images
+from components.models.tta import STUDY_VIEWS
+from components.training.loop import Callback, TrainResult, speed_settings, train
+from steps.support import cli, integrity, tracking
+from steps.support.base import StepConfig, run_step
+from steps.support.contracts import (
     CHECKPOINT_ARTIFACT,
     CHECKPOINT_DIR,
     Manifest,

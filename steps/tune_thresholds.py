@@ -10,10 +10,18 @@ import functools
 import sys
 from dataclasses import dataclass, field
 
-from components.thresholds import tune_thresholds
-from steps import cli, tracking
-from steps.base import StepConfig, code_fingerprint, run_step
-from steps.contracts import grid_of, labels_of, log_thresholds, probabilities_of, read_predictions, read_thresholds
+from components.evaluation.thresholds import tune_thresholds
+from steps.support import cli, tracking
+from steps.support.base import StepConfig, run_step
+from steps.support.contracts import (
+    grid_of,
+    labels_of,
+    log_thresholds,
+    probabilities_of,
+    read_predictions,
+    read_thresholds,
+)
+from steps.support.fingerprint import code_fingerprint
 
 
 @dataclass(frozen=True, kw_only=True)

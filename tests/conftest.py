@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.synth import SynthSizes, write_synthetic_dataset
+from components.data.synth import SynthSizes, write_synthetic_dataset
 from tests.store import odir_home  # noqa: F401  (a fixture for every test package)
 
 

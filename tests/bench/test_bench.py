@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench import cpu_training, data_cache, end_to_end, head_only, inference, pipeline_overhead
-from components.heap import glibc
+from components.training.heap import glibc
 
 
 def test_data_cache_benchmark_runs(synthetic_root: Path) -> None:

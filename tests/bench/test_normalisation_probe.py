@@ -11,8 +11,8 @@ import pytest
 from sklearn.metrics import f1_score, roc_auc_score
 
 from bench import normalisation_probe as probe
-from components.models import IMAGENET, Normalisation
-from components.synth import SynthSizes, write_synthetic_dataset
+from components.data.synth import SynthSizes, write_synthetic_dataset
+from components.models.backbones import IMAGENET, Normalisation
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from bench.oof_variants import STEP, fellow_index, fellow_pooled, pool_fellow
-from components.metrics import f1_macro
+from components.evaluation.metrics import f1_macro
 from steps.ensemble import cross_fit
 
 

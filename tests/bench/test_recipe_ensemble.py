@@ -12,9 +12,10 @@ from mlflow import MlflowClient
 
 from bench import recipe_ensemble
 from components.config import parse_model_spec
-from components.folds import CVSpec
-from components.tta import STUDY_VIEWS
-from steps import contracts, ensemble, ingest, train
+from components.data.folds import CVSpec
+from components.models.tta import STUDY_VIEWS
+from steps import ensemble, ingest, train
+from steps.support import contracts
 
 CV = CVSpec(folds=3, seed=5)
 VIEWS = STUDY_VIEWS  # the views bench.recipe_ensemble combines with

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from components.augment import Affine, Flips
 from components.config import ConfigError, load_profile, parse_model_spec
+from components.data.augment import Affine, Flips
 
 BASE = {"name": "a", "backbone": "tiny_cnn"}
 DUMP_BEFORE = [

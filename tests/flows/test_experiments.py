@@ -10,8 +10,8 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from steps import tracking
 from steps.evaluate import evaluate_key
+from steps.support import tracking
 from tests.flows.conftest import BIN, Stack
 
 pytestmark = pytest.mark.slow

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from components.synth import SynthSizes, write_synthetic_dataset
-from steps import tracking
+from components.data.synth import SynthSizes, write_synthetic_dataset
+from steps.support import tracking
 from tests.flows.conftest import BIN, Stack
 from tests.servers import stop
 

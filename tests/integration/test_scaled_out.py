@@ -235,7 +235,7 @@ def test_odir_full_on_postgres_s3_and_a_worker(stack: Services, tiny_data: Path,
 
     # checkpoints and models are objects in the bucket
     script = (
-        "from steps.storage import client; pages = client().get_paginator('list_objects_v2')"
+        "from steps.support.storage import client; pages = client().get_paginator('list_objects_v2')"
         f".paginate(Bucket='{BUCKET}', Prefix='mlflow/')\n"
         "print(' '.join(o['Key'] for p in pages for o in p['Contents']))"
     )

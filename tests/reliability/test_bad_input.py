@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from components.config import ConfigError, load_profile
-from components.data import load_split, read_labels_csv
+from components.data.dataset import load_split, read_labels_csv
 from components.errors import DataError, OdirError
-from steps.ensemble_model import image_sources
+from steps.support.ensemble_model import image_sources
 
 CELL = st.one_of(st.sampled_from(["0", "1", "", "nan", "2", "-1", "1.0", "yes", " 1 "]), st.text(max_size=6))
 ROW = st.lists(CELL, min_size=0, max_size=6)
@@ -115,7 +115,7 @@ def test_served_model_input_is_checked(frame: pd.DataFrame, message: str) -> Non
 )
 def test_served_paths_are_confined_to_the_image_root(root: str | None, path: str, message: str,
                                                      tmp_path: Path) -> None:  # fmt: skip
-    from steps.ensemble_model import confined
+    from steps.support.ensemble_model import confined
 
     with pytest.raises(OdirError, match=message):
         confined([path], root and root.format(root=tmp_path))
@@ -129,7 +129,7 @@ def test_a_row_with_both_a_path_and_bytes_is_refused() -> None:
 
 
 def test_served_bytes_that_are_no_image_are_named(tmp_path: Path) -> None:
-    from components.data import load_image
+    from components.data.dataset import load_image
 
     with pytest.raises(DataError, match=r"<12 bytes of image data>: cannot be decoded as an image"):
         load_image(base64.b64decode(base64.b64encode(b"not an image")), 32)

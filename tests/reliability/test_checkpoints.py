@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from components.checkpoints import load_checkpoint, save_checkpoint
 from components.config import parse_model_spec
-from components.data import FundusDataset, ImageCache, load_split
-from components.models import WeightsError, build_model
-from components.training import load_trained, train
+from components.data.dataset import FundusDataset, ImageCache, load_split
+from components.models.backbones import WeightsError, build_model
+from components.training.checkpoints import load_checkpoint, save_checkpoint
+from components.training.loop import load_trained, train
 
 
 class _Payload:

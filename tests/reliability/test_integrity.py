@@ -14,7 +14,8 @@ import pytest
 from mlflow import MlflowClient
 
 from components.config import load_profile
-from steps import contracts, ingest, integrity, tracking, train
+from steps import ingest, train
+from steps.support import contracts, integrity, tracking
 from tests.store import odir_env
 
 ODIR = str(Path(sys.executable).parent / "odir")

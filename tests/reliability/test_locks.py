@@ -1,5 +1,5 @@
-"""Registry locks (steps/locks.py) with real processes on a real embedded store: a dead owner's lock is broken at
-once on its host, a live owner's is kept however long it works, and a lock without heartbeats expires."""
+"""Registry locks (steps/support/locks.py) with real processes on a real embedded store: a dead owner's lock is broken
+at once on its host, a live owner's is kept however long it works, and a lock without heartbeats expires."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from steps import locks, tracking
+from steps.support import locks, tracking
 from tests.store import odir_env
 
 HOLD = (

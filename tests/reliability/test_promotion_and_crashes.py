@@ -14,7 +14,8 @@ import pytest
 from mlflow import MlflowClient
 
 from components.config import load_profile
-from steps import contracts, ensemble, evaluate, ingest, locks, promote, tracking, train
+from steps import ensemble, evaluate, ingest, promote, train
+from steps.support import contracts, locks, tracking
 from tests.store import odir_env
 
 WEIGHTS = ((1.0, 0.0), (0.0, 1.0), (0.5, 0.5))

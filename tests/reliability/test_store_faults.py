@@ -88,7 +88,7 @@ def test_outputs_are_checked_before_the_work(command: list[str], message: str, o
 
 def test_two_embedded_stores_share_no_files(tmp_path: Path, odir_home: Path) -> None:
     """``MLFLOW_TRACKING_URI`` at another SQLite file moves the artifacts and checkpoints along with the runs."""
-    from steps import tracking
+    from steps.support import tracking
 
     default, other = tracking.store_files(), tracking.store_files(f"sqlite:///{tmp_path / 'second.db'}")
     assert default.artifacts == odir_home / "mlruns" / "artifacts" and default.work == odir_home / ".odir" / "work"

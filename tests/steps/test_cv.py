@@ -11,9 +11,10 @@ import pytest
 from mlflow import MlflowClient
 
 from components.config import parse_model_spec
-from components.data import patient_of
-from components.folds import CVSpec
-from steps import contracts, ensemble, ingest, promote, tracking, train
+from components.data.dataset import patient_of
+from components.data.folds import CVSpec
+from steps import ensemble, ingest, promote, train
+from steps.support import contracts, tracking
 
 CV = CVSpec(folds=3, seed=5)
 VIEWS = ("identity", "hflip")

@@ -13,7 +13,8 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from components.config import load_profile
-from steps import cli, contracts, drift, ensemble, evaluate, ingest, tracking, train
+from steps import drift, ensemble, evaluate, ingest, train
+from steps.support import cli, contracts, tracking
 
 
 @pytest.fixture(scope="module")

@@ -1,77 +1,94 @@
-"""The code fingerprint in reuse keys: code that shapes a result changes it; docstrings, comments and other modules
-do not."""
+"""The code fingerprint in reuse keys follows the imports: code a step reaches changes it; docstrings, comments,
+modules it never imports and modules that only move data do not."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from steps import base
+from steps.support import fingerprint
 
-LOSSES = importlib.util.find_spec("components.losses").origin
+STEPS = ("train", "evaluate", "tune_thresholds", "ensemble")
 
 
 @pytest.fixture
-def probe_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A package ``fp_probe`` with a copy of the real losses module and an unrelated module; the train step's
-    fingerprint covers only the losses copy."""
-    package = tmp_path / "fp_probe"
-    package.mkdir()
-    (package / "__init__.py").write_text("")
-    (package / "losses.py").write_text(Path(LOSSES).read_text())
-    (package / "unrelated.py").write_text('"""Unrelated."""\n\n\ndef helper() -> int:\n    return 1\n')
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setitem(base.STEP_CODE, "train", ("fp_probe.losses",))
-    base.code_fingerprint.cache_clear()
-    yield package
-    base.code_fingerprint.cache_clear()
-    sys.modules.pop("fp_probe", None)
+def source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A copy of the project's components/ and steps/ that the fingerprints are read from."""
+    for package in fingerprint.PROJECT_PACKAGES:
+        shutil.copytree(fingerprint.SOURCE_ROOT / package, tmp_path / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    monkeypatch.setattr(fingerprint, "SOURCE_ROOT", tmp_path)
+    fingerprint._fingerprint.cache_clear()
+    yield tmp_path
+    fingerprint._fingerprint.cache_clear()
 
 
-def _fingerprint() -> str:
-    base.code_fingerprint.cache_clear()
-    return base.code_fingerprint("train")
+def _fingerprint(step: str) -> str:
+    fingerprint._fingerprint.cache_clear()
+    return fingerprint.code_fingerprint(step)
 
 
-def test_a_changed_loss_function_changes_the_fingerprint(probe_package: Path) -> None:
-    before = _fingerprint()
-    losses = probe_package / "losses.py"
-    source = losses.read_text()
-    assert "gamma" in source
-    losses.write_text(source.replace("gamma", "gamma_changed"))
-    assert _fingerprint() != before
+def _edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, f"{old!r} not in {path}"
+    path.write_text(text.replace(old, new, 1))
 
 
-def test_docstrings_comments_and_other_modules_do_not(probe_package: Path) -> None:
-    before = _fingerprint()
-    losses = probe_package / "losses.py"
-    source = losses.read_text()
-    first_docstring_line = source.splitlines()[0]
-    assert first_docstring_line.startswith('"""')
-    edited = source.replace(first_docstring_line, first_docstring_line + " (reworded)", 1)
-    losses.write_text("# a new comment\n" + edited + "\n\n# trailing comment\n")
-    (probe_package / "unrelated.py").write_text('"""Changed."""\n\n\ndef helper() -> int:\n    return 2\n')
-    assert _fingerprint() == before
+def test_a_metric_change_changes_tune_thresholds_fingerprint(source: Path) -> None:
+    """tune_thresholds imports components.evaluation.thresholds, which imports the metrics: the hand-kept list this
+    replaced left the metrics out."""
+    assert "components.evaluation.metrics" in fingerprint.code_modules("steps.tune_thresholds", source)
+    before = _fingerprint("tune_thresholds")
+    _edit(source / "components" / "evaluation" / "metrics.py", "def ", "def _added_helper():\n    return 1\n\n\ndef ")
+    assert _fingerprint("tune_thresholds") != before
 
 
-def test_the_fingerprint_does_not_depend_on_where_the_code_lives(probe_package: Path, tmp_path: Path) -> None:
-    before = _fingerprint()
-    moved = tmp_path / "elsewhere"
-    moved.mkdir()
-    probe_package.rename(moved / "fp_probe")
-    sys.modules.pop("fp_probe", None)  # find_spec imported the package from its old place
-    sys.path.insert(0, str(moved))
-    try:
-        importlib.invalidate_caches()
-        assert _fingerprint() == before
-    finally:
-        sys.path.remove(str(moved))
+def test_a_changed_loss_changes_the_train_fingerprint(source: Path) -> None:
+    before = _fingerprint("train")
+    _edit(source / "components" / "training" / "losses.py", "gamma", "gamma_changed")
+    assert _fingerprint("train") != before
 
 
-def test_every_step_fingerprint_reads_existing_modules() -> None:
-    for step in base.STEP_CODE:
-        assert len(base.code_fingerprint(step)) == 16
+def test_docstrings_comments_and_unreached_modules_do_not(source: Path) -> None:
+    before = {step: _fingerprint(step) for step in STEPS}
+    losses = source / "components" / "training" / "losses.py"
+    first_line = losses.read_text().splitlines()[0]
+    assert first_line.startswith('"""')
+    _edit(losses, first_line, first_line + " (reworded)")
+    losses.write_text("# a new comment\n" + losses.read_text() + "\n\n# trailing comment\n")
+    (source / "components" / "unreached.py").write_text('"""Imported by no step."""\n\n\nVALUE = 2\n')
+    assert {step: _fingerprint(step) for step in STEPS} == before
+
+
+def test_modules_that_only_move_data_are_followed_but_not_hashed(source: Path) -> None:
+    """steps.support.tracking says ``SHAPES_RESULTS = False``: a change there re-runs nothing."""
+    modules = fingerprint.code_modules("steps.train", source)
+    assert "steps.support.tracking" not in modules and "steps.train" in modules
+    before = _fingerprint("train")
+    _edit(source / "steps" / "support" / "tracking.py", "def ", "def _added_helper():\n    return 1\n\n\ndef ")
+    assert _fingerprint("train") == before
+
+
+def test_the_fingerprint_does_not_depend_on_where_the_code_lives(source: Path, tmp_path_factory) -> None:
+    before = {step: _fingerprint(step) for step in STEPS}
+    moved = tmp_path_factory.mktemp("elsewhere")
+    for package in fingerprint.PROJECT_PACKAGES:
+        shutil.copytree(source / package, moved / package)
+    fingerprint.SOURCE_ROOT = moved  # restored by the fixture's monkeypatch
+    assert {step: _fingerprint(step) for step in STEPS} == before
+
+
+def test_a_missing_module_is_named(source: Path) -> None:
+    step = source / "steps" / "tune_thresholds.py"
+    step.write_text(step.read_text() + "\n\ndef _late():\n    import components.nosuch  # noqa\n")
+    with pytest.raises(ModuleNotFoundError, match=r"components\.nosuch"):
+        _fingerprint("tune_thresholds")
+
+
+def test_every_step_fingerprint_reads_the_real_tree() -> None:
+    fingerprint._fingerprint.cache_clear()
+    for step in STEPS:
+        assert len(fingerprint.code_fingerprint(step)) == 16

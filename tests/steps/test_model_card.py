@@ -13,8 +13,9 @@ from mlflow.entities import Metric, Param, Run, RunData, RunInfo
 
 from components import LABELS
 from components.config import ModelSpec
-from components.folds import CVSpec
-from steps import cli, ensemble, evaluate, ingest, model_card, promote, tracking, train, tune_thresholds
+from components.data.folds import CVSpec
+from steps import ensemble, evaluate, ingest, model_card, promote, train, tune_thresholds
+from steps.support import cli, tracking
 
 SPEC = ModelSpec(name="card-a", backbone="tiny_cnn", image_size=32, batch_size=8, epochs=2, lr=0.003, seed=1)
 MEMBER = "odir-card-a"

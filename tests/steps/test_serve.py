@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from components.config import load_profile
-from steps import ensemble, evaluate, ingest, promote, tracking, train
+from steps import ensemble, evaluate, ingest, promote, train
+from steps.support import tracking
 from tests.servers import free_port, port_closed, wait_for
 from tests.store import odir_env
 

@@ -16,9 +16,10 @@ from mlflow import MlflowClient
 
 from components import LABELS
 from components.config import load_profile
-from components.metrics import multilabel_report
-from components.referral import MEMBER_STD_COLUMNS, TTA_STD_COLUMNS, UNCERTAINTY_COLUMNS
-from steps import contracts, ensemble, evaluate, ingest, promote, submit, tracking, train, tune_thresholds
+from components.evaluation.metrics import multilabel_report
+from components.monitoring.referral import MEMBER_STD_COLUMNS, TTA_STD_COLUMNS, UNCERTAINTY_COLUMNS
+from steps import ensemble, evaluate, ingest, promote, submit, train, tune_thresholds
+from steps.support import contracts, tracking
 from tests.store import odir_env
 
 MEMBERS = ("tiny-a", "tiny-b")
@@ -302,7 +303,7 @@ def test_explain_a_member_for_some_classes(pipeline: dict, tiny_data: Path, tmp_
 def test_evaluate_logs_a_gradcam_gallery_of_true_and_false_positives_and_misses(
     pipeline: dict, evaluation: str
 ) -> None:
-    from components.explain import gallery_cases
+    from components.monitoring.explain import gallery_cases
 
     result = pipeline["offsite"] if evaluation.startswith("ensemble") else pipeline["val"][0]
     client = MlflowClient()
@@ -412,29 +413,33 @@ def test_a_corrupt_image_fails_evaluate_with_a_clear_message(
 def test_training_code_changes_retrain_and_docstring_changes_reuse(
     pipeline: dict, tiny_profile: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from steps import base
+    import shutil
 
-    covered = tmp_path / "fp_training_code.py"  # stands for a module of the training code
-    covered.write_text('"""Loss helpers."""\n\n\ndef scale(x):\n    return x * 2\n')
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setitem(base.STEP_CODE, "train", (*base.STEP_CODE["train"], "fp_training_code"))
+    from steps.support import fingerprint
+
+    for package in fingerprint.PROJECT_PACKAGES:  # the fingerprint is read from a copy of the code that the test edits
+        shutil.copytree(fingerprint.SOURCE_ROOT / package, tmp_path / package)
+    monkeypatch.setattr(fingerprint, "SOURCE_ROOT", tmp_path)
+    losses = tmp_path / "components" / "training" / "losses.py"
+    source = losses.read_text()
     config = train.TrainStepConfig(
         manifest_uri=pipeline["ingest"].manifest_uri, spec=load_profile(tiny_profile).model("tiny-a"), profile="tiny"
     )
 
     def trained() -> str:
-        base.code_fingerprint.cache_clear()
+        fingerprint._fingerprint.cache_clear()
         return train.run(config).run_id
 
     try:
+        losses.write_text(source + "\n\ndef scale(x):\n    return x * 2\n")
         first = trained()
         assert first != pipeline["members"][0].run_id  # other code than the pipeline's: trained again
-        covered.write_text('"""Loss helpers, reworded."""\n\n\ndef scale(x):\n    # why: a comment\n    return x * 2\n')
+        losses.write_text(source + '\n\ndef scale(x):\n    """Reworded."""\n    # why: a comment\n    return x * 2\n')
         assert trained() == first  # docstring and comment only: reused
-        covered.write_text('"""Loss helpers."""\n\n\ndef scale(x):\n    return x * 3\n')
+        losses.write_text(source + "\n\ndef scale(x):\n    return x * 3\n")
         assert trained() != first  # the code changed: trained again
     finally:
-        base.code_fingerprint.cache_clear()
+        fingerprint._fingerprint.cache_clear()
 
 
 def test_train_params_say_what_was_in_effect(pipeline: dict) -> None:

@@ -1,4 +1,4 @@
-"""The object store's retry round (``steps.storage.retrying``) on botocore's real error objects; a real store
+"""The object store's retry round (``steps.support.storage.retrying``) on botocore's real error objects; a real store
 restarting mid-read is tests/integration/test_scaled_out.py."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
-from steps import storage
-from steps.tracking import StoreUnreachable
+from steps.support import storage
+from steps.support.tracking import StoreUnreachable
 
 
 def _answer(status: int, code: str) -> ClientError:

@@ -12,7 +12,7 @@ from tests.store import odir_env
 
 DOWNLOAD = """
 import mlflow
-from steps import tracking
+from steps.support import tracking
 tracking.setup()
 with mlflow.start_run():
     uri = tracking.log_json({"a": 1}, "thresholds.json")

@@ -1,0 +1,1 @@
+"""Scoring predictions: metrics, patient bootstrap intervals, thresholds, calibration, ensembles, reports."""

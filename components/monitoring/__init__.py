@@ -1,0 +1,1 @@
+"""Around a model in use: Grad-CAM explanations, referral of uncertain images, drift against a reference."""

@@ -21,7 +21,7 @@ def test_two_pipelines_at_once_train_each_model_once(stack: Stack, tiny_data: Pa
     system_tmp = tmp_path / "tmp"
     system_tmp.mkdir()
     env = {**stack.env, "ODIR_HOME": str(home), "TMPDIR": str(system_tmp)}
-    subprocess.run([sys.executable, "-c", "from steps import tracking; tracking.setup()"], env=env, check=True)
+    subprocess.run([sys.executable, "-c", "from steps.support import tracking; tracking.setup()"], env=env, check=True)
     command = [str(BIN / "odir"), "full", "--profile", str(tiny_profile), "--data", str(tiny_data)]
     logs = [tmp_path / "first.log", tmp_path / "second.log"]
     pipelines = [stack.start(*command, log=log, env=env, cwd=CHECKOUT) for log in logs]

@@ -17,7 +17,7 @@ from steps.support import locks, tracking
 from tests.store import odir_env
 
 HOLD = (
-    "import sys, time\nfrom steps import locks\n"
+    "import sys, time\nfrom steps.support import locks\n"
     "with locks.registry_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(600)\n"
 )
 

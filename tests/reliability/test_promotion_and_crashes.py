@@ -99,7 +99,7 @@ def test_the_registry_lock_excludes_a_second_holder(versions: dict, odir_home: P
 
     with locks.registry_lock("promote-test"):
         other = subprocess.run(
-            [sys.executable, "-c", "from steps import locks\n"
+            [sys.executable, "-c", "from steps.support import locks\n"
              "with locks.registry_lock('promote-test', timeout=2):\n    print('acquired')"],
             env=odir_env(odir_home), capture_output=True, text=True,
         )  # fmt: skip
@@ -112,7 +112,7 @@ def test_the_registry_lock_excludes_a_second_holder(versions: dict, odir_home: P
 
 def test_a_killed_step_is_marked_failed_by_the_next_one(versions: dict, odir_home: Path, tiny_profile: Path) -> None:
     script = (
-        "import time\nfrom steps import tracking\n"
+        "import time\nfrom steps.support import tracking\n"
         "with tracking.step_run('train', 'odir', None, 'doomed', {'odir.model': 'doomed'}):\n"
         "    print('started', flush=True)\n    time.sleep(600)\n"
     )

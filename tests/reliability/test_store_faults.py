@@ -94,7 +94,7 @@ def test_two_embedded_stores_share_no_files(tmp_path: Path, odir_home: Path) -> 
     assert default.artifacts == odir_home / "mlruns" / "artifacts" and default.work == odir_home / ".odir" / "work"
     assert other.artifacts == tmp_path / "second-artifacts" and other.work == tmp_path / "second-work"
     script = (
-        "import mlflow\nfrom steps import tracking\ntracking.setup()\n"
+        "import mlflow\nfrom steps.support import tracking\ntracking.setup()\n"
         "print(mlflow.get_experiment_by_name('odir').artifact_location)"
     )
     env = {**odir_env(odir_home), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'second.db'}"}

@@ -11,7 +11,7 @@ every normalisation).
 
 Run on the real data only, by hand (never from tests)::
 
-    .venv/bin/python -m bench.normalisation_probe --data ../shared/data/odir
+    .venv/bin/python -m bench.normalisation_probe --data /path/to/odir
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@ predictions without training again (issue 15). Each variant is cross-fitted by t
 :func:`steps.ensemble.cross_fit` for one member (a temperature per class, then per-class thresholds, fit on the
 other folds) and paired over patients with the step as a profile runs it (F1 thresholds on the fine grid).
 
-    python -m bench.oof_variants --store sqlite:////work/abl-home/mlruns/mlflow.db --run "train abl19-lite0" \\
-        [--data ../shared/data/odir]
+    python -m bench.oof_variants --store sqlite:////path/to/abl-home/mlruns/mlflow.db --run "train abl19-lite0" \\
+        [--data /path/to/odir]
 
 Variants on the stored out-of-fold predictions: thresholds maximising the course F1 (macro over both classes of a
 disease) instead of the positive class's (the ``f1_course`` objective), and pooling the fellow eye

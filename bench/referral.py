@@ -2,7 +2,7 @@
 without leakage: a CV ensemble's cross-fitted out-of-fold predictions, each image scored by the fold model that
 never saw its patient.
 
-    python -m bench.referral --store sqlite:////work/abl-home/mlruns/mlflow.db --profile abl-3-augment
+    python -m bench.referral --store sqlite:////path/to/abl-home/mlruns/mlflow.db --profile abl-3-augment
 
 Per image: the cross-fitted probabilities (each fold's thresholds fit on the other folds and shifted to 0.5: the
 ensemble step's ``predictions/cv.csv``), the test-time views' spread of the held-out fold model (its views re-run

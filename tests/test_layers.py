@@ -1,4 +1,4 @@
-"""The layer rule of ARCHITECTURE.md: components/ imports neither Prefect nor MLflow, nor steps/ or flows/."""
+"""The layer rule of docs/architecture.md: components/ imports neither Prefect nor MLflow, nor steps/ or flows/."""
 
 from __future__ import annotations
 

@@ -33,3 +33,22 @@ def test_imports_only_point_downwards(package: str) -> None:
         if _imports(path) & FORBIDDEN[package]
     }
     assert not offenders
+
+
+def test_no_step_imports_another() -> None:
+    """Steps hand each other URIs through steps.support's formats, never Python objects of another step."""
+    steps = {path.stem for path in (ROOT / "steps").glob("*.py") if path.stem != "__init__"}
+    offenders = {}
+    for path in (ROOT / "steps").glob("*.py"):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        imported = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module == "steps":
+                imported.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("steps."):
+                imported.add(node.module.split(".")[1])
+            elif isinstance(node, ast.Import):
+                imported.update(a.name.split(".")[1] for a in node.names if a.name.startswith("steps."))
+        if others := (imported & steps) - {path.stem}:
+            offenders[path.name] = sorted(others)
+    assert not offenders

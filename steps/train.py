@@ -12,7 +12,8 @@ predictions** (``predictions/oof.csv``, with the fold), which later steps fit th
 weights on. Their scores at 0.5 are logged as ``cv_*`` with intervals. The registered version averages the fold
 models' probabilities (``checkpoints/fold_<k>.pt``).
 
-The run holds every spec field as a param, per-epoch ``train_loss``, ``val_loss`` and validation metrics (both
+The run holds every spec field as a param, the hardware it ran on (``hardware_*``: CPU model and flags, GPU, torch
+version and threads), per-epoch ``train_loss``, ``val_loss`` and validation metrics (both
 F1s, per-class F1, AUROC; with ``validate_every``, the validated epochs' only), system metrics, the dataset input,
 the best checkpoint (``checkpoints/best.pt``, tensors only) and the best model logged with ``mlflow.pytorch``. The
 version is tagged with the dataset digest and the profile. An interrupted run resumes from its local checkpoint
@@ -41,6 +42,7 @@ from components.evaluation.scoring import scored_report
 from components.models.backbones import FoldAverage, parameter_count, preprocessing_config
 from components.models.inference import predict_images
 from components.models.tta import STUDY_VIEWS
+from components.training.hardware import hardware_record
 from components.training.loop import Callback, TrainResult, speed_settings, train
 from steps.support import cli, integrity, tracking
 from steps.support.base import StepConfig, run_step
@@ -189,6 +191,7 @@ def _train(
     mlflow.log_params(tracking.flat_params({**spec.model_dump(), **in_effect, "profile": config.profile}))
     mlflow.log_params({"data_digest": manifest.digest, "manifest_uri": config.manifest_uri,
                        "split_mode": "cv" if config.cv else "given"})  # fmt: skip
+    mlflow.log_params(hardware_record())  # the same commit trains to other numbers on another CPU
     mlflow.log_text(yaml.safe_dump(spec.model_dump(), sort_keys=False), "config/spec.yaml")
     preprocessing = preprocessing_config(spec.backbone)  # applied by the model itself, recorded in best.pt too
     mlflow.log_params({"preprocessing_mean": preprocessing["mean"], "preprocessing_std": preprocessing["std"]})

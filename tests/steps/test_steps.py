@@ -18,6 +18,7 @@ from components import LABELS
 from components.config import load_profile
 from components.evaluation.metrics import multilabel_report
 from components.monitoring.referral import MEMBER_STD_COLUMNS, TTA_STD_COLUMNS, UNCERTAINTY_COLUMNS
+from components.training.hardware import hardware_record
 from steps import ensemble, evaluate, ingest, promote, submit, train, tune_thresholds
 from steps.support import contracts, tracking
 from tests.store import odir_env
@@ -447,3 +448,4 @@ def test_train_params_say_what_was_in_effect(pipeline: dict) -> None:
     ``cpu_bf16``); channels_last applies on every device."""
     params = MlflowClient().get_run(pipeline["members"][0].run_id).data.params
     assert (params["amp"], params["channels_last"]) == ("False", "True")
+    assert params["hardware_cpu"] == hardware_record()["hardware_cpu"] and "hardware_cpu_flags" in params

@@ -5,7 +5,7 @@ member's probabilities are first temperature-scaled per class (temperatures fit 
 focal and class-balanced losses do not give calibrated probabilities, and a weighted mean of uncalibrated members
 over-weights the overconfident one); the ECE before and after is logged. The ensemble's validation probabilities
 are the weighted mean of the saved (calibrated) member predictions (no network runs), and its per-class
-thresholds are tuned on them for each class's objective.
+thresholds are fit on them for each class's objective, as the profile's ``threshold_strategy`` says.
 
 Given out-of-fold member predictions (cross-validation: the frames carry each image's ``fold``), the registered
 ensemble is fit on all of them, and its honest CV score is **cross-fitted**: for each fold k, temperatures, weights
@@ -43,7 +43,7 @@ from components.evaluation.calibration import apply_temperature, calibration_err
 from components.evaluation.ensemble import align_members, normalise_weights, weighted_mean, weights_from_scores
 from components.evaluation.metrics import DEFAULT_THRESHOLD, f1_macro, multilabel_report
 from components.evaluation.scoring import scored_report
-from components.evaluation.thresholds import ThresholdResult, tune_thresholds
+from components.evaluation.thresholds import ThresholdResult, fit_thresholds
 from components.models.tta import STUDY_VIEWS, check_views
 from components.monitoring.drift import MIN_REFERENCE_IMAGES
 from components.monitoring.referral import ReferralSpec
@@ -77,6 +77,7 @@ class EnsembleConfig(StepConfig):
     views: tuple[str, ...] = STUDY_VIEWS
     grid: str = "study"
     objectives: tuple[str, ...] = ("f1", "f1", "f1")
+    threshold_strategy: str = "tuned"  # components.evaluation.thresholds.STRATEGIES
     calibrate: bool = True
     referral: ReferralSpec = field(default_factory=ReferralSpec)
     profile: str = "demo"
@@ -192,6 +193,7 @@ def run(config: EnsembleConfig) -> EnsembleResult:
     key = tracking.content_key(
         config.member_model_uris, config.member_val_predictions, config.weights, config.views, config.grid,
         config.objectives, config.calibrate, code_fingerprint("ensemble"), config.referral.model_dump(),
+        config.threshold_strategy,
     )  # fmt: skip
     tags = {"profile": config.profile, "profile_key": config.profile_key, "data_digest": digest, "ensemble_key": key}
     work = functools.partial(_combine, config, names, frames[names[0]], member_probs, folds, tags)
@@ -206,7 +208,8 @@ def _fit(
     calibrated = [apply_temperature(p, t) for p, t in zip(member_probs, temperatures, strict=True)]
     weights = _weights(config, labels, calibrated)
     probs = weighted_mean(calibrated, weights)
-    return weights, probs, tune_thresholds(labels, probs, grid_of(config.grid), config.objectives)
+    return weights, probs, fit_thresholds(labels, probs, grid_of(config.grid), config.objectives,
+                                          config.threshold_strategy)  # fmt: skip
 
 
 def cross_fit(
@@ -281,7 +284,8 @@ def _combine(
     temperatures = _calibrate(config, names, labels, member_probs)
     weights, probs, tuned = _fit(config, labels, member_probs, temperatures)
     mlflow.log_params({"members": ",".join(names), "tta_views": ",".join(config.views), "grid": config.grid,
-                       "objectives": ",".join(config.objectives), "calibrate": config.calibrate,
+                       "objectives": ",".join(config.objectives), "threshold_strategy": config.threshold_strategy,
+                       "calibrate": config.calibrate,
                        **{f"referral_{k}": v for k, v in config.referral.model_dump().items()}})  # fmt: skip
     weights_uri = tracking.log_json(dict(zip(names, weights.tolist(), strict=True)), "weights.json")
     mlflow.set_tags({"weights_uri": weights_uri, "thresholds_uri": log_thresholds(tuned, grid)})

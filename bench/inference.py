@@ -20,7 +20,8 @@ import torch
 
 from bench.common import Row, median_seconds
 from components.config import parse_model_spec
-from components.data.dataset import load_split, to_model_input
+from components.data.dataset import to_model_input
+from components.data.splits import load_split
 from components.evaluation.ensemble import weighted_mean
 from components.models.backbones import build_model
 from components.models.inference import predict_images

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from components import LABELS
-from components.data.dataset import patient_of
+from components.data.splits import patient_of
 from components.evaluation.bootstrap import patient_codes, percentile_interval, resample_counts
 from components.evaluation.ensemble import PROB_COLUMNS
 from components.monitoring.referral import ReferralSpec, disagreement, refer, view_spread

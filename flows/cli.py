@@ -22,7 +22,7 @@ from flows.deployments import SERVED
 from steps.support import tracking
 
 if TYPE_CHECKING:
-    from components.data.dataset import Split
+    from components.data.splits import Split
 
 EXIT_INVALID = 2
 EXIT_UNREACHABLE = 3
@@ -31,7 +31,7 @@ STORE_COMMANDS = ("full", "experiments", "predict", "explain", "check-drift", "v
 
 
 def _print_report(root: Path, check_images: bool) -> int:
-    from components.data.dataset import validate_dataset
+    from components.data.splits import validate_dataset
 
     report = validate_dataset(root, check_images=check_images)
     print(f"Dataset {report.root}")
@@ -64,7 +64,8 @@ def _cmd_demo_data(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from components.config import load_profile
-    from components.data.dataset import FundusDataset, load_split
+    from components.data.dataset import FundusDataset
+    from components.data.splits import load_split
     from components.training.loop import train
 
     profile = load_profile(args.profile)

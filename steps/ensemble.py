@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from components import LABELS
-from components.data.dataset import patient_of
+from components.data.splits import patient_of
 from components.evaluation.calibration import apply_temperature, calibration_errors, fit_temperatures
 from components.evaluation.ensemble import align_members, normalise_weights, weighted_mean, weights_from_scores
 from components.evaluation.metrics import DEFAULT_THRESHOLD, f1_macro, multilabel_report

@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from components import LABELS
-from components.data.dataset import DatasetReport, Split, patient_of, validate_dataset
+from components.data.splits import DatasetReport, Split, patient_of, validate_dataset
 from components.errors import DataError
 from steps.support import cli, storage, tracking
 from steps.support.base import StepConfig, run_step

@@ -46,8 +46,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from components.data.dataset import IMAGE_CACHE, FundusDataset, ImageSource, decode_image, to_model_input
+from components.data.dataset import IMAGE_CACHE, FundusDataset, to_model_input
 from components.data.fundus import FundusPreprocess, fov_box, fov_mask
+from components.data.images import ImageSource, decode_image
 from components.models.backbones import Classifier
 
 FEATURES: tuple[str, ...] = (

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import torch
 
-from components.config import ModelSpec
 from components.errors import OdirError
 from components.models.backbones import Classifier, WeightsError, preprocessing_config
+from components.training.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The training loop: one :class:`~components.config.ModelSpec` -> trained weights, best and last checkpoints.
+"""The training loop: one :class:`~components.training.spec.ModelSpec` -> trained weights, best and last checkpoints.
 
 What lives here is the loop and the helpers other modules share with it (device choice, seeding, fine-tuning
 modes, augmentation, batched prediction, :func:`load_trained`); what goes to disk, and how, is
@@ -41,7 +41,6 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from components.config import ModelSpec
 from components.data.augment import Flips
 from components.data.dataset import FundusDataset, to_model_input
 from components.errors import OdirError
@@ -70,6 +69,7 @@ from components.training.schedule import (
     set_lr,
     smooth_targets,
 )
+from components.training.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 

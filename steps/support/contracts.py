@@ -29,7 +29,6 @@ import numpy as np
 import pandas as pd
 
 from components import LABELS
-from components.config import ModelSpec
 from components.data.dataset import FundusDataset
 from components.data.folds import CVSpec, assign_folds
 from components.errors import DataError, OdirError, Problem
@@ -43,6 +42,7 @@ from components.monitoring.drift import Reference, build_reference, describe_ima
 from components.monitoring.explain import CAM_LAYERS, GALLERY_PER_KIND, CamModel, CamNetwork
 from components.monitoring.referral import ReferralSpec, ensemble_uncertainty, prediction_frame
 from components.training.loop import load_trained
+from components.training.spec import ModelSpec
 from steps.support import integrity, storage, tracking
 from steps.support.fingerprint import code_fingerprint
 

@@ -11,8 +11,8 @@ import pytest
 from mlflow import MlflowClient
 
 from components.config import parse_model_spec
-from components.data.dataset import patient_of
 from components.data.folds import CVSpec
+from components.data.splits import patient_of
 from steps import ensemble, ingest, promote, train
 from steps.support import contracts, tracking
 

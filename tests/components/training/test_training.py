@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from components.config import parse_model_spec
-from components.data.dataset import FundusDataset, ImageCache, load_split
+from components.data.dataset import FundusDataset, ImageCache
+from components.data.splits import load_split
 from components.errors import OdirError
 from components.models.backbones import IMAGENET, build_model, preprocessing_config
 from components.models.inference import predict_images

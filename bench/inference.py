@@ -57,7 +57,7 @@ def _pyfunc(folder: Path, checkpoints: list[Path]):
 
 def run(root: Path, size: int = 128, limit: int = 100, repeats: int = 3) -> list[Row]:
     """Times the three comparisons on the first ``limit`` train images of ``root``."""
-    from components.training.loop import load_trained
+    from components.training.checkpoints import load_trained
 
     paths = [str(p) for p in load_split(root, "train", check_images=False).paths[:limit]]
     with tempfile.TemporaryDirectory() as tmp:

@@ -122,7 +122,7 @@ PREDICTIONS = {
 
 def repredict(oof: pd.DataFrame, checkpoints: Path, data: Path, how: Reprediction) -> np.ndarray:
     """Each fold model's probabilities for its held-out fold, read again from ``data``'s train and val images."""
-    from components.training.loop import load_trained
+    from components.training.checkpoints import load_trained
 
     probs = np.zeros((len(oof), len(LABELS)))
     for fold in sorted(oof["fold"].unique()):

@@ -53,7 +53,7 @@ def _oof(client, model_uri: str) -> pd.DataFrame:
 def held_out_view_spread(model_uri: str, manifest, oof: pd.DataFrame, views: tuple[str, ...]) -> np.ndarray:
     """``(N, 3)`` view spread of each image under the fold model that held it out, in ``oof``'s order."""
     from components.models.inference import predict_image_views
-    from components.training.loop import load_trained
+    from components.training.checkpoints import load_trained
     from steps.support.contracts import member_checkpoints
 
     paths = manifest.frame.set_index("id").loc[oof.index, "path"].map(lambda p: str(manifest.local_root / p))

@@ -92,7 +92,7 @@ def _print_offsite(checkpoint: Path, offsite: Split, size: int) -> None:
     from components.data.dataset import FundusDataset
     from components.evaluation.metrics import multilabel_report
     from components.models.inference import predict_images
-    from components.training.loop import load_trained
+    from components.training.checkpoints import load_trained
 
     model, spec = load_trained(checkpoint)
     dataset = FundusDataset.from_split(offsite, size)

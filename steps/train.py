@@ -40,7 +40,8 @@ from components.evaluation.scoring import scored_report
 from components.models.backbones import FoldAverage, parameter_count, preprocessing_config
 from components.models.inference import predict_images
 from components.models.tta import STUDY_VIEWS
-from components.training.loop import Callback, TrainResult, speed_settings, train
+from components.training.loop import Callback, TrainResult, train
+from components.training.runtime import speed_settings
 from components.training.spec import ModelSpec
 from steps.support import cli, integrity, tracking
 from steps.support.base import StepConfig, run_step

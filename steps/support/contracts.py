@@ -41,7 +41,7 @@ from components.models.tta import STUDY_VIEWS
 from components.monitoring.drift import Reference, build_reference, describe_images, embed_images, reference_sample
 from components.monitoring.explain import CAM_LAYERS, GALLERY_PER_KIND, CamModel, CamNetwork
 from components.monitoring.referral import ReferralSpec, ensemble_uncertainty, prediction_frame
-from components.training.loop import load_trained
+from components.training.checkpoints import load_trained
 from components.training.spec import ModelSpec
 from steps.support import integrity, storage, tracking
 from steps.support.fingerprint import code_fingerprint

@@ -38,7 +38,7 @@ from components.monitoring.referral import (
     ensemble_uncertainty,
     prediction_frame,
 )
-from components.training.loop import load_trained
+from components.training.checkpoints import load_trained
 
 CONFIG_ARTIFACT = "ensemble_config"
 

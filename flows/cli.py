@@ -412,7 +412,7 @@ def _cmd_upload(args: argparse.Namespace) -> int:
 def _ingest_drift(manifest_uri: str) -> None:
     """A new dataset's train images (a fixed sample of at most 500) against the champion's drift reference, when
     there is a champion with one."""
-    from components.monitoring.drift import reference_sample
+    from components.monitoring.reference import reference_sample
     from steps.drift import check_images
     from steps.support.contracts import load_manifest
 

@@ -24,7 +24,8 @@ from pathlib import Path
 import pandas as pd
 
 from components.errors import OdirError
-from components.monitoring.drift import FEATURES, DriftReport, compare, describe_images
+from components.monitoring.drift import DriftReport, compare
+from components.monitoring.image_stats import FEATURES, describe_images
 from steps.support import cli, tracking
 from steps.support.contracts import embed_paths, embedding_checkpoint, image_files, load_drift_reference
 

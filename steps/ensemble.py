@@ -45,7 +45,7 @@ from components.evaluation.metrics import DEFAULT_THRESHOLD, f1_macro, multilabe
 from components.evaluation.scoring import scored_report
 from components.evaluation.thresholds import ThresholdResult, tune_thresholds
 from components.models.tta import STUDY_VIEWS, check_views
-from components.monitoring.drift import MIN_REFERENCE_IMAGES
+from components.monitoring.reference import MIN_REFERENCE_IMAGES
 from components.monitoring.referral import ReferralSpec
 from steps.support import cli, integrity, tracking
 from steps.support.base import StepConfig, run_step

@@ -38,8 +38,9 @@ from components.evaluation.thresholds import STUDY_GRID, ThresholdResult, fine_g
 from components.models.backbones import Classifier
 from components.models.inference import predict_image_views
 from components.models.tta import STUDY_VIEWS
-from components.monitoring.drift import Reference, build_reference, describe_images, embed_images, reference_sample
 from components.monitoring.explain import CAM_LAYERS, GALLERY_PER_KIND, CamModel, CamNetwork
+from components.monitoring.image_stats import describe_images
+from components.monitoring.reference import Reference, build_reference, embed_images, reference_sample
 from components.monitoring.referral import ReferralSpec, ensemble_uncertainty, prediction_frame
 from components.training.checkpoints import load_trained
 from components.training.spec import ModelSpec

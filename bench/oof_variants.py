@@ -37,7 +37,8 @@ from components.evaluation.thresholds import tune_thresholds
 from components.models.inference import predict_images
 from components.models.tta import DIHEDRAL_VIEWS, STUDY_VIEWS
 from steps.ensemble import EnsembleConfig, cross_fit
-from steps.support.contracts import CHECKPOINT_DIR, grid_of
+from steps.support.members import CHECKPOINT_DIR
+from steps.support.thresholds import grid_of
 
 FELLOW_WEIGHTS = np.round(np.arange(0.0, 0.55, 0.05), 2)
 STEP = EnsembleConfig(member_model_uris=("member",), member_val_predictions=("oof",), manifest_uri="-", grid="fine")

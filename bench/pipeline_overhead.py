@@ -76,11 +76,11 @@ def run(root: Path, size: int = 128, limit: int = 200, repeats: int = 5) -> list
         from flows import without_heartbeats
         from flows.odir import odir_train
         from steps import ingest
-        from steps.support import contracts
+        from steps.support.manifest import load_manifest
 
         model_spec = ModelSpec.model_validate(spec)
         manifest = ingest.run(ingest.IngestConfig(data_root=str(data))).manifest_uri
-        loaded = contracts.load_manifest(manifest)
+        loaded = load_manifest(manifest)
         train, val = loaded.dataset("train", size), loaded.dataset("val", size)
         for dataset in (train, val):  # both sides start with a warm image cache
             [dataset[i] for i in range(len(dataset))]

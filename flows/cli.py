@@ -102,14 +102,15 @@ def _print_offsite(checkpoint: Path, offsite: Split, size: int) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from steps.support.contracts import image_files, predict_paths
+    from steps.support.manifest import image_files
+    from steps.support.predict import predict_paths
 
     images = image_files(args.images)
     check_output(args.out)
     tracking.setup()
     tracking.registered_version(args.model)  # a wrong URI or a model that is not there: one line, before the work
     if args.check_drift:
-        from steps.support.contracts import load_drift_reference
+        from steps.support.drift_reference import load_drift_reference
 
         load_drift_reference(args.model)  # a version without one: one line before the work, not after it
     prediction = predict_paths(args.model, [str(p) for p in images])
@@ -127,7 +128,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _cmd_explain(args: argparse.Namespace) -> int:
     from steps.explain import INDEX_FILE, explain
-    from steps.support.contracts import image_files
+    from steps.support.manifest import image_files
 
     images = image_files(args.images)
     check_output(args.out, folder=True)
@@ -142,7 +143,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 def _cmd_check_drift(args: argparse.Namespace) -> int:
     from steps.drift import check_images, format_report
-    from steps.support.contracts import image_files
+    from steps.support.manifest import image_files
 
     report = check_images(image_files(args.images), args.model, alpha=args.alpha)
     print(format_report(report))
@@ -414,7 +415,7 @@ def _ingest_drift(manifest_uri: str) -> None:
     there is a champion with one."""
     from components.monitoring.reference import reference_sample
     from steps.drift import check_images
-    from steps.support.contracts import load_manifest
+    from steps.support.manifest import load_manifest
 
     paths = load_manifest(manifest_uri).paths("train")
     sample = [paths[i] for i in reference_sample(len(paths))]  # the reference's size: enough for its tests

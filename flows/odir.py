@@ -30,7 +30,7 @@ from flows.artifacts import per_class_rows, promotion_evidence, publish_summary,
 from steps import ensemble, evaluate, ingest, model_card, promote, submit, train, tune_thresholds
 from steps.support import tracking
 from steps.support.base import StepConfig
-from steps.support.contracts import load_manifest
+from steps.support.manifest import load_manifest
 
 Result = TypeVar("Result")
 

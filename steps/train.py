@@ -45,16 +45,10 @@ from components.training.runtime import speed_settings
 from components.training.spec import ModelSpec
 from steps.support import cli, integrity, tracking
 from steps.support.base import StepConfig, run_step
-from steps.support.contracts import (
-    CHECKPOINT_ARTIFACT,
-    CHECKPOINT_DIR,
-    Manifest,
-    load_manifest,
-    log_dataset,
-    predictions_frame,
-    registered_name,
-    train_tags,
-)
+from steps.support.manifest import Manifest, load_manifest, log_dataset
+from steps.support.members import CHECKPOINT_ARTIFACT, CHECKPOINT_DIR
+from steps.support.predictions import predictions_frame
+from steps.support.tags import registered_name, train_tags
 
 log = logging.getLogger(__name__)
 

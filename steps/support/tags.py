@@ -32,8 +32,8 @@ def evaluate_key(
 ) -> str:  # fmt: skip
     """Identifies an evaluation: the same key means the same predictions, scores and Grad-CAM gallery.
 
-    ``gradcam_gallery`` has no default here: its default is the explain module's (the evaluate step's config), and
-    importing that module would put Grad-CAM into the code fingerprint of every step that tags a run.
+    ``gradcam_gallery`` has no default: the default is the evaluate step's, and importing Grad-CAM here would put it
+    into the code fingerprint of the train step, which uses this module's tags too.
     """
     return tracking.content_key(model_uri, split, tuple(views), thresholds_uri, tuple(exclude_shared_with),
                                 gradcam_gallery, code_fingerprint("evaluate"))  # fmt: skip

@@ -14,7 +14,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from bench.common import HEADER, REAL_DATA, Row
-from components.data.dataset import FundusDataset, load_split, to_model_input
+from components.data.dataset import FundusDataset, to_model_input
+from components.data.splits import load_split
 from components.models.backbones import build_model
 
 

@@ -27,7 +27,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from components import LABELS
-from components.data.dataset import FundusDataset, load_split, patient_of
+from components.data.dataset import FundusDataset
+from components.data.splits import load_split, patient_of
 from components.models.backbones import IMAGENET, TF_EFFICIENTNET_LITE, Normalisation, build_model
 
 NORMALISATIONS: dict[str, Normalisation] = {

@@ -22,7 +22,7 @@ from mlflow import MlflowClient
 
 from bench.ablation_table import DEFAULT_STORE, finished
 from components import LABELS
-from components.data.dataset import patient_of
+from components.data.splits import patient_of
 from components.evaluation.bootstrap import paired_bootstrap, pick, report_metrics
 from components.evaluation.ensemble import PROB_COLUMNS
 from components.evaluation.metrics import DEFAULT_THRESHOLD

@@ -22,7 +22,7 @@ from flows.deployments import SERVED
 from steps.support import tracking
 
 if TYPE_CHECKING:
-    from components.data.dataset import Split
+    from components.data.splits import Split
 
 EXIT_INVALID = 2
 EXIT_UNREACHABLE = 3
@@ -31,7 +31,7 @@ STORE_COMMANDS = ("full", "experiments", "predict", "explain", "check-drift", "v
 
 
 def _print_report(root: Path, check_images: bool) -> int:
-    from components.data.dataset import validate_dataset
+    from components.data.splits import validate_dataset
 
     report = validate_dataset(root, check_images=check_images)
     print(f"Dataset {report.root}")
@@ -64,7 +64,8 @@ def _cmd_demo_data(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from components.config import load_profile
-    from components.data.dataset import FundusDataset, load_split
+    from components.data.dataset import FundusDataset
+    from components.data.splits import load_split
     from components.training.loop import train
 
     profile = load_profile(args.profile)
@@ -91,7 +92,7 @@ def _print_offsite(checkpoint: Path, offsite: Split, size: int) -> None:
     from components.data.dataset import FundusDataset
     from components.evaluation.metrics import multilabel_report
     from components.models.inference import predict_images
-    from components.training.loop import load_trained
+    from components.training.checkpoints import load_trained
 
     model, spec = load_trained(checkpoint)
     dataset = FundusDataset.from_split(offsite, size)
@@ -101,14 +102,15 @@ def _print_offsite(checkpoint: Path, offsite: Split, size: int) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from steps.support.contracts import image_files, predict_paths
+    from steps.support.manifest import image_files
+    from steps.support.predict import predict_paths
 
     images = image_files(args.images)
     check_output(args.out)
     tracking.setup()
     tracking.registered_version(args.model)  # a wrong URI or a model that is not there: one line, before the work
     if args.check_drift:
-        from steps.support.contracts import load_drift_reference
+        from steps.support.drift_reference import load_drift_reference
 
         load_drift_reference(args.model)  # a version without one: one line before the work, not after it
     prediction = predict_paths(args.model, [str(p) for p in images])
@@ -126,7 +128,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _cmd_explain(args: argparse.Namespace) -> int:
     from steps.explain import INDEX_FILE, explain
-    from steps.support.contracts import image_files
+    from steps.support.manifest import image_files
 
     images = image_files(args.images)
     check_output(args.out, folder=True)
@@ -141,7 +143,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 def _cmd_check_drift(args: argparse.Namespace) -> int:
     from steps.drift import check_images, format_report
-    from steps.support.contracts import image_files
+    from steps.support.manifest import image_files
 
     report = check_images(image_files(args.images), args.model, alpha=args.alpha)
     print(format_report(report))
@@ -411,9 +413,9 @@ def _cmd_upload(args: argparse.Namespace) -> int:
 def _ingest_drift(manifest_uri: str) -> None:
     """A new dataset's train images (a fixed sample of at most 500) against the champion's drift reference, when
     there is a champion with one."""
-    from components.monitoring.drift import reference_sample
+    from components.monitoring.reference import reference_sample
     from steps.drift import check_images
-    from steps.support.contracts import load_manifest
+    from steps.support.manifest import load_manifest
 
     paths = load_manifest(manifest_uri).paths("train")
     sample = [paths[i] for i in reference_sample(len(paths))]  # the reference's size: enough for its tests

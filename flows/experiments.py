@@ -18,7 +18,7 @@ from flows.odir import DEMO_DATA, TrainPlan, demo_data_task, step_task, train_al
 from steps import evaluate, ingest, report
 from steps.report import evaluation_splits
 from steps.support import tracking
-from steps.support.contracts import load_manifest
+from steps.support.manifest import load_manifest
 
 
 @flow(name="odir-experiments", flow_run_name="experiments {grid}", task_runner=ThreadPoolTaskRunner(max_workers=2))

@@ -20,16 +20,17 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from components.config import ModelSpec, Profile, load_profile
+from components.config import Profile, load_profile
 from components.data.folds import CVSpec
 from components.models.tta import STUDY_VIEWS
 from components.monitoring.referral import ReferralSpec
+from components.training.spec import ModelSpec
 from flows import freeze_startup_objects, without_heartbeats
 from flows.artifacts import per_class_rows, promotion_evidence, publish_summary, training_progress
 from steps import ensemble, evaluate, ingest, model_card, promote, submit, train, tune_thresholds
 from steps.support import tracking
 from steps.support.base import StepConfig
-from steps.support.contracts import load_manifest
+from steps.support.manifest import load_manifest
 
 Result = TypeVar("Result")
 

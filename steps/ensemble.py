@@ -16,11 +16,11 @@ CV mode compares them. The result is registered as ``odir-ensemble``: an MLflow
 pyfunc that holds the member checkpoints, the weights, the temperatures, the TTA views and the thresholds, and
 predicts labels from image paths or bytes.
 
-The ensemble's run also logs ``drift_reference/`` (:func:`steps.support.contracts.log_drift_reference`): statistics and
-pooled embeddings (first member, first fold model) of up to 500 images that model never trained on (val, or fold 0
-in CV mode); the registered version names it in
-its tags ``drift_reference_uri`` and ``drift_reference_sha256``, so every version carries the reference that new
-images are checked against (``odir check-drift``).
+The ensemble's run also logs ``drift_reference/`` (:func:`steps.support.drift_reference.log_drift_reference`):
+statistics and pooled embeddings (first member, first fold model) of up to 500 images that model never trained on
+(val, or fold 0 in CV mode); the registered version names it in its tags ``drift_reference_uri`` and
+``drift_reference_sha256``, so every version carries the reference that new images are checked against
+(``odir check-drift``).
 """
 
 from __future__ import annotations
@@ -38,30 +38,23 @@ import numpy as np
 import pandas as pd
 
 from components import LABELS
-from components.data.dataset import patient_of
+from components.data.splits import patient_of
 from components.evaluation.calibration import apply_temperature, calibration_errors, fit_temperatures
 from components.evaluation.ensemble import align_members, normalise_weights, weighted_mean, weights_from_scores
 from components.evaluation.metrics import DEFAULT_THRESHOLD, f1_macro, multilabel_report
 from components.evaluation.scoring import scored_report
 from components.evaluation.thresholds import ThresholdResult, fit_thresholds
 from components.models.tta import STUDY_VIEWS, check_views
-from components.monitoring.drift import MIN_REFERENCE_IMAGES
+from components.monitoring.reference import MIN_REFERENCE_IMAGES
 from components.monitoring.referral import ReferralSpec
 from steps.support import cli, integrity, tracking
 from steps.support.base import StepConfig, run_step
-from steps.support.contracts import (
-    build_drift_reference,
-    grid_of,
-    labels_of,
-    load_manifest,
-    log_drift_reference,
-    log_thresholds,
-    member_checkpoints,
-    predictions_frame,
-    read_predictions,
-    read_thresholds,
-)
+from steps.support.drift_reference import build_drift_reference, log_drift_reference
 from steps.support.fingerprint import code_fingerprint
+from steps.support.manifest import load_manifest
+from steps.support.members import member_checkpoints
+from steps.support.predictions import labels_of, predictions_frame, read_predictions
+from steps.support.thresholds import grid_of, log_thresholds, read_thresholds
 
 log = logging.getLogger(__name__)
 

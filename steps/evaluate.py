@@ -59,17 +59,11 @@ from components.monitoring.referral import (
 )
 from steps.support import cli, tracking
 from steps.support.base import StepConfig, run_step
-from steps.support.contracts import (
-    LABELLED_SPLITS,
-    Manifest,
-    evaluate_key,
-    load_cam_model,
-    load_manifest,
-    predict_split,
-    predictions_frame,
-    read_thresholds,
-    record_score,
-)
+from steps.support.manifest import LABELLED_SPLITS, Manifest, load_manifest
+from steps.support.predict import load_cam_model, predict_split
+from steps.support.predictions import predictions_frame
+from steps.support.tags import evaluate_key, record_score
+from steps.support.thresholds import read_thresholds
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +150,7 @@ def run(config: EvaluateConfig) -> EvaluateResult:
     if config.gradcam_gallery < 0:
         raise OdirError(f"gradcam_gallery must be 0 (no gallery) or more, got {config.gradcam_gallery}")
     key = evaluate_key(model_uri, config.split, views, config.thresholds_uri, config.exclude_shared_with,
-                       config.gradcam_gallery)  # fmt: skip
+                       gradcam_gallery=config.gradcam_gallery)  # fmt: skip
     model = name.removeprefix(tracking.MODEL_PREFIX)
     tags = {"odir.model": model, "model_version": model_uri, "split": config.split, "data_digest": manifest.digest,
             "evaluate_key": key}  # fmt: skip

@@ -32,18 +32,10 @@ from components.errors import OdirError
 from components.evaluation.bootstrap import PairedResult, paired_bootstrap, pick, report_metrics
 from steps.support import cli, integrity, locks, tracking
 from steps.support.base import StepConfig
-from steps.support.contracts import (
-    CV_POOL,
-    Manifest,
-    labels_of,
-    load_manifest,
-    predict_paths,
-    predict_split,
-    probabilities_of,
-    read_predictions,
-    record_score,
-    recorded_score,
-)
+from steps.support.manifest import CV_POOL, Manifest, load_manifest
+from steps.support.predict import predict_paths, predict_split
+from steps.support.predictions import labels_of, probabilities_of, read_predictions
+from steps.support.tags import record_score, recorded_score
 
 log = logging.getLogger(__name__)
 

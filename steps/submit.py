@@ -20,7 +20,8 @@ from components import LABELS
 from components.outputs import check_output
 from steps.support import cli, tracking
 from steps.support.base import StepConfig, run_step
-from steps.support.contracts import Manifest, load_manifest, predict_paths
+from steps.support.manifest import Manifest, load_manifest
+from steps.support.predict import predict_paths
 
 
 @dataclass(frozen=True, kw_only=True)

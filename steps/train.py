@@ -1,6 +1,6 @@
 """Train: one model spec -> one MLflow run -> one registered model version ``odir-<name>``.
 
-The spec arrives as data (a :class:`~components.config.ModelSpec`, JSON on the command line), never as a profile
+The spec arrives as data (a :class:`~components.training.spec.ModelSpec`, JSON on the command line), never as a profile
 path, so a worker on another host needs nothing of the flow's files: only the tracking server and the data.
 
 With ``cv`` (patient-grouped k-fold cross-validation), the labelled pool (train + val) is split into folds and one
@@ -35,27 +35,22 @@ import torch
 import yaml
 
 from components import LABELS
-from components.config import ModelSpec
-from components.data.dataset import patient_of
 from components.data.folds import CVSpec
+from components.data.splits import patient_of
 from components.evaluation.scoring import scored_report
 from components.models.backbones import FoldAverage, parameter_count, preprocessing_config
 from components.models.inference import predict_images
 from components.models.tta import STUDY_VIEWS
 from components.training.hardware import hardware_record
-from components.training.loop import Callback, TrainResult, speed_settings, train
+from components.training.loop import Callback, TrainResult, train
+from components.training.runtime import speed_settings
+from components.training.spec import ModelSpec
 from steps.support import cli, integrity, tracking
 from steps.support.base import StepConfig, run_step
-from steps.support.contracts import (
-    CHECKPOINT_ARTIFACT,
-    CHECKPOINT_DIR,
-    Manifest,
-    load_manifest,
-    log_dataset,
-    predictions_frame,
-    registered_name,
-    train_tags,
-)
+from steps.support.manifest import Manifest, load_manifest, log_dataset
+from steps.support.members import CHECKPOINT_ARTIFACT, CHECKPOINT_DIR
+from steps.support.predictions import predictions_frame
+from steps.support.tags import registered_name, train_tags
 
 log = logging.getLogger(__name__)
 

@@ -14,15 +14,9 @@ from dataclasses import dataclass, field
 from components.evaluation.thresholds import fit_thresholds
 from steps.support import cli, tracking
 from steps.support.base import StepConfig, run_step
-from steps.support.contracts import (
-    grid_of,
-    labels_of,
-    log_thresholds,
-    probabilities_of,
-    read_predictions,
-    read_thresholds,
-)
 from steps.support.fingerprint import code_fingerprint
+from steps.support.predictions import labels_of, probabilities_of, read_predictions
+from steps.support.thresholds import grid_of, log_thresholds, read_thresholds
 
 
 @dataclass(frozen=True, kw_only=True)

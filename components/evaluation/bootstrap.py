@@ -160,7 +160,7 @@ def patient_bootstrap(
         metrics: ``metrics(labels, probs) -> {name: value}``; pass :func:`report_metrics` (or another
             :class:`Resampled`) for the vectorised path.
         labels, probs: ``(N, 3)`` labels and probabilities of the images.
-        patients: ``(N,)`` each image's patient (``components.data.dataset.patient_of`` of its id).
+        patients: ``(N,)`` each image's patient (``components.data.splits.patient_of`` of its id).
         resamples, seed: how many resamples, and the seed that makes them reproducible.
         level: coverage of the interval.
 

@@ -15,7 +15,8 @@ from mlflow import MlflowClient
 
 from components.config import load_profile
 from steps import ensemble, evaluate, ingest, promote, train
-from steps.support import contracts, locks, tracking
+from steps.support import locks, tracking
+from steps.support.manifest import load_manifest
 from tests.store import odir_env
 
 WEIGHTS = ((1.0, 0.0), (0.0, 1.0), (0.5, 0.5))
@@ -139,7 +140,7 @@ def test_runs_never_hold_secret_values(versions: dict, monkeypatch: pytest.Monke
     secrets = {"AWS_SECRET_ACCESS_KEY": "s3cr3t-value-1234", "POSTGRES_PASSWORD": "pg-pass-98765"}
     for key, value in secrets.items():
         monkeypatch.setenv(key, value)
-    root = str(Path(contracts.load_manifest(versions["manifest_uri"]).data_root))
+    root = str(Path(load_manifest(versions["manifest_uri"]).data_root))
     ingest.run(ingest.IngestConfig(data_root=root, reuse=False))
     client = MlflowClient()
     experiment = client.get_experiment_by_name("odir")

@@ -12,8 +12,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, Run, RunData, RunInfo
 
 from components import LABELS
-from components.config import ModelSpec
 from components.data.folds import CVSpec
+from components.training.spec import ModelSpec
 from steps import ensemble, evaluate, ingest, model_card, promote, train, tune_thresholds
 from steps.support import cli, tracking
 

@@ -20,7 +20,10 @@ from components.evaluation.metrics import multilabel_report
 from components.monitoring.referral import MEMBER_STD_COLUMNS, TTA_STD_COLUMNS, UNCERTAINTY_COLUMNS
 from components.training.hardware import hardware_record
 from steps import ensemble, evaluate, ingest, promote, submit, train, tune_thresholds
-from steps.support import contracts, tracking
+from steps.support import tracking
+from steps.support.manifest import load_manifest
+from steps.support.predict import predict_paths
+from steps.support.predictions import labels_of, probabilities_of, read_predictions
 from tests.store import odir_env
 
 MEMBERS = ("tiny-a", "tiny-b")
@@ -114,7 +117,7 @@ def test_logged_models_pin_the_installed_torch_without_its_build_tag(pipeline: d
 
 
 def test_champion_reproduces_the_logged_offsite_metrics(pipeline: dict, monkeypatch: pytest.MonkeyPatch) -> None:
-    manifest = contracts.load_manifest(pipeline["ingest"].manifest_uri)
+    manifest = load_manifest(pipeline["ingest"].manifest_uri)
     monkeypatch.setenv("ODIR_SERVE_IMAGE_ROOT", str(manifest.local_root))  # the pyfunc reads paths only under it
     model = mlflow.pyfunc.load_model(f"models:/{tracking.ENSEMBLE_MODEL}@champion")
     output = model.predict(pd.DataFrame({"image_path": [str(p) for p in manifest.paths("offsite_test")]}))
@@ -144,11 +147,11 @@ def test_evaluate_logs_predictions_table_and_figures(pipeline: dict) -> None:
         tracking.download(client.get_run(run_id).info.artifact_uri + "/tables/offsite_test_per_class.csv"), index_col=0
     )
     assert list(table.index) == list(LABELS) and "auroc" in table.columns
-    predictions = contracts.read_predictions(pipeline["offsite"].predictions_uri)
+    predictions = read_predictions(pipeline["offsite"].predictions_uri)
     assert list(predictions.columns) == ["id", *LABELS, "p_D", "p_G", "p_A", *UNCERTAINTY_COLUMNS, "refer"]
     assert len(predictions) == 12
     # referral metrics from the logged flags and errors, by hand
-    probs, labels = contracts.probabilities_of(predictions), contracts.labels_of(predictions)
+    probs, labels = probabilities_of(predictions), labels_of(predictions)
     thresholds = np.asarray([float(t) for t in client.get_run(run_id).data.params["thresholds"].split(",")])
     wrong = ((probs >= thresholds) != labels).any(axis=1)
     referred = predictions["refer"].to_numpy() == 1
@@ -283,7 +286,7 @@ def test_explain_command_writes_an_overlay_per_image_and_class(pipeline: dict, t
     assert list(index.columns) == ["id", "class", "probability", "threshold", "png"] and len(index) == 12 * 3
     assert index["png"].tolist() == [f"{Path(name).stem}_{label}.png" for name in names for label in LABELS]
     assert sorted(path.name for path in out.glob("*.png")) == sorted(index["png"])
-    champion = contracts.predict_paths(f"models:/{tracking.ENSEMBLE_MODEL}@champion", [str(images / n) for n in names])
+    champion = predict_paths(f"models:/{tracking.ENSEMBLE_MODEL}@champion", [str(images / n) for n in names])
     assert index["probability"].to_numpy() == pytest.approx(champion.probs.ravel(), abs=1e-6)  # the model's TTA answer
     assert index["threshold"].tolist() == pytest.approx([pipeline["ensemble"].thresholds[c] for c in index["class"]])
 
@@ -310,8 +313,8 @@ def test_evaluate_logs_a_gradcam_gallery_of_true_and_false_positives_and_misses(
     client = MlflowClient()
     run = client.get_run(result.run_id)
     thresholds = np.asarray([float(t) for t in run.data.params["thresholds"].split(",")])
-    frame = contracts.read_predictions(result.predictions_uri)
-    cases = gallery_cases(contracts.labels_of(frame), contracts.probabilities_of(frame), thresholds, per_kind=4)
+    frame = read_predictions(result.predictions_uri)
+    cases = gallery_cases(labels_of(frame), probabilities_of(frame), thresholds, per_kind=4)
     folder = f"gradcam/{result.split}"
     expected = {f"{folder}/{label}/{kind}_{Path(frame['id'][row]).stem}.png"
                 for (label, kind), rows in cases.items() for row in rows}  # fmt: skip

@@ -180,7 +180,9 @@ def test_paired_bootstrap_over_seed_repeats_scores_each_recipe_by_its_mean() -> 
     f1 = pick(report_metrics(), "f1_macro")
 
     pooled = paired_bootstrap(f1, labels, a_runs, b_runs, patients, resamples=200, seed=4)
-    per_seed = [paired_bootstrap(f1, labels, a, b, patients, resamples=200, seed=4) for a, b in zip(a_runs, b_runs)]
+    per_seed = [
+        paired_bootstrap(f1, labels, a, b, patients, resamples=200, seed=4) for a, b in zip(a_runs, b_runs, strict=True)
+    ]
     assert pooled.score_a == pytest.approx(np.mean([f1_macro(labels, a) for a in a_runs]))
     assert pooled.score_b == pytest.approx(np.mean([r.score_b for r in per_seed]))
     assert pooled.difference == pytest.approx(np.mean([r.difference for r in per_seed]))

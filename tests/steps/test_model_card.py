@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
 import mlflow
 import pytest
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, Run, RunData, RunInfo
 
 from components import LABELS
 from components.config import ModelSpec
 from components.data.folds import CVSpec
+from components.evaluation.model_card import CELL_GAP, DESCRIPTION_LIMIT, PER_CLASS, render
 from steps import ensemble, evaluate, ingest, model_card, promote, train, tune_thresholds
 from steps.support import cli, tracking
 
@@ -58,7 +57,7 @@ def pipeline(odir_home: Path, tiny_data: Path) -> dict:
 
 def _card(model_uri: str) -> str:
     """The card with the table cells' padding taken out, so rows can be matched as plain Markdown."""
-    return model_card.write_model_card(model_uri).replace(model_card.CELL_GAP, "")
+    return model_card.write_model_card(model_uri).replace(CELL_GAP, "")
 
 
 def _interval(metrics: dict[str, float], key: str) -> str:
@@ -101,7 +100,7 @@ def test_member_card_names_data_spec_and_training_run(pipeline: dict, tiny_data:
 @pytest.mark.parametrize("evaluation", ["val", "offsite"])
 def test_member_card_quotes_every_logged_metric_of_its_evaluations(pipeline: dict, evaluation: str) -> None:
     facts = model_card.gather(pipeline["member"].model_uri)
-    card = model_card.render(facts, "all").replace(model_card.CELL_GAP, "")  # every per-class table, however long
+    card = render(facts, "all").replace(CELL_GAP, "")  # every per-class table, however long
     result = pipeline[evaluation]
     metrics = MlflowClient().get_run(result.run_id).data.metrics
     prefix = tracking.split_prefix(result.split)
@@ -112,7 +111,7 @@ def test_member_card_quotes_every_logged_metric_of_its_evaluations(pipeline: dic
     assert "| 5 views | 0.5 |" in row
     section = _section(card, f"### {result.split}, per class")
     missing = []
-    for key, label in model_card.PER_CLASS:
+    for key, label in PER_CLASS:
         if any(f"{key}_{c}" in logged for c in LABELS):
             line = next(line for line in section.splitlines() if line.startswith(f"| {label} |"))
             for c in LABELS:
@@ -125,7 +124,7 @@ def test_member_card_quotes_every_logged_metric_of_its_evaluations(pipeline: dic
 
 def test_the_card_keeps_the_held_out_tables_and_names_where_the_others_are(pipeline: dict) -> None:
     card = _card(pipeline["member"].model_uri)
-    assert len(model_card.write_model_card(pipeline["member"].model_uri)) <= model_card.DESCRIPTION_LIMIT
+    assert len(model_card.write_model_card(pipeline["member"].model_uri)) <= DESCRIPTION_LIMIT
     assert "### offsite_test, per class: TTA 5 views, thresholds 0.5" in card
     pointer = f"val in `tables/val_per_class.csv` of evaluate run `{pipeline['val'].run_id}`"
     assert ("### val, per class" in card) != (
@@ -206,7 +205,7 @@ def test_publish_writes_description_artifact_and_model_description(pipeline: dic
     ):
         name, version = tracking.split_model_uri(uri)
         card = model_card.write_model_card(uri)
-        assert len(card) <= model_card.DESCRIPTION_LIMIT
+        assert len(card) <= DESCRIPTION_LIMIT
         assert client.get_model_version(name, version).description == card
         artifact = tracking.download(f"runs:/{run_id}/{model_card.CARD_ARTIFACT}")
         assert Path(artifact).read_text() == card
@@ -309,75 +308,3 @@ def test_a_cross_fitted_ensemble_card_shows_its_cv_scores_not_its_in_sample_ones
     assert "val (ensemble step)" not in card  # its val_* metrics are scored on the data they were fit on
     assert "thresholds, temperatures and weights fit on out-of-fold predictions" in card
     assert "(tuned on out-of-fold predictions, grid `study`" in card
-
-
-# --- rendering alone: crafted facts, no store -----------------------------------------------------------------------
-
-
-def _facts(**changes) -> model_card.Facts:
-    metrics = {"f1_macro": 0.5, "f1_macro_ci_low": 0.4, "f1_macro_ci_high": 0.6, "auroc_D": 0.9, "support_D": 3.0}
-    evaluation = model_card.Evaluation("offsite_test", ("identity",), "0.5", metrics, "evaluate", "x")
-    base = model_card.Facts(
-        "odir-x", "1", "member", {"data_digest": "abc", "profile": "p"}, (), None, "given", None, [evaluation]
-    )
-    return dataclasses.replace(base, **changes)
-
-
-def test_missing_metrics_read_not_measured() -> None:
-    card = model_card.render(_facts()).replace(model_card.CELL_GAP, "")
-    row = next(line for line in card.splitlines() if line.startswith("| offsite_test |"))
-    assert row.endswith("| 0.500 (0.400–0.600) | not measured | not measured |")
-    assert "| AUROC | 0.900 | n/a | n/a |" in card
-    assert "Not measured on offsite_test: F1 at threshold, Average precision, Sensitivity at threshold" in card
-    assert "Class prevalence:** not recorded" in card and "Training run: not found" in card
-    no_evaluation = model_card.render(_facts(evaluations=[]))
-    assert "Not measured: no evaluation of this version was found." in no_evaluation
-
-
-def test_a_member_that_picked_no_epoch_says_so() -> None:
-    info = RunInfo("r1", "0", "u", "FINISHED", 0, 0, "active")
-    data = RunData([Metric("best_epoch", 6.0, 0, 0)], [Param("epochs", "6"), Param("monitor", "last")])
-    run = Run(info, data)
-    given = model_card.render(_facts(run=run))
-    assert "**Epochs:** all 6, the last kept: no epoch chosen on data\n" in given and "Best epoch" not in given
-    folds = model_card.render(_facts(run=run, split_mode="cv"))
-    assert "no epoch chosen on data; one model per fold, trained on every other fold, averaged" in folds
-
-
-def test_a_card_too_long_for_the_registry_leaves_out_per_class_tables_and_says_where_they_are() -> None:
-    def evaluation(split: str, run_id: str) -> model_card.Evaluation:
-        metrics = {f"{m}_{c}": 0.5 for m, _ in model_card.PER_CLASS for c in LABELS}
-        return model_card.Evaluation(split, ("identity",), "0.5", metrics, "evaluate", run_id)
-
-    facts = _facts(evaluations=[evaluation("val", "r1"), evaluation("offsite_test", "r2")])
-    sizes = {detail: len(model_card.render(facts, detail)) for detail in model_card.DETAIL}
-    assert model_card.fitted(facts) == model_card.render(facts, "all")
-
-    def padded(target: int) -> model_card.Facts:  # a profile name that brings the full card to ``target`` characters
-        return dataclasses.replace(facts, tags={**facts.tags, "profile": "x" * (target - sizes["all"] + 1)})
-
-    limit = model_card.DESCRIPTION_LIMIT
-    card = model_card.fitted(padded(limit + 1))
-    assert len(card) <= limit and "### val, per class" not in card and "### offsite_test, per class" in card
-    assert (
-        "not shown (the registry keeps 5000 characters): val in `tables/val_per_class.csv` of evaluate run `r1`."
-        in card
-    )
-    card = model_card.fitted(padded(limit + sizes["all"] - sizes["held_out"] + 1))
-    assert len(card) <= limit and "per class" not in card
-    assert "`tables/offsite_test_per_class.csv` of evaluate run `r2`." in card
-    card = model_card.fitted(padded(2 * limit))
-    assert len(card) <= limit and card.endswith("(cut to the registry's limit of 5000 characters)\n")
-
-
-def test_the_promotion_line_names_split_metric_and_evidence() -> None:
-    promotion = {"decision": "challenger", "split": "offsite_test", "metric": "f1_macro", "champion_version": "1",
-                 "min_probability": "0.9", "prob_better": "0.612", "difference_ci": "[-0.020, +0.050]"}  # fmt: skip
-    assert model_card._promotion_line(promotion, "2") == (
-        "challenger on offsite_test against version 1 (f1_macro; paired bootstrap over patients: P(better) 0.612, "
-        "needed 0.9; difference [-0.020, +0.050])"
-    )
-    assert model_card._promotion_line(promotion, "1") == "challenger on offsite_test (already the champion)"
-    unfair = {"decision": "challenger", "split": "cv", "champion_version": "1", "evidence": "no comparison: why"}
-    expected = "challenger on cv against version 1 (f1_macro; no comparison: why)"
-    assert model_card._promotion_line(unfair, "2") == expected

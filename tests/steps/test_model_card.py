@@ -1,4 +1,6 @@
-"""Model cards built from what a real embedded MLflow store holds after the tiny synthetic pipeline."""
+"""Model cards of the versions a real embedded MLflow store holds after the tiny synthetic pipeline: that
+:func:`steps.model_card.gather` reads every fact from the store, and that the card is published. How the facts read
+on the card is tested without a store, in tests/components/evaluation/test_model_card.py."""
 
 from __future__ import annotations
 
@@ -9,10 +11,18 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from components import LABELS
 from components.config import ModelSpec
 from components.data.folds import CVSpec
-from components.evaluation.model_card import CELL_GAP, DESCRIPTION_LIMIT, PER_CLASS, render
+from components.evaluation.model_card import CELL_GAP, DESCRIPTION_LIMIT
+from components.evaluation.model_card_facts import (
+    DataReport,
+    DatasetInput,
+    Evaluation,
+    Member,
+    ProducingRun,
+    RecordedScore,
+    SplitCounts,
+)
 from steps import ensemble, evaluate, ingest, model_card, promote, train, tune_thresholds
 from steps.support import cli, tracking
 
@@ -60,6 +70,12 @@ def _card(model_uri: str) -> str:
     return model_card.write_model_card(model_uri).replace(CELL_GAP, "")
 
 
+def _logged(run_id: str, prefix: str) -> dict[str, float]:
+    """A run's metrics that start with ``prefix``, without it."""
+    metrics = MlflowClient().get_run(run_id).data.metrics
+    return {k.removeprefix(prefix): v for k, v in metrics.items() if k.startswith(prefix)}
+
+
 def _interval(metrics: dict[str, float], key: str) -> str:
     """How the card prints a metric: 3 decimals, and its 95% interval when one was logged."""
     text = f"{metrics[key]:.3f}"
@@ -68,133 +84,86 @@ def _interval(metrics: dict[str, float], key: str) -> str:
     return text
 
 
-def _section(card: str, title: str) -> str:
-    """The text of one ``##``/``###`` section of a card, up to the next heading."""
-    start = card.index(title)
-    following = [card.find("\n#", start + len(title))]
-    return card[start : following[0] if following[0] != -1 else len(card)]
+def _ingest_report(pipeline: dict) -> DataReport:
+    """The counts the ingest run logged (``validation/report.json``)."""
+    path = tracking.download(f"runs:/{pipeline['ingest'].run_id}/validation/report.json")
+    report = json.loads(Path(path).read_text())
+    splits = {
+        s: SplitCounts(c["images"], c["patients"], c["positives"], c["no_label"]) for s, c in report["splits"].items()
+    }
+    return DataReport(splits, {pair: v["count"] for pair, v in report["shared_patients"].items()})
 
 
-def test_member_card_names_data_spec_and_training_run(pipeline: dict, tiny_data: Path) -> None:
-    member = pipeline["member"]
-    card = _card(member.model_uri)
-    client = MlflowClient()
+def test_member_facts_are_read_from_the_store(pipeline: dict, tiny_data: Path) -> None:
+    member, client = pipeline["member"], MlflowClient()
+    facts = model_card.gather(member.model_uri)
     tags = client.get_model_version(MEMBER, member.version).tags
     run = client.get_run(member.run_id)
-    offsite = MlflowClient().get_run(pipeline["offsite"].run_id).data.metrics
-    first = f"{MEMBER} v{member.version}: F1 macro {_interval(offsite, 'offsite_f1_macro')} on offsite_test; member"
-    assert card.startswith(first) and card.splitlines()[0].endswith("given splits, thresholds 0.5.")
-    assert f"`{pipeline['ingest'].data_digest}`" in card and tags["data_digest"] == pipeline["ingest"].data_digest
-    assert f"`{tags['spec_key']}`" in card and f"`{tags['code_fingerprint']}`" in card and "`tiny`" in card
-    for field in ("backbone", "mode", "loss", "epochs", "lr", "batch_size", "image_size", "seed"):
-        assert f"{field} `{run.data.params[field]}`" in card, field
-    best = run.data.metrics
-    assert f"**Best epoch:** {int(best['best_epoch'])} of 2, chosen on val `f1_macro`" in card
-    assert f"F1 macro {best['best_val_f1_macro']:.3f}" in card and "threshold 0.5, no TTA" in card
-    assert f"`{member.run_id}`" in card
-    digest = run.inputs.dataset_inputs[0].dataset.digest
-    assert f"`odir` digest `{digest}` from `{tiny_data.resolve()}`" in card
-    assert "given splits: trained on train, best epoch chosen on val, tested on offsite_test" in card
-
-
-@pytest.mark.parametrize("evaluation", ["val", "offsite"])
-def test_member_card_quotes_every_logged_metric_of_its_evaluations(pipeline: dict, evaluation: str) -> None:
-    facts = model_card.gather(pipeline["member"].model_uri)
-    card = render(facts, "all").replace(CELL_GAP, "")  # every per-class table, however long
-    result = pipeline[evaluation]
-    metrics = MlflowClient().get_run(result.run_id).data.metrics
-    prefix = tracking.split_prefix(result.split)
-    logged = {k.removeprefix(prefix): v for k, v in metrics.items() if k.startswith(prefix)}
-    row = next(line for line in card.splitlines() if line.startswith(f"| {result.split} |"))
-    for key in ("f1_macro", "f1_course", "auroc_macro"):
-        assert _interval(logged, key) in row, key
-    assert "| 5 views | 0.5 |" in row
-    section = _section(card, f"### {result.split}, per class")
-    missing = []
-    for key, label in PER_CLASS:
-        if any(f"{key}_{c}" in logged for c in LABELS):
-            line = next(line for line in section.splitlines() if line.startswith(f"| {label} |"))
-            for c in LABELS:
-                assert (_interval(logged, f"{key}_{c}") if f"{key}_{c}" in logged else "n/a") in line, (key, c)
-        else:
-            missing.append(label)
-    assert (f"Not measured on {result.split}: {', '.join(missing)}." in section) == bool(missing)
-    assert "| Positives | " + " | ".join(str(int(logged[f"support_{c}"])) for c in LABELS) + " |" in section
-
-
-def test_the_card_keeps_the_held_out_tables_and_names_where_the_others_are(pipeline: dict) -> None:
-    card = _card(pipeline["member"].model_uri)
-    assert len(model_card.write_model_card(pipeline["member"].model_uri)) <= DESCRIPTION_LIMIT
+    assert (facts.name, facts.version, facts.kind, facts.split_mode, facts.aliases) == (
+        MEMBER, member.version, "member", "given", ()
+    )  # fmt: skip
+    assert facts.data_digest == tags["data_digest"] == pipeline["ingest"].data_digest
+    assert (facts.profile, facts.spec_key) == ("tiny", tags["spec_key"])
+    assert facts.code_fingerprint == tags["code_fingerprint"]
+    dataset = DatasetInput("odir", run.inputs.dataset_inputs[0].dataset.digest, str(tiny_data.resolve()))
+    assert facts.run == ProducingRun(member.run_id, run.info.run_name, run.data.params, run.data.metrics, dataset)
+    assert facts.data_report == _ingest_report(pipeline)
+    scores = [RecordedScore(s, float(tags[f"score.{s}.f1_macro"]), facts.data_digest) for s in ("offsite_test", "val")]
+    assert facts.recorded_scores == scores
+    thresholds = facts.member_thresholds
+    assert (thresholds.values, thresholds.grid) == (pipeline["tuned"].thresholds, "study")
+    assert facts.promotion is None and facts.members == [] and facts.ensemble_thresholds is None
+    assert sorted(e.split for e in facts.evaluations) == ["offsite_test", "val"]
+    for result in (pipeline["val"], pipeline["offsite"]):
+        table = f"tables/{result.split}_per_class.csv"
+        assert next(e for e in facts.evaluations if e.split == result.split) == Evaluation(
+            result.split, tuple(client.get_run(result.run_id).data.params["tta_views"].split(",")), "0.5",
+            _logged(result.run_id, tracking.split_prefix(result.split)), "evaluate",
+            f"`{table}` of evaluate run `{result.run_id}`", facts.data_report.splits[result.split].images,
+        )  # fmt: skip
+        assert table in {f.path for f in client.list_artifacts(result.run_id, "tables")}  # where the card points
+    offsite = _logged(pipeline["offsite"].run_id, "offsite_")
+    card = _card(member.model_uri)
+    assert card.startswith(f"{MEMBER} v{member.version}: F1 macro {_interval(offsite, 'f1_macro')} on offsite_test")
     assert "### offsite_test, per class: TTA 5 views, thresholds 0.5" in card
-    pointer = f"val in `tables/val_per_class.csv` of evaluate run `{pipeline['val'].run_id}`"
-    assert ("### val, per class" in card) != (
-        f"Per-class results not shown (the registry keeps 5000 characters): {pointer}." in card
-    )
 
 
-def test_member_card_shows_the_thresholds_tuned_on_val(pipeline: dict) -> None:
-    card = _card(pipeline["member"].model_uri)
-    values = ", ".join(f"{c} {pipeline['tuned'].thresholds[c]:.2f}" for c in LABELS)
-    assert "**Thresholds tuned on val** (grid `study`, objective " in card
-    assert values in card and "not part of this version, which predicts at 0.5" in card
-
-
-def test_card_states_intended_use_data_and_limitations(pipeline: dict) -> None:
-    report = _ingest_report(pipeline)
-    train_counts = report["splits"]["train"]
-    assert train_counts["no_label"] == 0  # the synthetic data, like the ODIR subset, has no normal image
-    for uri in (pipeline["member"].model_uri, pipeline["ensemble"].model_uri):
-        card = _card(uri)
-        assert "research and screening support, not a diagnosis" in card
-        limitations = _section(card, "## Known limitations")
-        for c in LABELS:
-            share = train_counts["positives"][c] / train_counts["images"]
-            assert f"{c} {share:.0%} ({train_counts['positives'][c]})" in limitations
-        assert f"**No normal images in training:** each of the {train_counts['images']} training images" in limitations
-        assert "**Camera and site shift:**" in limitations
-        for split in ("val", "offsite_test"):
-            counts = report["splits"][split]
-            assert f"{split} {counts['images']} images of {counts['patients']} patients" in limitations
-        assert "The intervals are wide" in limitations
-        assert "**Patients in two splits:** none (checked at ingest)" in card
-
-
-def _ingest_report(pipeline: dict) -> dict:
-    run_id = pipeline["ingest"].run_id
-    path = tracking.download(f"runs:/{run_id}/validation/report.json")
-    return json.loads(Path(path).read_text())
-
-
-def test_ensemble_card_names_members_weights_views_thresholds_and_temperatures(pipeline: dict) -> None:
-    ens = pipeline["ensemble"]
-    card = _card(ens.model_uri)
-    client = MlflowClient()
+def test_ensemble_facts_are_read_from_the_store(pipeline: dict) -> None:
+    ens, member, client = pipeline["ensemble"], pipeline["member"], MlflowClient()
+    facts = model_card.gather(ens.model_uri)
+    tags = client.get_model_version(tracking.ENSEMBLE_MODEL, ens.version).tags
     run = client.get_run(ens.run_id)
+    assert (facts.kind, facts.split_mode, facts.aliases) == ("ensemble", "given", ("champion",))
+    assert (facts.data_digest, facts.ensemble_key) == (pipeline["ingest"].data_digest, tags["ensemble_key"])
+    assert facts.run == ProducingRun(ens.run_id, run.info.run_name, run.data.params, run.data.metrics)
+    assert facts.data_report == _ingest_report(pipeline)
+    temperatures = tracking.read_json(f"{run.info.artifact_uri}/temperatures.json")  # the tiny profile calibrates
+    spec = client.get_run(member.run_id).data.params
+    assert facts.members == [Member("card-a", member.model_uri, ens.weights["card-a"], spec, temperatures["card-a"])]
+    thresholds = facts.ensemble_thresholds
+    assert (thresholds.values, thresholds.grid) == (ens.thresholds, "study")
+    offsite, val = (next(e for e in facts.evaluations if e.split == split) for split in ("offsite_test", "val"))
+    assert offsite.metrics == _logged(pipeline["ensemble_offsite"].run_id, "offsite_")
+    assert (offsite.thresholds, offsite.step) == ("tuned on val", "evaluate")
+    views = tuple(run.data.params["tta_views"].split(","))
+    assert val == Evaluation("val", views, "tuned on val (these images)", _logged(ens.run_id, "val_"), "ensemble",
+                             f"the `val_*` metrics of ensemble run `{ens.run_id}`")  # fmt: skip
+    assert (facts.promotion.decision, facts.promotion.split) == ("champion", "offsite_test")
+    card = _card(ens.model_uri)
+    assert card.startswith(f"{tracking.ENSEMBLE_MODEL} v{ens.version}: F1 macro ")
+    assert "on offsite_test; ensemble of 1 member, given splits" in card.splitlines()[0]
+
+
+def test_a_split_mode_tag_on_the_version_decides_the_protocol(pipeline: dict) -> None:
+    client = MlflowClient()
     member = pipeline["member"]
-    first = f"{tracking.ENSEMBLE_MODEL} v{ens.version}: F1 macro "
-    assert card.startswith(first) and "on offsite_test; ensemble of 1 member, given splits" in card.splitlines()[0]
-    assert "**Kind:** ensemble, alias `@champion`" in card
-    assert f"`{pipeline['ingest'].data_digest}`" in card
-    row = next(line for line in card.splitlines() if line.startswith(f"| `{member.model_uri}` |"))
-    assert f"| tiny_cnn | bce | full | {ens.weights['card-a']:.3f} |" in row
-    temperatures = [a.path for a in client.list_artifacts(ens.run_id)]
-    if "temperatures.json" in temperatures:  # calibrated ensembles log their temperatures
-        saved = tracking.read_json(f"{run.info.artifact_uri}/temperatures.json")["card-a"]
-        assert ", ".join(f"{saved[c]:.2f}" for c in LABELS) + " |" in row
-        assert "**Calibration:** per member and class temperature, fit on val" in card
-    else:
-        assert row.endswith("| none |") and "**Calibration:** none" in card
-    assert f"**TTA views:** {run.data.params['tta_views'].replace(',', ', ')}" in card
-    thresholds = ", ".join(f"{c} {ens.thresholds[c]:.2f}" for c in LABELS)
-    assert "(tuned on val, grid `study`" in card and thresholds in card
-    offsite = client.get_run(pipeline["ensemble_offsite"].run_id).data.metrics
-    logged = {k.removeprefix("offsite_"): v for k, v in offsite.items() if k.startswith("offsite_")}
-    offsite_row = next(line for line in card.splitlines() if line.startswith("| offsite_test |"))
-    assert f"| tuned on val | {_interval(logged, 'f1_macro')} | {_interval(logged, 'f1_course')} |" in offsite_row
-    val_row = next(line for line in card.splitlines() if line.startswith("| val (ensemble step) |"))
-    assert f"| {run.data.metrics['val_f1_macro']:.3f} |" in val_row and "tuned on val (these images)" in val_row
-    assert "val chose weights, temperatures and thresholds: its scores are optimistic" in card
-    assert "**Promotion:** champion on offsite_test" in card
+    assert model_card.gather(member.model_uri).split_mode == "given"  # no split_mode tag: the default
+    client.set_model_version_tag(MEMBER, member.version, "split_mode", "cv")
+    try:
+        assert model_card.gather(member.model_uri).split_mode == "cv"
+        assert "**Protocol:** patient-grouped k-fold cross-validation" in _card(member.model_uri)
+    finally:
+        client.delete_model_version_tag(MEMBER, member.version, "split_mode")
 
 
 def test_publish_writes_description_artifact_and_model_description(pipeline: dict) -> None:
@@ -235,20 +204,6 @@ def test_an_alias_resolves_to_its_version(pipeline: dict) -> None:
     assert by_alias == _card(pipeline["ensemble"].model_uri)
 
 
-def test_cv_split_mode_is_named(pipeline: dict) -> None:
-    client = MlflowClient()
-    member = pipeline["member"]
-    assert "given splits" in _card(member.model_uri)  # no split_mode tag: the default
-    client.set_model_version_tag(MEMBER, member.version, "split_mode", "cv")
-    try:
-        card = _card(member.model_uri)
-        assert (
-            "**Protocol:** patient-grouped k-fold cross-validation" in card and "Protocol: patient-grouped CV" in card
-        )
-    finally:
-        client.delete_model_version_tag(MEMBER, member.version, "split_mode")
-
-
 def test_command_line_prints_the_card(pipeline: dict, capsys: pytest.CaptureFixture[str]) -> None:
     uri = pipeline["member"].model_uri
     assert cli.main(model_card.ModelCardConfig, model_card.run, ["--model-uri", uri, "--no-publish"]) == 0
@@ -276,35 +231,32 @@ def cv_pipeline(pipeline: dict) -> dict:
     return {"member": member, "tuned": tuned, "ensemble": ens}
 
 
-def test_a_cross_validated_member_card_names_the_folds_and_its_out_of_fold_scores(
-    pipeline: dict, cv_pipeline: dict
-) -> None:
+def test_a_cross_validated_member_is_read_with_its_folds_and_out_of_fold_scores(cv_pipeline: dict) -> None:
     member = cv_pipeline["member"]
+    facts = model_card.gather(member.model_uri)
+    run = MlflowClient().get_run(member.run_id)
+    assert (facts.split_mode, facts.cv) == ("cv", run.data.tags["cv"]) and facts.cv.startswith("3 folds, seed 0, ")
+    views = tuple(run.data.tags["cv"].rpartition("views ")[2].split(","))
+    where = f"the `cv_*` metrics of train run `{member.run_id}`"
+    assert facts.evaluations == [Evaluation("cv", views, "0.5", _logged(member.run_id, "cv_"), "train", where)]
+    thresholds = facts.member_thresholds  # tuned on the out-of-fold predictions
+    assert (thresholds.values, thresholds.grid) == (cv_pipeline["tuned"].thresholds, "study")
     card = _card(member.model_uri)
-    metrics = {k.removeprefix("cv_"): v for k, v in MlflowClient().get_run(member.run_id).data.metrics.items()
-               if k.startswith("cv_")}  # fmt: skip
     assert "**Protocol:** patient-grouped k-fold cross-validation on train + val (3 folds, seed 0)" in card
-    report = _ingest_report(pipeline)["splits"]
-    pool = report["train"]["images"] + report["val"]["images"]
-    patients = report["train"]["patients"] + report["val"]["patients"]
-    row = next(line for line in card.splitlines() if line.startswith("| cv (train step) |"))
-    assert row.startswith(
-        f"| cv (train step) | {pool} ({patients}) | 5 views | 0.5 | {_interval(metrics, 'f1_macro')} |"
+    assert card.startswith(
+        f"odir-card-cv v{member.version}: F1 macro {_interval(_logged(member.run_id, 'cv_'), 'f1_macro')} on cv;"
     )
-    assert "**Best epoch:** median 1 of 1 over the folds" in card
-    thresholds = ", ".join(f"{c} {cv_pipeline['tuned'].thresholds[c]:.2f}" for c in LABELS)
-    assert "**Thresholds tuned on out-of-fold predictions** (grid `study`" in card and thresholds in card
-    assert f"**Class prevalence** (train + val, {pool} images)" in card and "val chose" not in card
-    assert card.splitlines()[0].startswith(f"odir-card-cv v1: F1 macro {_interval(metrics, 'f1_macro')} on cv;")
 
 
-def test_a_cross_fitted_ensemble_card_shows_its_cv_scores_not_its_in_sample_ones(cv_pipeline: dict) -> None:
+def test_a_cross_fitted_ensemble_is_read_with_its_cv_scores_not_its_in_sample_ones(cv_pipeline: dict) -> None:
     ens = cv_pipeline["ensemble"]
-    card = _card(ens.model_uri)
-    metrics = {k.removeprefix("cv_"): v for k, v in MlflowClient().get_run(ens.run_id).data.metrics.items()
-               if k.startswith("cv_")}  # fmt: skip
-    row = next(line for line in card.splitlines() if line.startswith("| cv (ensemble step) |"))
-    assert f"| cross-fitted (tuned on the other folds) | {_interval(metrics, 'f1_macro')} |" in row
-    assert "val (ensemble step)" not in card  # its val_* metrics are scored on the data they were fit on
-    assert "thresholds, temperatures and weights fit on out-of-fold predictions" in card
-    assert "(tuned on out-of-fold predictions, grid `study`" in card
+    facts = model_card.gather(ens.model_uri)
+    run = MlflowClient().get_run(ens.run_id)
+    assert (facts.split_mode, facts.cv) == ("cv", MlflowClient().get_run(cv_pipeline["member"].run_id).data.tags["cv"])
+    views = tuple(run.data.params["tta_views"].split(","))
+    assert facts.evaluations == [  # its val_* metrics are scored on the data they were fit on: left out
+        Evaluation("cv", views, "cross-fitted (tuned on the other folds)", _logged(ens.run_id, "cv_"), "ensemble",
+                   f"the `cv_*` metrics of ensemble run `{ens.run_id}`")
+    ]  # fmt: skip
+    thresholds = facts.ensemble_thresholds
+    assert (thresholds.values, thresholds.grid) == (cv_pipeline["ensemble"].thresholds, "study")

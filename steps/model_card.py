@@ -43,7 +43,7 @@ from components.evaluation.model_card_facts import (
     SplitCounts,
     Thresholds,
 )
-from steps.support import cli, tracking
+from steps.support import cli, registry, tracking
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ def _member_rows(client, run: Any) -> list[dict]:
     )
     names = [n for n in params.get("members", "").split(",") if n]
     uris = {
-        tracking.split_model_uri(uri)[0].removeprefix(tracking.MODEL_PREFIX): uri
+        registry.split_model_uri(uri)[0].removeprefix(registry.MODEL_PREFIX): uri
         for uri in filter(None, tags.get("members", "").split(","))
     }
     rows = []
@@ -229,8 +229,8 @@ def _with_member_specs(client, rows: list[dict], member_uris: str) -> list[dict]
     """Fills each row's spec from its member version's training run (and its URI from the version tags)."""
     by_name = {}
     for uri in filter(None, member_uris.split(",")):
-        name, version = tracking.split_model_uri(uri)
-        by_name[name.removeprefix(tracking.MODEL_PREFIX)] = (uri, name, version)
+        name, version = registry.split_model_uri(uri)
+        by_name[name.removeprefix(registry.MODEL_PREFIX)] = (uri, name, version)
     if not rows:  # an ensemble run that logged no members param: the version tag still lists them
         rows = [{"name": n, "uri": None, "weight": None, "spec": {}} for n in by_name]
     for row in rows:
@@ -284,10 +284,10 @@ def _recorded_scores(tags: dict[str, str]) -> list[RecordedScore]:
 def gather(model_uri: str) -> Facts:
     """Reads what the card needs from MLflow (see the module docstring)."""
     client = _client()
-    name, version = tracking.split_model_uri(model_uri)
+    name, version = registry.split_model_uri(model_uri)
     model_version = client.get_model_version(name, version)
     tags = dict(model_version.tags)
-    kind = tags.get("kind") or ("ensemble" if name == tracking.ENSEMBLE_MODEL else "member")
+    kind = tags.get("kind") or ("ensemble" if name == registry.ENSEMBLE_MODEL else "member")
     run = _producing_run(client, model_version)
     split_mode = _split_mode(tags, run)
     tuned_on = "out-of-fold predictions" if split_mode == "cv" else "val"

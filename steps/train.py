@@ -42,7 +42,7 @@ from components.models.backbones import FoldAverage, parameter_count, preprocess
 from components.models.inference import predict_images
 from components.models.tta import STUDY_VIEWS
 from components.training.loop import Callback, TrainResult, speed_settings, train
-from steps.support import cli, integrity, tracking
+from steps.support import cli, integrity, registry, tracking
 from steps.support.base import StepConfig, run_step
 from steps.support.contracts import (
     CHECKPOINT_ARTIFACT,
@@ -158,7 +158,7 @@ def _reused(run) -> TrainStepResult:
         key.removeprefix("best_"): v for key, v in metrics.items()
         if key.startswith(prefix) and key != "best_epoch" and not key.endswith(("_ci_low", "_ci_high"))
     }  # fmt: skip
-    name, version = tracking.split_model_uri(tags["registered_model_uri"])
+    name, version = registry.split_model_uri(tags["registered_model_uri"])
     return TrainStepResult(
         tags["registered_model_uri"], name, version, run.info.run_id, int(metrics["best_epoch"]),
         tags["checkpoint_uri"], scores, oof,

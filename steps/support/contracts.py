@@ -43,7 +43,7 @@ from components.monitoring.drift import Reference, build_reference, describe_ima
 from components.monitoring.explain import CAM_LAYERS, GALLERY_PER_KIND, CamModel, CamNetwork
 from components.monitoring.referral import ReferralSpec, ensemble_uncertainty, prediction_frame
 from components.training.loop import load_trained
-from steps.support import integrity, storage, tracking
+from steps.support import integrity, registry, storage, tracking
 from steps.support.fingerprint import code_fingerprint
 
 MANIFEST_DIR = "manifest"
@@ -268,8 +268,8 @@ class Prediction:
 
 
 def is_ensemble(model_uri: str) -> bool:
-    name, _ = tracking.split_model_uri(model_uri)
-    return name == tracking.ENSEMBLE_MODEL
+    name, _ = registry.split_model_uri(model_uri)
+    return name == registry.ENSEMBLE_MODEL
 
 
 def predict_split(model_uri: str, manifest: Manifest, split: str, views: tuple[str, ...]) -> Prediction:
@@ -317,7 +317,7 @@ def cam_network(network: Classifier, spec: ModelSpec) -> CamNetwork:
 
 def registered_name(spec: ModelSpec) -> str:
     """The registered model a spec's trainings become versions of."""
-    return f"{tracking.MODEL_PREFIX}{spec.name}"
+    return f"{registry.MODEL_PREFIX}{spec.name}"
 
 
 def spec_key(spec: ModelSpec) -> str:
@@ -344,7 +344,7 @@ def record_score(model_uri: str, split: str, digest: str, f1_macro: float) -> No
     """Tags a model version with its ``f1_macro`` on a split of the data with this digest (promotion reads it)."""
     from mlflow import MlflowClient
 
-    name, version = tracking.split_model_uri(model_uri)
+    name, version = registry.split_model_uri(model_uri)
     client = MlflowClient()
     client.set_model_version_tag(name, version, f"score.{split}.f1_macro", f"{f1_macro:.6f}")
     client.set_model_version_tag(name, version, f"score.{split}.digest", digest)
@@ -438,12 +438,12 @@ def load_drift_reference(model_uri: str) -> Reference:
     """
     from mlflow import MlflowClient
 
-    name, version = tracking.registered_version(model_uri)
+    name, version = registry.registered_version(model_uri)
     tags = MlflowClient().get_model_version(name, version).tags
     if DRIFT_REFERENCE_TAG not in tags:
         why = ("registered before drift references existed (run `odir full` to register an ensemble that has one)"
-               if name == tracking.ENSEMBLE_MODEL else f"not an ensemble: references are stored with "
-               f"{tracking.ENSEMBLE_MODEL} versions")  # fmt: skip
+               if name == registry.ENSEMBLE_MODEL else f"not an ensemble: references are stored with "
+               f"{registry.ENSEMBLE_MODEL} versions")  # fmt: skip
         raise NoDriftReference(f"models:/{name}/{version} has no drift reference: {why}")
     local = Path(tracking.download(tags[DRIFT_REFERENCE_TAG]))
     if _reference_digest(local) != tags.get(DRIFT_DIGEST_TAG):

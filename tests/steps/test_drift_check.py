@@ -14,7 +14,7 @@ from PIL import Image
 
 from components.config import load_profile
 from steps import drift, ensemble, evaluate, ingest, train
-from steps.support import cli, contracts, tracking
+from steps.support import cli, contracts, registry, tracking
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def _check_drift(*args: str) -> int:
 
 
 def test_the_ensemble_version_carries_its_reference(ensemble_uri: str) -> None:
-    name, version = tracking.split_model_uri(ensemble_uri)
+    name, version = registry.split_model_uri(ensemble_uri)
     model_version = MlflowClient().get_model_version(name, version)
     assert model_version.tags[contracts.DRIFT_REFERENCE_TAG].endswith("/drift_reference")
     files = {f.path for f in MlflowClient().list_artifacts(model_version.run_id, contracts.DRIFT_REFERENCE_DIR)}
@@ -75,7 +75,7 @@ def test_darker_images_are_drift_and_the_feature_is_named(ensemble_uri: str, tin
 
 def test_a_version_without_a_reference_is_one_line_and_exit_2(ensemble_uri: str, tiny_data: Path, capsys) -> None:
     client = MlflowClient()
-    name, version = tracking.split_model_uri(ensemble_uri)
+    name, version = registry.split_model_uri(ensemble_uri)
     registered = client.get_model_version(name, version)
     older = client.create_model_version(name, registered.source, registered.run_id)  # no tags: as before references
     try:

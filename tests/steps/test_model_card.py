@@ -24,7 +24,7 @@ from components.evaluation.model_card_facts import (
     SplitCounts,
 )
 from steps import ensemble, evaluate, ingest, model_card, promote, train, tune_thresholds
-from steps.support import cli, tracking
+from steps.support import cli, registry, tracking
 
 SPEC = ModelSpec(name="card-a", backbone="tiny_cnn", image_size=32, batch_size=8, epochs=2, lr=0.003, seed=1)
 MEMBER = "odir-card-a"
@@ -131,7 +131,7 @@ def test_member_facts_are_read_from_the_store(pipeline: dict, tiny_data: Path) -
 def test_ensemble_facts_are_read_from_the_store(pipeline: dict) -> None:
     ens, member, client = pipeline["ensemble"], pipeline["member"], MlflowClient()
     facts = model_card.gather(ens.model_uri)
-    tags = client.get_model_version(tracking.ENSEMBLE_MODEL, ens.version).tags
+    tags = client.get_model_version(registry.ENSEMBLE_MODEL, ens.version).tags
     run = client.get_run(ens.run_id)
     assert (facts.kind, facts.split_mode, facts.aliases) == ("ensemble", "given", ("champion",))
     assert (facts.data_digest, facts.ensemble_key) == (pipeline["ingest"].data_digest, tags["ensemble_key"])
@@ -150,7 +150,7 @@ def test_ensemble_facts_are_read_from_the_store(pipeline: dict) -> None:
                              f"the `val_*` metrics of ensemble run `{ens.run_id}`")  # fmt: skip
     assert (facts.promotion.decision, facts.promotion.split) == ("champion", "offsite_test")
     card = _card(ens.model_uri)
-    assert card.startswith(f"{tracking.ENSEMBLE_MODEL} v{ens.version}: F1 macro ")
+    assert card.startswith(f"{registry.ENSEMBLE_MODEL} v{ens.version}: F1 macro ")
     assert "on offsite_test; ensemble of 1 member, given splits" in card.splitlines()[0]
 
 
@@ -172,7 +172,7 @@ def test_publish_writes_description_artifact_and_model_description(pipeline: dic
         (pipeline["member"].model_uri, pipeline["member"].run_id, "odir member: tiny_cnn (mode full, loss bce"),
         (pipeline["ensemble"].model_uri, pipeline["ensemble"].run_id, "odir ensemble: weighted mean of odir member"),
     ):
-        name, version = tracking.split_model_uri(uri)
+        name, version = registry.split_model_uri(uri)
         card = model_card.write_model_card(uri)
         assert len(card) <= DESCRIPTION_LIMIT
         assert client.get_model_version(name, version).description == card
@@ -185,7 +185,7 @@ def test_publish_writes_description_artifact_and_model_description(pipeline: dic
 def test_publishing_again_changes_nothing_and_keeps_a_model_description(pipeline: dict) -> None:
     client = MlflowClient()
     uri = pipeline["member"].model_uri
-    name, version = tracking.split_model_uri(uri)
+    name, version = registry.split_model_uri(uri)
     before = client.get_model_version(name, version).description
     client.update_registered_model(name, description="written by hand")
     try:
@@ -200,7 +200,7 @@ def test_publishing_again_changes_nothing_and_keeps_a_model_description(pipeline
 
 
 def test_an_alias_resolves_to_its_version(pipeline: dict) -> None:
-    by_alias = _card(f"models:/{tracking.ENSEMBLE_MODEL}@champion")
+    by_alias = _card(f"models:/{registry.ENSEMBLE_MODEL}@champion")
     assert by_alias == _card(pipeline["ensemble"].model_uri)
 
 

@@ -50,7 +50,7 @@ def project_root() -> Path:
     current directory (an installed wheel in a container)."""
     if os.environ.get("ODIR_HOME"):
         return Path(os.environ["ODIR_HOME"]).resolve()
-    checkout = Path(__file__).resolve().parents[1]
+    checkout = Path(__file__).resolve().parents[2]  # steps/support/tracking.py -> the checkout
     return checkout if (checkout / "pyproject.toml").exists() else Path.cwd().resolve()
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from components import LABELS
-from steps.support import tracking
+from steps.support import registry, tracking
 
 MLFLOW_UI_ENV = "ODIR_MLFLOW_UI_URL"
 PER_CLASS = ("f1", "precision", "recall", "auroc", "ap")
@@ -47,7 +47,7 @@ def model_link(model_uri: str) -> str:
     ui = _mlflow_ui()
     if ui is None:
         return f"`{model_uri}`"
-    name, version = tracking.split_model_uri(model_uri)
+    name, version = registry.split_model_uri(model_uri)
     return f"[{model_uri}]({ui}/#/models/{name}/versions/{version})"
 
 

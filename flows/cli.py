@@ -19,7 +19,7 @@ from components import LABELS
 from components.errors import OdirError
 from components.outputs import check_output
 from flows.deployments import SERVED
-from steps.support import tracking
+from steps.support import registry, tracking
 
 if TYPE_CHECKING:
     from components.data.splits import Split
@@ -108,7 +108,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     images = image_files(args.images)
     check_output(args.out)
     tracking.setup()
-    tracking.registered_version(args.model)  # a wrong URI or a model that is not there: one line, before the work
+    registry.registered_version(args.model)  # a wrong URI or a model that is not there: one line, before the work
     if args.check_drift:
         from steps.support.drift_reference import load_drift_reference
 
@@ -133,7 +133,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     images = image_files(args.images)
     check_output(args.out, folder=True)
     tracking.setup()
-    tracking.registered_version(args.model)  # a wrong URI or a model that is not there: one line, before the work
+    registry.registered_version(args.model)  # a wrong URI or a model that is not there: one line, before the work
     overlays = explain(args.model, images, args.out)
     out = Path(args.out).resolve()
     print(f"{len(overlays)} Grad-CAM overlays ({len(images)} images x {len(LABELS)} classes) from {args.model} "

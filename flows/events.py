@@ -36,12 +36,12 @@ def champion_digest() -> str | None:
     from mlflow import MlflowClient
 
     from steps import promote
-    from steps.support import tracking
+    from steps.support import registry
 
-    champion = promote.current_champion(tracking.ENSEMBLE_MODEL)
+    champion = promote.current_champion(registry.ENSEMBLE_MODEL)
     if champion is None:
         return None
-    return MlflowClient().get_model_version(tracking.ENSEMBLE_MODEL, champion).tags.get("data_digest")
+    return MlflowClient().get_model_version(registry.ENSEMBLE_MODEL, champion).tags.get("data_digest")
 
 
 def announce_dataset(uri: str, digest: str, source: str) -> str:

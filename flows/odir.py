@@ -28,7 +28,7 @@ from components.training.spec import ModelSpec
 from flows import freeze_startup_objects, without_heartbeats
 from flows.artifacts import per_class_rows, promotion_evidence, publish_summary, training_progress
 from steps import ensemble, evaluate, ingest, model_card, promote, submit, train, tune_thresholds
-from steps.support import tracking
+from steps.support import registry, tracking
 from steps.support.base import StepConfig
 from steps.support.manifest import load_manifest
 
@@ -217,10 +217,10 @@ def _up_to_date(digest: str, key: str) -> str | None:
     """The champion's version when it was built from this data and profile, else None."""
     from mlflow import MlflowClient
 
-    champion = promote.current_champion(tracking.ENSEMBLE_MODEL)
+    champion = promote.current_champion(registry.ENSEMBLE_MODEL)
     if champion is None:
         return None
-    tags = MlflowClient().get_model_version(tracking.ENSEMBLE_MODEL, champion).tags
+    tags = MlflowClient().get_model_version(registry.ENSEMBLE_MODEL, champion).tags
     return champion if tags.get("data_digest") == digest and tags.get("profile_key") == key else None
 
 
@@ -348,7 +348,7 @@ def _pipeline(run: PipelineRun, data_root: str, out: str | None, only_if_changed
     cards = (
         *(m.model_uri for m in members),
         ens.model_uri,
-        *([f"models:/{tracking.ENSEMBLE_MODEL}/{replaced}"] if replaced and replaced != ens.version else []),
+        *([f"models:/{registry.ENSEMBLE_MODEL}/{replaced}"] if replaced and replaced != ens.version else []),
     )
     step_task("model cards", model_card.publish_model_cards, cards)
     member_metric = "cv_f1_macro" if config.cv else "val_f1_macro"

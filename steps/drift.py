@@ -26,11 +26,11 @@ import pandas as pd
 from components.errors import OdirError
 from components.monitoring.drift import DriftReport, compare
 from components.monitoring.image_stats import FEATURES, describe_images
-from steps.support import cli, tracking
+from steps.support import cli, registry, tracking
 from steps.support.drift_reference import embed_paths, embedding_checkpoint, load_drift_reference
 from steps.support.manifest import image_files
 
-CHAMPION = f"models:/{tracking.ENSEMBLE_MODEL}@champion"
+CHAMPION = f"models:/{registry.ENSEMBLE_MODEL}@champion"
 SHOWN_IMAGES = 20
 
 
@@ -90,7 +90,7 @@ def check_images(
         raise OdirError(f"alpha must be between 0 and 1, got {alpha}")
     tracking.setup(experiment)
     reference = load_drift_reference(model_uri)
-    name, version = tracking.split_model_uri(model_uri)
+    name, version = registry.split_model_uri(model_uri)
     resolved = f"models:/{name}/{version}"
     source = reference.source
     checkpoint = embedding_checkpoint(source["member_model_uri"], source.get("checkpoint"))

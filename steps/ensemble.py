@@ -47,7 +47,7 @@ from components.evaluation.thresholds import ThresholdResult, fit_thresholds
 from components.models.tta import STUDY_VIEWS, check_views
 from components.monitoring.reference import MIN_REFERENCE_IMAGES
 from components.monitoring.referral import ReferralSpec
-from steps.support import cli, integrity, tracking
+from steps.support import cli, integrity, registry, tracking
 from steps.support.base import StepConfig, run_step
 from steps.support.drift_reference import build_drift_reference, log_drift_reference
 from steps.support.fingerprint import code_fingerprint
@@ -131,7 +131,7 @@ def _register(
                     "torch", "torchvision", "timm", "numpy", "pandas", "pillow"
                 ),
             )
-    return integrity.register(info.model_uri, tracking.ENSEMBLE_MODEL, tags)  # with its tags and files' SHA-256
+    return integrity.register(info.model_uri, registry.ENSEMBLE_MODEL, tags)  # with its tags and files' SHA-256
 
 
 def _temperatures(config: EnsembleConfig, labels: np.ndarray, member_probs: list[np.ndarray]) -> np.ndarray:
@@ -169,7 +169,7 @@ def _reused(run) -> EnsembleResult:
     weights = tracking.read_json(run.data.tags["weights_uri"])
     thresholds = read_thresholds(run.data.tags["thresholds_uri"])
     metrics = {k: v for k, v in run.data.metrics.items() if k.startswith(("val_", "cv_"))}
-    return EnsembleResult(uri, tracking.split_model_uri(uri)[1], run.info.run_id, weights, thresholds, metrics)
+    return EnsembleResult(uri, registry.split_model_uri(uri)[1], run.info.run_id, weights, thresholds, metrics)
 
 
 def run(config: EnsembleConfig) -> EnsembleResult:
@@ -178,7 +178,7 @@ def run(config: EnsembleConfig) -> EnsembleResult:
         raise ValueError("one validation predictions artifact is needed per member")
     check_views(config.views)
     grid_of(config.grid)  # an unknown grid fails before any work
-    names = [tracking.split_model_uri(uri)[0].removeprefix(tracking.MODEL_PREFIX) for uri in config.member_model_uris]
+    names = [registry.split_model_uri(uri)[0].removeprefix(registry.MODEL_PREFIX) for uri in config.member_model_uris]
     frames = {name: read_predictions(uri) for name, uri in zip(names, config.member_val_predictions, strict=True)}
     _, member_probs = align_members(frames)
     folds = frames[names[0]]["fold"].to_numpy() if "fold" in frames[names[0]].columns else None
@@ -289,10 +289,10 @@ def _combine(
     version_tags = {**tags, "kind": "ensemble", "members": ",".join(config.member_model_uris),
                     **_drift_reference(config, frame)}  # fmt: skip
     version = _register(config, names, weights, tuned.as_dict(), temperatures, version_tags)
-    mlflow.set_tag("registered_model_uri", f"models:/{tracking.ENSEMBLE_MODEL}/{version}")
-    log.info("registered %s version %s (weights %s)", tracking.ENSEMBLE_MODEL, version, np.round(weights, 3))
+    mlflow.set_tag("registered_model_uri", f"models:/{registry.ENSEMBLE_MODEL}/{version}")
+    log.info("registered %s version %s (weights %s)", registry.ENSEMBLE_MODEL, version, np.round(weights, 3))
     return EnsembleResult(
-        f"models:/{tracking.ENSEMBLE_MODEL}/{version}", version, run.info.run_id,
+        f"models:/{registry.ENSEMBLE_MODEL}/{version}", version, run.info.run_id,
         dict(zip(names, weights.tolist(), strict=True)), tuned.as_dict(), metrics,
     )  # fmt: skip
 

@@ -45,7 +45,7 @@ from components.training.hardware import hardware_record
 from components.training.loop import Callback, TrainResult, train
 from components.training.runtime import speed_settings
 from components.training.spec import ModelSpec
-from steps.support import cli, integrity, tracking
+from steps.support import cli, integrity, registry, tracking
 from steps.support.base import StepConfig, run_step
 from steps.support.manifest import Manifest, load_manifest, log_dataset
 from steps.support.members import CHECKPOINT_ARTIFACT, CHECKPOINT_DIR
@@ -155,7 +155,7 @@ def _reused(run) -> TrainStepResult:
         key.removeprefix("best_"): v for key, v in metrics.items()
         if key.startswith(prefix) and key != "best_epoch" and not key.endswith(("_ci_low", "_ci_high"))
     }  # fmt: skip
-    name, version = tracking.split_model_uri(tags["registered_model_uri"])
+    name, version = registry.split_model_uri(tags["registered_model_uri"])
     return TrainStepResult(
         tags["registered_model_uri"], name, version, run.info.run_id, int(metrics["best_epoch"]),
         tags["checkpoint_uri"], scores, oof,

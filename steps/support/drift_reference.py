@@ -13,7 +13,7 @@ from components.errors import OdirError
 from components.monitoring.image_stats import describe_images
 from components.monitoring.reference import Reference, build_reference, embed_images, reference_sample
 from components.training.checkpoints import load_trained
-from steps.support import integrity, tracking
+from steps.support import integrity, registry, tracking
 from steps.support.manifest import Manifest
 from steps.support.members import member_checkpoints
 
@@ -96,12 +96,12 @@ def load_drift_reference(model_uri: str) -> Reference:
     """
     from mlflow import MlflowClient
 
-    name, version = tracking.registered_version(model_uri)
+    name, version = registry.registered_version(model_uri)
     tags = MlflowClient().get_model_version(name, version).tags
     if DRIFT_REFERENCE_TAG not in tags:
         why = ("registered before drift references existed (run `odir full` to register an ensemble that has one)"
-               if name == tracking.ENSEMBLE_MODEL else f"not an ensemble: references are stored with "
-               f"{tracking.ENSEMBLE_MODEL} versions")  # fmt: skip
+               if name == registry.ENSEMBLE_MODEL else f"not an ensemble: references are stored with "
+               f"{registry.ENSEMBLE_MODEL} versions")  # fmt: skip
         raise NoDriftReference(f"models:/{name}/{version} has no drift reference: {why}")
     local = Path(tracking.download(tags[DRIFT_REFERENCE_TAG]))
     if _reference_digest(local) != tags.get(DRIFT_DIGEST_TAG):

@@ -18,7 +18,7 @@ from components.monitoring.explain import CAM_LAYERS, CamModel, CamNetwork
 from components.monitoring.referral import ReferralSpec, ensemble_uncertainty, prediction_frame
 from components.training.checkpoints import load_trained
 from components.training.spec import ModelSpec
-from steps.support import integrity, tracking
+from steps.support import integrity, registry
 from steps.support.manifest import Manifest
 from steps.support.members import member_checkpoints, member_view_probs
 from steps.support.predictions import probabilities_of
@@ -35,8 +35,8 @@ class Prediction:
 
 
 def is_ensemble(model_uri: str) -> bool:
-    name, _ = tracking.split_model_uri(model_uri)
-    return name == tracking.ENSEMBLE_MODEL
+    name, _ = registry.split_model_uri(model_uri)
+    return name == registry.ENSEMBLE_MODEL
 
 
 def predict_split(model_uri: str, manifest: Manifest, split: str, views: tuple[str, ...]) -> Prediction:

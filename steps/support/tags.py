@@ -6,13 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 from components.training.spec import ModelSpec
-from steps.support import tracking
+from steps.support import registry, tracking
 from steps.support.fingerprint import code_fingerprint
 
 
 def registered_name(spec: ModelSpec) -> str:
     """The registered model a spec's trainings become versions of."""
-    return f"{tracking.MODEL_PREFIX}{spec.name}"
+    return f"{registry.MODEL_PREFIX}{spec.name}"
 
 
 def spec_key(spec: ModelSpec) -> str:
@@ -43,7 +43,7 @@ def record_score(model_uri: str, split: str, digest: str, f1_macro: float) -> No
     """Tags a model version with its ``f1_macro`` on a split of the data with this digest (promotion reads it)."""
     from mlflow import MlflowClient
 
-    name, version = tracking.split_model_uri(model_uri)
+    name, version = registry.split_model_uri(model_uri)
     client = MlflowClient()
     client.set_model_version_tag(name, version, f"score.{split}.f1_macro", f"{f1_macro:.6f}")
     client.set_model_version_tag(name, version, f"score.{split}.digest", digest)

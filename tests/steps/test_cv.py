@@ -14,7 +14,7 @@ from components.config import parse_model_spec
 from components.data.folds import CVSpec
 from components.data.splits import patient_of
 from steps import ensemble, ingest, promote, train
-from steps.support import tracking
+from steps.support import registry
 from steps.support.manifest import load_manifest
 from steps.support.members import member_checkpoints, member_view_probs
 from steps.support.predict import predict_paths
@@ -91,7 +91,7 @@ def test_the_ensemble_reports_a_cross_fitted_score_and_promotion_compares_it(cv_
     second = promote.run(promote.PromoteConfig(model_uri=again.model_uri, manifest_uri=cv_run["manifest_uri"],
                                                split="cv"))  # fmt: skip
     assert second.decision == "challenger" and second.prob_better == pytest.approx(0.5)  # the same fit: a tie
-    assert promote.current_champion(tracking.ENSEMBLE_MODEL) == ens.version
+    assert promote.current_champion(registry.ENSEMBLE_MODEL) == ens.version
 
 
 def test_too_many_folds_name_the_profile_field(cv_run: dict) -> None:

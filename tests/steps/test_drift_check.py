@@ -15,7 +15,7 @@ from PIL import Image
 from components.config import load_profile
 from components.monitoring.image_stats import FEATURES
 from steps import drift, ensemble, evaluate, ingest, train
-from steps.support import cli, tracking
+from steps.support import cli, registry, tracking
 from steps.support.drift_reference import DRIFT_REFERENCE_DIR, DRIFT_REFERENCE_TAG, load_drift_reference
 
 
@@ -40,7 +40,7 @@ def _check_drift(*args: str) -> int:
 
 
 def test_the_ensemble_version_carries_its_reference(ensemble_uri: str) -> None:
-    name, version = tracking.split_model_uri(ensemble_uri)
+    name, version = registry.split_model_uri(ensemble_uri)
     model_version = MlflowClient().get_model_version(name, version)
     assert model_version.tags[DRIFT_REFERENCE_TAG].endswith("/drift_reference")
     files = {f.path for f in MlflowClient().list_artifacts(model_version.run_id, DRIFT_REFERENCE_DIR)}
@@ -77,7 +77,7 @@ def test_darker_images_are_drift_and_the_feature_is_named(ensemble_uri: str, tin
 
 def test_a_version_without_a_reference_is_one_line_and_exit_2(ensemble_uri: str, tiny_data: Path, capsys) -> None:
     client = MlflowClient()
-    name, version = tracking.split_model_uri(ensemble_uri)
+    name, version = registry.split_model_uri(ensemble_uri)
     registered = client.get_model_version(name, version)
     older = client.create_model_version(name, registered.source, registered.run_id)  # no tags: as before references
     try:

@@ -15,6 +15,7 @@ from steps.support import tracking
 
 if TYPE_CHECKING:
     from components.data.dataset import Split
+    from flows.summary import PipelineSummary
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -94,9 +95,10 @@ def _warm_start() -> None:
 
         import flows.experiments  # noqa: F401  # and flows.odir
         from flows import freeze_startup_objects
+        from steps.support import pipeline_run
 
         try:
-            _save_a_throwaway_model()
+            pipeline_run.save_a_throwaway_model()  # and mlflow.pytorch imported with it
             tracking.setup(tracking.DEFAULT_EXPERIMENT)
         except Exception as error:  # the steps meet it again, with their retries and messages
             logging.getLogger(__name__).debug("warm start: %s", error)
@@ -104,24 +106,6 @@ def _warm_start() -> None:
     finally:
         gc.enable()
     connecting.join()  # the flow run must not start a second server while this one comes up
-
-
-def _save_a_throwaway_model() -> None:
-    import tempfile
-
-    import mlflow.pytorch
-    import torch
-
-    mlflow_pytorch_log = logging.getLogger("mlflow.pytorch")
-    level = mlflow_pytorch_log.level
-    mlflow_pytorch_log.setLevel(logging.ERROR)  # its pickle-format warning belongs to the real models
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            mlflow.pytorch.save_model(
-                torch.nn.Identity(), f"{tmp}/model", serialization_format="pickle", pip_requirements=["torch"]
-            )
-    finally:
-        mlflow_pytorch_log.setLevel(level)
 
 
 def _cmd_full(args: argparse.Namespace) -> int:
@@ -140,44 +124,41 @@ def _cmd_full(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_summary(summary: dict) -> None:
+def _print_summary(summary: PipelineSummary) -> None:
     """The pipeline's result as a reader wants it: scores with intervals, the decision, where things are."""
-    from flows.artifacts import promotion_evidence, rate, run_url
+    from flows.artifacts import rate, run_url
 
-    print(f"\nodir pipeline finished: profile {summary.get('profile')}, data {summary['data_digest'][:12]}")
-    if "scores" not in summary:  # retraining found nothing changed
-        print(f"  {summary['decision']}: champion version {summary['champion_version']}")
+    print(f"\nodir pipeline finished: profile {summary.profile}, data {summary.data_digest[:12]}")
+    built = summary.built
+    if built is None:  # retraining found nothing changed
+        print(f"  {summary.decision}: champion version {summary.champion_version}")
         return
-    split = "cross-fitted out-of-fold" if summary["scored_split"] == "cv" else summary["scored_split"]
-    print(
-        f"\nensemble {summary['ensemble']} on {split} ({summary['split_mode']}; 95% intervals: bootstrap over patients)"
-    )
-    for name, (value, low, high) in summary["scores"].items():
-        shown = "  n/a" if value is None else f"{value:.3f}"
-        interval = "" if low is None or low != low else f"  [{low:.3f}, {high:.3f}]"
+    split = "cross-fitted out-of-fold" if built.scored_split == "cv" else built.scored_split
+    print(f"\nensemble {built.model_uri} on {split} ({built.split_mode}; 95% intervals: bootstrap over patients)")
+    for name, score in built.scores.items():
+        shown = "  n/a" if score.value is None else f"{score.value:.3f}"
+        interval = f"  [{score.low:.3f}, {score.high:.3f}]" if score.has_interval else ""
         print(f"  {name:<10} {shown}{interval}")
-    members = ", ".join(
-        f"{name} {score:.3f}" for name, score in summary["member_f1_macro"].items() if score is not None
-    )
-    scored_on = "out-of-fold" if summary["split_mode"].startswith("cv") else "val, at the best epoch"
+    members = ", ".join(f"{name} {score:.3f}" for name, score in built.member_f1_macro.items() if score is not None)
+    scored_on = "out-of-fold" if built.split_mode.startswith("cv") else "val, at the best epoch"
     print(f"members' f1_macro ({scored_on}): {members}")
-    print(f"decision: {summary['decision']}{promotion_evidence(summary)}; champion is version "
-          f"{summary['champion_version']}")  # fmt: skip
-    if summary.get("referral"):
-        referral = summary["referral"]
-        referred, kept = rate(referral["error_rate_referred"]), rate(referral["error_rate_kept"])
-        print(f"referred to a grader: {referral['n_referred']} of {referral['n']} on {split} (error rate "
+    print(f"decision: {summary.decision}{summary.promotion_evidence()}; champion is version "
+          f"{summary.champion_version}")  # fmt: skip
+    if built.referral:
+        referral = built.referral
+        referred, kept = rate(referral.error_rate_referred), rate(referral.error_rate_kept)
+        print(f"referred to a grader: {referral.n_referred} of {referral.n} on {split} (error rate "
               f"{referred} referred, {kept} kept)")  # fmt: skip
-    if summary.get("submission"):
-        print(f"submission: {summary['submission']}")
-    if summary.get("gallery"):
-        page = run_url("http://127.0.0.1:5000", summary["gallery"]["run_id"])
-        print(f"Grad-CAM gallery (true/false positives, misses per class): {summary['gallery']['uri']}\n"
+    if built.submission:
+        print(f"submission: {built.submission}")
+    if built.gallery:
+        page = run_url("http://127.0.0.1:5000", built.gallery.run_id)
+        print(f"Grad-CAM gallery (true/false positives, misses per class): {built.gallery.uri}\n"
               f"  in the MLflow UI: {page}/artifacts?workflowType=machine_learning (gradcam/)")  # fmt: skip
     print("\nLook at the runs and models:  .venv/bin/mlflow ui --backend-store-uri " + tracking.tracking_uri())
     print(f"  then open {runs_page('http://127.0.0.1:5000')} (the pipeline runs, their scores in the name)")
     print("Or start everything (Prefect UI, MLflow UI, deployments):  make up")
-    print(f"  the Prefect UI's Artifacts page then shows odir-{summary.get('profile')}-summary (scores, decision, "
+    print(f"  the Prefect UI's Artifacts page then shows odir-{summary.profile}-summary (scores, decision, "
           "links) and the per-class table")  # fmt: skip
 
 
@@ -208,7 +189,7 @@ def _cmd_experiments(args: argparse.Namespace) -> int:
 
     with without_heartbeats():
         summary = odir_experiments(grid=args.grid, data=args.data, out=args.out, force=args.force)
-    print(f"\n{summary['rows']} experiments; report: {summary['report']}/results.md")
+    print(f"\n{summary.rows} experiments; report: {summary.report}/results.md")
     return 0
 
 

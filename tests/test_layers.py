@@ -1,4 +1,5 @@
-"""The layer rule of docs/architecture.md: components/ imports neither Prefect nor MLflow, nor steps/ or flows/."""
+"""The layer rule of docs/architecture.md: components/ imports neither Prefect nor MLflow, nor steps/ or flows/;
+steps/ imports neither Prefect nor flows/; flows/ talks to MLflow only through steps/ (steps.support.pipeline_run)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN = {
     "components": {"prefect", "mlflow", "steps", "flows"},
     "steps": {"prefect", "flows"},
+    "flows": {"mlflow"},
 }
 
 

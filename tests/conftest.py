@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from components.data.synth import SynthSizes, write_synthetic_dataset
-from tests.store import odir_home  # noqa: F401  (a fixture for every test package)
+from tests.store import empty_store, odir_here, odir_home  # noqa: F401  (fixtures for every test package)
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ import logging
 import os
 import shutil
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,16 +51,18 @@ def odir_home(tmp_path_factory: pytest.TempPathFactory, empty_store: Path) -> It
 
 @contextmanager
 def store_at(home: Path) -> Iterator[Path]:
-    """Points this process at the embedded store under ``home`` for the block, then back at the store before it (a
-    module's ``odir_home``): for a test that needs a store of its own beside its module's."""
+    """Points this process at the embedded store under ``home`` for the block; then the environment is as before,
+    and a module's store (``odir_home``) is connected again: for a test that needs a store of its own beside it."""
     from steps.support import tracking
 
+    module_store = os.environ.get("ODIR_HOME")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("ODIR_HOME", str(home))
         # empty reads as unset (the store under ODIR_HOME); setting it makes the patch undo what MLflow sets there
         patch.setenv("MLFLOW_TRACKING_URI", "")
         yield home
-    tracking.connect()
+    if module_store:
+        tracking.connect()
 
 
 @dataclass(frozen=True)
@@ -73,29 +75,24 @@ class Ran:
 
 
 @pytest.fixture
-def odir_here(
-    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
-) -> Iterator:
-    """``odir ARGS`` as ``flows.cli.main`` runs it, in this process (no 5-15 s of imports per case) against the
-    store under ``home``, as a subprocess with ``odir_env(home)`` would: the exit status (argparse's included), stdout,
-    and on stderr what the process would print there: its own lines, then its log records (``main``'s
-    ``logging.basicConfig`` sends those to stderr from INFO up; here pytest's handler catches them)."""
+def odir_here(capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> Callable[..., Ran]:
+    """``odir ARGS`` run by ``flows.cli.main`` in this process against the store under ``home`` (no process start,
+    no imports per case), with what a subprocess with ``odir_env(home)`` would show: the exit status (argparse's
+    included), stdout, and on stderr its own lines, then its log records (``main``'s ``logging.basicConfig`` sends
+    them to stderr from INFO up; here pytest's handler catches them)."""
     from flows.cli import main
 
     def run(home: Path, *args: str) -> Ran:
         capfd.readouterr()
         caplog.clear()
-        with monkeypatch.context() as patch:
-            patch.setenv("ODIR_HOME", str(home))
-            # empty reads as unset (the store under ODIR_HOME); setting it makes the patch undo what MLflow sets there
-            patch.setenv("MLFLOW_TRACKING_URI", "")
-            caplog.set_level(logging.INFO)
+        caplog.set_level(logging.INFO)
+        with store_at(home):
             try:
                 code = main(list(args))
-            except SystemExit as exit:  # argparse's usage errors
-                code = exit.code
+            except SystemExit as stopped:  # argparse's usage errors
+                code = stopped.code
         out, err = capfd.readouterr()
         logged = "".join(f"{caplog.handler.format(record)}\n" for record in caplog.records)
         return Ran(code, out, err + logged)
 
-    yield run
+    return run

@@ -7,11 +7,11 @@ DEMO_DATA ?= data/demo
 # trainings at once on each gpu pool (make deploy): one per GPU
 ODIR_GPUS ?= 1
 
-.PHONY: install demo test test-integration lint format bench up down deploy clean help
+.PHONY: install demo test test-slow test-integration lint format bench up down deploy clean help
 
 help:
 	@echo "make demo   install, generate synthetic fundus data, run the pipeline on it"
-	@echo "make test   install, lint, run the test suite"
+	@echo "make test   install, lint, run the test suite (make test-slow, make test-integration: the other tiers)"
 	@echo "make bench  install, run the benchmarks (prints ratios)"
 	@echo "make up     start the Prefect server, MLflow UI and the deployments on 127.0.0.1; make down stops them"
 
@@ -36,8 +36,17 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# test files run in TEST_WORKERS processes at once (pytest-xdist), each file's tests in one of them, in order: much of
+# a test's time is a server or a subprocess starting, which leaves a core idle
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+
 test: lint
-	$(BIN)/python -m pytest
+	$(PYTEST)
+
+# the long end-to-end runs: deployments, workers, retraining, a killed run resumed, two pipelines at once
+test-slow: install
+	$(PYTEST) -m slow
 
 # the scaled-out path against real PostgreSQL, SeaweedFS, MLflow and Prefect servers (processes, no Docker)
 test-integration: install

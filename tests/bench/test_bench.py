@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from bench import cpu_training, data_cache, end_to_end, head_only, inference, pipeline_overhead
 from components.training.heap import glibc
 
@@ -31,6 +33,7 @@ def test_pipeline_overhead_benchmark_runs(synthetic_root: Path, monkeypatch) -> 
     assert row.value > 0 and row.reference > 0
 
 
+@pytest.mark.slow  # a whole `odir full` in a process of its own, with its ephemeral Prefect server
 def test_end_to_end_benchmark_measures_a_pipeline_run(tiny_data: Path, tiny_profile: Path) -> None:
     result = end_to_end.measure(str(tiny_profile), tiny_data)
     assert result["wall"] > result["span"] > result["inside"] > 0 and result["peak_mb"] > 0

@@ -8,10 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from mlflow import MlflowClient
 
 from tests.flows.conftest import CHECKOUT, Stack
 
+pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 
 

@@ -17,8 +17,6 @@ from flows.artifacts import model_link, per_class_rows, run_link, summary_markdo
 from flows.summary import BuiltEnsemble, PipelineSummary, Referral, Score
 from tests.flows.conftest import BIN, CHECKOUT, Stack, prefect_server
 
-pytestmark = pytest.mark.slow
-
 READ_ARTIFACTS = """
 import json
 from prefect.client.orchestration import get_client
@@ -63,6 +61,7 @@ def _json(server: Stack, script: str):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_a_pipeline_run_publishes_its_summary_table_and_progress(server: Stack, champion: str) -> None:
     artifacts = {a["key"]: a for a in _json(server, READ_ARTIFACTS)}
     summary = artifacts["odir-tiny-summary"]
@@ -81,6 +80,7 @@ def test_a_pipeline_run_publishes_its_summary_table_and_progress(server: Stack, 
     assert "**Grad-CAM gallery:** evaluate run (run `" in summary["data"]
 
 
+@pytest.mark.slow
 def test_changed_data_starts_one_retrain_run_and_unchanged_data_none(
     server: Stack, champion: str, tiny_data: Path, tmp_path: Path
 ) -> None:

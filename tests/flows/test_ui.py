@@ -2,12 +2,16 @@
 filled by a tiny pipeline run, the Prefect UI of the server that ran it with ``odir serve``'s deployments.
 
 Group ``ui``: skipped, with the reason, where Chromium or Playwright is missing (``make test`` installs Playwright;
-Chromium comes from the system: ``apt-get install -y chromium``). Screenshots go to pytest's temporary folder.
+Chromium comes from the system: ``apt-get install -y chromium``, as ``.ci/run`` does), except under ``CI=true``,
+where they fail instead: CI never passes without having looked at the UIs. Screenshots go to pytest's temporary
+folder.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -25,9 +29,23 @@ from tests.servers import free_port, stop, wait_for
 pytestmark = pytest.mark.ui
 BIN = Path(sys.executable).parent
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-playwright = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install -e '.[dev]')")
-if CHROMIUM is None:
-    pytest.skip("no Chromium on PATH (apt-get install -y chromium)", allow_module_level=True)
+MISSING = [
+    reason
+    for absent, reason in (
+        (importlib.util.find_spec("playwright") is None, "Playwright is not installed (pip install -e '.[dev]')"),
+        (CHROMIUM is None, "no Chromium on PATH (apt-get install -y chromium)"),
+    )
+    if absent
+]
+if MISSING and os.environ.get("CI") != "true":
+    pytest.skip("; ".join(MISSING), allow_module_level=True)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def browser_present() -> None:
+    """Under ``CI=true`` the tests fail where the browser is missing: CI must have looked at the UIs."""
+    if MISSING:
+        pytest.fail(f"{'; '.join(MISSING)}: CI=true runs the browser tests")
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +74,9 @@ def filled(stack: Stack, tiny_data: Path, tiny_profile: Path, tmp_path_factory: 
 
 @pytest.fixture(scope="module")
 def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
-    with playwright.sync_playwright() as p:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         yield browser.new_page(viewport={"width": 1600, "height": 1000})
         browser.close()

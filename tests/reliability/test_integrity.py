@@ -4,8 +4,6 @@ idempotent."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -17,9 +15,6 @@ from components.config import load_profile
 from steps import ingest, train
 from steps.support import integrity, tracking
 from steps.support.members import member_checkpoints
-from tests.store import odir_env
-
-ODIR = str(Path(sys.executable).parent / "odir")
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +44,7 @@ def test_registration_records_each_file_and_is_idempotent(member) -> None:
     assert len(client.search_model_versions(f"name = '{result.registered_model}'")) == 1
 
 
-def test_a_corrupted_checkpoint_is_named_never_reused_and_set_aside(member, odir_home: Path) -> None:
+def test_a_corrupted_checkpoint_is_named_never_reused_and_set_aside(member, odir_home: Path, odir_here) -> None:
     config, result = member
     client = MlflowClient()
     client.set_registered_model_alias(result.registered_model, "champion", result.version)
@@ -61,12 +56,11 @@ def test_a_corrupted_checkpoint_is_named_never_reused_and_set_aside(member, odir
     assert f"{result.model_uri}: checkpoints/best.pt fails its SHA-256 check" in str(error.value)
     assert "odir verify --fix" in str(error.value)
 
-    found = subprocess.run([ODIR, "verify"], env=odir_env(odir_home), capture_output=True, text=True, timeout=300)
+    found = odir_here(odir_home, "verify")
     assert found.returncode == 1, found.stderr[-3000:]
     assert f"{result.model_uri} @champion: BROKEN: checkpoints/best.pt fails its SHA-256 check" in found.stdout
 
-    fixed = subprocess.run([ODIR, "verify", "--fix"], env=odir_env(odir_home), capture_output=True, text=True,
-                           timeout=300)  # fmt: skip
+    fixed = odir_here(odir_home, "verify", "--fix")
     assert fixed.returncode == 1 and "-> set aside" in fixed.stdout
     assert client.get_model_version(result.registered_model, result.version).aliases == []
     assert client.get_run(result.run_id).info.status == "FAILED"

@@ -1,6 +1,7 @@
 """A store that does not answer, outputs that cannot be written: one line, the right exit status, before the work.
 
-Every command runs as a real process on a real (throwaway) store; "nothing listening" is a free port of 127.0.0.1.
+Against a store that does not answer, every command runs as a real process on a real (throwaway) store; "nothing
+listening" is a free port of 127.0.0.1. The output checks run ``odir`` in the test's process (``odir_here``).
 """
 
 from __future__ import annotations
@@ -69,8 +70,8 @@ def test_an_unreachable_object_store_is_reported(odir_home: Path, tiny_data: Pat
     ],
     ids=["predict-folder", "predict-unwritable", "full", "experiments", "demo-data", "upload"],
 )
-def test_outputs_are_checked_before_the_work(command: list[str], message: str, odir_home: Path, tmp_path: Path,
-                                             tiny_data: Path, tiny_profile: Path) -> None:  # fmt: skip
+def test_outputs_are_checked_before_the_work(command: list[str], message: str, tmp_path: Path, tiny_data: Path,
+                                             tiny_profile: Path, odir_here) -> None:  # fmt: skip
     (tmp_path / "a-file.csv").write_text("x\n")
     names = {
         "images": str(tiny_data / "images" / "onsite_test"),
@@ -80,10 +81,11 @@ def test_outputs_are_checked_before_the_work(command: list[str], message: str, o
         "file": str(tmp_path / "a-file.csv"),
         "missing": str(tmp_path / "nope"),
     }
-    done = _odir(odir_home, *(part.format(**names) for part in command))
+    home = tmp_path / "home"
+    done = odir_here(home, *(part.format(**names) for part in command))
     assert done.returncode == 2
     assert message.format(**names) in _one_line(done.stderr)
-    assert not (odir_home / "mlruns").exists() or "predict" in command  # no run was opened
+    assert not (home / "mlruns").exists() or "predict" in command  # no run was opened
 
 
 def test_two_embedded_stores_share_no_files(tmp_path: Path, odir_home: Path) -> None:

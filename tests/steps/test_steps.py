@@ -20,11 +20,11 @@ from components.evaluation.metrics import multilabel_report
 from components.monitoring.referral import MEMBER_STD_COLUMNS, TTA_STD_COLUMNS, UNCERTAINTY_COLUMNS
 from components.training.hardware import hardware_record
 from steps import ensemble, evaluate, ingest, promote, submit, train, tune_thresholds
-from steps.support import registry, tracking
+from steps.support import cli, registry, tracking
 from steps.support.manifest import load_manifest
 from steps.support.predict import predict_paths
 from steps.support.predictions import labels_of, probabilities_of, read_predictions
-from tests.store import odir_env
+from tests.store import odir_env, store_at
 
 MEMBERS = ("tiny-a", "tiny-b")
 
@@ -341,6 +341,7 @@ def _step(module: str, env: dict[str, str], *args: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # seven processes and a second store: make test keeps one step as a process (a corrupt image)
 def test_steps_as_commands_match_the_in_process_run(
     pipeline: dict, tiny_data: Path, tiny_profile: Path, tmp_path: Path
 ) -> None:
@@ -395,20 +396,23 @@ def test_a_corrupt_image_fails_evaluate_with_a_clear_message(
     pipeline: dict, tiny_data: Path, tiny_profile: Path, tmp_path: Path
 ) -> None:
     data = Path(shutil.copytree(tiny_data, tmp_path / "data"))
-    env = odir_env(tmp_path / "home")
-    ing = _step("ingest", env, "--data-root", str(data))
-    spec = tmp_path / "spec.yaml"  # --spec also takes a file
-    spec.write_text(load_profile(tiny_profile).model("tiny-a").model_dump_json())
-    member = _step("train", env, "--manifest-uri", ing["manifest_uri"], "--spec", str(spec))
+    home = tmp_path / "home"
+    with store_at(home):  # a store of its own: the failed run is the only one there
+        ing = ingest.run(ingest.IngestConfig(data_root=str(data)))
+        spec = tmp_path / "spec.yaml"  # --spec also takes a file
+        spec.write_text(load_profile(tiny_profile).model("tiny-a").model_dump_json())
+        argv = ["--manifest-uri", ing.manifest_uri, "--spec", str(spec)]
+        member = train.run(cli.parse_config(train.TrainStepConfig, argv, "python -m steps.train"))
     broken = sorted((data / "images" / "offsite_test").iterdir())[3]
     broken.write_bytes(b"not a jpeg")
     done = subprocess.run(
-        [sys.executable, "-m", "steps.evaluate", "--model-uri", member["model_uri"],
-         "--manifest-uri", ing["manifest_uri"], "--split", "offsite_test"], env=env, capture_output=True, text=True,
+        [sys.executable, "-m", "steps.evaluate", "--model-uri", member.model_uri,
+         "--manifest-uri", ing.manifest_uri, "--split", "offsite_test"], env=odir_env(home), capture_output=True,
+        text=True,
     )  # fmt: skip
     assert done.returncode == 2
     assert f"{broken}: cannot be decoded as an image" in done.stderr and "Traceback" not in done.stderr
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'home' / 'mlruns' / 'mlflow.db'}")
+    client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlruns' / 'mlflow.db'}")
     [experiment] = [e for e in client.search_experiments() if e.name == tracking.DEFAULT_EXPERIMENT]
     [run] = client.search_runs([experiment.experiment_id], filter_string="tags.`odir.step` = 'evaluate'")
     assert run.info.status == "FAILED" and run.data.params["split"] == "offsite_test"

@@ -48,7 +48,7 @@ from torch.utils.data import DataLoader
 
 from components.data.dataset import IMAGE_CACHE, FundusDataset, ImageSource, decode_image, to_model_input
 from components.data.fundus import FundusPreprocess, fov_box, fov_mask
-from components.models.backbones import Classifier
+from components.models.runtime import Network, prepare
 
 FEATURES: tuple[str, ...] = (
     "width", "height", "aspect", "brightness", "contrast", "saturation", "red_share", "border_share", "corner_fill",
@@ -200,13 +200,12 @@ def describe_images(sources: Sequence[ImageSource]) -> np.ndarray:
 
 @torch.no_grad()
 def embed_images(
-    model: Classifier, sources: Sequence[ImageSource], image_size: int, batch_size: int = 32,
+    model: Network, sources: Sequence[ImageSource], image_size: int, batch_size: int = 32,
     preprocess: FundusPreprocess | None = None,
 ) -> np.ndarray:  # fmt: skip
     """``(N, num_features)`` pooled features of images as the model sees them (resized, preprocessed, no TTA)."""
     dataset = FundusDataset(list(sources), None, image_size, IMAGE_CACHE, preprocess)
-    device = next(model.parameters()).device
-    model.eval()
+    device = prepare(model)
     chunks = [
         model.forward_features(to_model_input(batch.to(device))).float().cpu()
         for batch, _ in DataLoader(dataset, batch_size=batch_size, shuffle=False)

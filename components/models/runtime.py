@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -29,12 +29,27 @@ from components.data.dataset import to_model_input
 from components.models.backbones import Classifier
 from components.models.tta import predict_view_probs
 
-log = logging.getLogger(__name__)
-
 INPUT, LOGITS, FEATURES = "images", "logits", "features"
 TOLERANCE = 1e-4
 """Largest absolute difference of a probability between an exported network and the eager one on real images for the
 exported one to be used (float32 either way; measured about 1e-6)."""
+
+
+EXPORTER_LOGGERS = ("torch.onnx", "onnxscript", "onnx_ir")
+
+
+@contextlib.contextmanager
+def _quiet(names: Sequence[str]) -> Iterator[None]:
+    """Warnings and errors only from these loggers while the block runs."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 class _LogitsAndFeatures(nn.Module):
@@ -55,8 +70,9 @@ def export_onnx(model: Classifier, image_size: int, path: Path | str) -> Path:
     path = Path(path)
     example = torch.zeros((2, 3, image_size, image_size), dtype=torch.uint8)
     batch = torch.export.Dim("batch", min=1)
-    # the exporter reports each of its stages on stdout: odir's commands print their own lines there
-    with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+    # the exporter reports each of its stages on stdout, and its graph optimiser each rewrite in the log (hundreds of
+    # lines per network): odir's commands print their own lines there
+    with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), _quiet(EXPORTER_LOGGERS):
         torch.onnx.export(
             _LogitsAndFeatures(model).eval(), (example,), str(path), input_names=[INPUT],
             output_names=[LOGITS, FEATURES], dynamic_shapes=({0: batch},), dynamo=True, external_data=False,

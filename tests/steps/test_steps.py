@@ -127,6 +127,53 @@ def test_champion_reproduces_the_logged_offsite_metrics(pipeline: dict, monkeypa
     assert ((labels == 1) == (probs >= np.array(thresholds))).all()
 
 
+def test_the_ensemble_runs_its_checked_onnx_exports_and_eager_gives_the_same_labels(pipeline: dict) -> None:
+    from components.models.backbones import Classifier
+    from components.models.runtime import TOLERANCE, ExportedNetwork
+
+    run = MlflowClient().get_run(pipeline["ensemble"].run_id)
+    assert run.data.tags["export"] == "onnx" and run.data.params["export_check_images"] == "12"  # the 12 val images
+    assert 0 <= run.data.metrics["export_largest_difference"] <= TOLERANCE
+    uri = pipeline["ensemble"].model_uri
+    requirements = Path(tracking.download(f"{uri}/requirements.txt")).read_text().splitlines()
+    assert any(line.startswith("onnxruntime==") for line in requirements), requirements
+    exported, eager = contracts.load_ensemble(uri), contracts.load_ensemble(uri, "torch")
+    assert exported.backend == "onnxruntime" and eager.backend == "torch"
+    assert all(isinstance(network, ExportedNetwork) for folds in exported.members for network, _ in folds)
+    assert all(isinstance(network, Classifier) for folds in eager.members for network, _ in folds)
+    paths = [str(p) for p in contracts.load_manifest(pipeline["ingest"].manifest_uri).paths("offsite_test")]
+    fast, reference = exported.predict_sources(paths), eager.predict_sources(paths)
+    probs = ["p_D", "p_G", "p_A"]
+    np.testing.assert_allclose(fast[probs].to_numpy(), reference[probs].to_numpy(), atol=TOLERANCE, rtol=0)
+    assert (fast[list(LABELS)].to_numpy() == reference[list(LABELS)].to_numpy()).mean() >= 0.99
+
+
+def test_a_version_without_exports_runs_eager(pipeline: dict, tmp_path: Path) -> None:
+    """As an ensemble registered before exports (or whose export failed its check): its config names none."""
+    from types import SimpleNamespace
+
+    import yaml
+
+    from steps.support import integrity
+    from steps.support.ensemble_model import CONFIG_ARTIFACT, OdirEnsemble
+
+    uri = pipeline["ensemble"].model_uri
+    folder = integrity.verified_model_dir(uri)
+    saved = yaml.safe_load((folder / "MLmodel").read_text())["flavors"]["python_function"]["artifacts"]
+    artifacts = {key: str(folder / entry["path"]) for key, entry in saved.items()}
+    config = json.loads(Path(artifacts[CONFIG_ARTIFACT]).read_text())
+    assert config["exported"] and all(key + "_onnx" in artifacts for key in config["exported"])
+    del config["exported"]
+    (tmp_path / "ensemble.json").write_text(json.dumps(config))
+    artifacts[CONFIG_ARTIFACT] = str(tmp_path / "ensemble.json")
+    older = OdirEnsemble()
+    older.load_context(SimpleNamespace(artifacts=artifacts, model_config={}))
+    assert older.backend == "torch"
+    paths = [str(p) for p in contracts.load_manifest(pipeline["ingest"].manifest_uri).paths("offsite_test")]
+    eager = contracts.load_ensemble(uri, "torch")
+    pd.testing.assert_frame_equal(older.predict_sources(paths), eager.predict_sources(paths))
+
+
 def test_evaluate_logs_predictions_table_and_figures(pipeline: dict) -> None:
     client = MlflowClient()
     run_id = pipeline["offsite"].run_id

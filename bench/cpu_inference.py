@@ -95,20 +95,25 @@ def _post(port: int, body: bytes) -> None:
             raise RuntimeError(f"the server answered {response.status}")
 
 
-def serve(model: str, images: list[Path], backend: str) -> tuple[float, float]:
-    """One ``mlflow models serve`` of ``model`` on ``backend`` under :data:`CLIENTS` concurrent clients; returns
-    images/s and the server's peak PSS in MB."""
+def serve(model: str, images: list[Path], backend: str, folder: Path) -> tuple[float, float]:
+    """One ``mlflow models serve`` of ``model`` on ``backend`` under :data:`CLIENTS` concurrent clients (its log in
+    ``folder``); returns images/s and the server's peak PSS in MB."""
     from flows.stack import wait_ready
     from steps.support import tracking
 
     port = _free_port()
-    env = _env(MLFLOW_TRACKING_URI=tracking.tracking_uri(), SERVING_MODEL_CONFIG=json.dumps({"backend": backend}))
+    env = _env(
+        MLFLOW_TRACKING_URI=tracking.tracking_uri(),
+        SERVING_MODEL_CONFIG=json.dumps({"backend": backend}),
+        PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    )  # its uvicorn
     command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model, "--env-manager", "local",
                "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # fmt: skip
-    server = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)  # fmt: skip
+    log = folder / f"serve-{backend}.log"
+    with log.open("w") as sink:
+        server = subprocess.Popen(command, env=env, start_new_session=True, stdout=sink, stderr=subprocess.STDOUT)
     try:
-        wait_ready(f"http://127.0.0.1:{port}/ping", server, seconds=600)
+        wait_ready(f"http://127.0.0.1:{port}/ping", server, seconds=600, log=log)
         bodies = [
             json.dumps({"dataframe_records": [{"image_b64": base64.b64encode(images[(start + k) % len(images)]
                                                                               .read_bytes()).decode()}
@@ -180,7 +185,7 @@ def measure(model: str, images: Path, rounds: int, folder: Path) -> list[Row]:
             memory[backend].append(peak)
     for _ in range(rounds):
         for backend in reversed(BACKENDS):
-            rate, peak = serve(model, files, backend)
+            rate, peak = serve(model, files, backend, folder)
             served[backend].append(rate)
             served_memory[backend].append(peak)
     fast, eager = BACKENDS

@@ -14,8 +14,9 @@ from components.models.runtime import ExportedNetwork, Network, prepare
 from components.models.tta import STUDY_VIEWS, predict_view_probs
 
 EXPORTED_BATCH = 8
-"""Images whose views an exported network takes in one call (40 forwards with the five study views): measured
-faster than the views of 32 (docs/benchmarks.md, "CPU inference")."""
+"""Images whose views an exported network takes in one call (40 forwards with the five study views): as fast as the
+views of 32 within the noise of two runs on 2 shared cores (1.19x faster in one, 0.82x in the other;
+docs/benchmarks.md, "CPU inference"), with a quarter of the activations in memory at once."""
 
 
 def predict_images(

@@ -148,6 +148,20 @@ def test_the_ensemble_runs_its_checked_onnx_exports_and_eager_gives_the_same_lab
     assert (fast[list(LABELS)].to_numpy() == reference[list(LABELS)].to_numpy()).mean() >= 0.99
 
 
+def test_an_export_that_fails_its_check_is_not_used_and_the_run_says_so(
+    pipeline: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checkpoint = contracts.member_checkpoints(pipeline["members"][0].model_uri)[0]
+    images = [str(p) for p in contracts.load_manifest(pipeline["ingest"].manifest_uri).paths("offsite_test")][:4]
+    config = ensemble.EnsembleConfig(member_model_uris=(), member_val_predictions=(), manifest_uri="unused")
+    monkeypatch.setattr(ensemble, "TOLERANCE", -1.0)  # no difference passes: as an export that computes otherwise
+    with mlflow.start_run() as run:
+        assert ensemble._exports(config, {"member_0_0": str(checkpoint)}, images, tmp_path) == ({}, {})
+    tag = MlflowClient().get_run(run.info.run_id).data.tags["export"]
+    assert tag.startswith("none: member_0_0 (best.pt): its export's probabilities differ from eager by up to ")
+    assert tag.endswith("on 4 images, over -1")
+
+
 def test_a_version_without_exports_runs_eager(pipeline: dict, tmp_path: Path) -> None:
     """As an ensemble registered before exports (or whose export failed its check): its config names none."""
     from types import SimpleNamespace

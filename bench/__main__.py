@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from bench import cpu_training, data_cache, end_to_end, head_only, inference, pipeline_overhead
+from bench import cpu_inference, cpu_training, data_cache, end_to_end, head_only, inference, pipeline_overhead
 from bench.common import HEADER, dataset_root
 
 
@@ -16,8 +16,8 @@ def main() -> None:
     print(f"# odir benchmarks, {time.strftime('%Y-%m-%d %H:%M')}, {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} torch threads, {source}")  # fmt: skip
     print(HEADER)
-    benchmarks = (data_cache.run, head_only.run, cpu_training.run, inference.run, pipeline_overhead.run,
-                  lambda _: end_to_end.run())  # fmt: skip
+    benchmarks = (data_cache.run, head_only.run, cpu_training.run, inference.run, cpu_inference.run,
+                  pipeline_overhead.run, lambda _: end_to_end.run())  # fmt: skip
     for benchmark in benchmarks:
         for row in benchmark(root):
             print(row.format(), flush=True)

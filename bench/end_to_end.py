@@ -9,7 +9,6 @@ evaluation's and the submission's prediction clock (``predict_seconds``, model l
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
@@ -19,18 +18,7 @@ from pathlib import Path
 
 import psutil
 
-from bench.common import Row
-
-
-def _tree_pss(process: psutil.Process) -> int:
-    """The resident memory of a process tree: the sum of proportional set sizes, which splits each shared page
-    among its sharers. A sum of RSS would count a page twice whenever a process forks (until the child execs), and
-    MLflow and Prefect start helper processes that way: a 1.3 GB ``odir`` read as 2.7 GB for a moment."""
-    total = 0
-    for member in [process, *process.children(recursive=True)]:
-        with contextlib.suppress(psutil.Error):  # a child that exited meanwhile
-            total += member.memory_full_info().pss
-    return total
+from bench.common import Row, tree_pss
 
 
 def measure(profile: str = "demo", data: Path | None = None) -> dict[str, float]:
@@ -48,7 +36,7 @@ def measure(profile: str = "demo", data: Path | None = None) -> dict[str, float]
         process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         watched, peak = psutil.Process(process.pid), 0
         while process.poll() is None:
-            peak = max(peak, _tree_pss(watched))
+            peak = max(peak, tree_pss(watched))
             time.sleep(0.2)
         wall = time.perf_counter() - started
         if process.returncode != 0:

@@ -2,7 +2,8 @@
 
 :func:`check_images` loads the reference the ensemble step logged with the version
 (:func:`steps.support.drift_reference.load_drift_reference`), measures the new images and embeds them with the same
-member network (its first fold model), compares (:func:`components.monitoring.drift.compare`: per-feature KS tests and
+member network (its first fold model; its ONNX export in the ensemble where it has one,
+:mod:`components.models.runtime`), compares (:func:`components.monitoring.drift.compare`: per-feature KS tests and
 an embedding MMD test, Holm-corrected at ``alpha``; per-image out-of-distribution flags) and logs a run tagged
 ``odir.step=drift``: metrics ``drift_score``, ``mmd``, ``mmd_p_value``, ``ks_<feature>`` (the KS statistics),
 ``ood_count``; artifacts ``drift/images.csv`` (per image its statistics, embedding distance, and why it is out of
@@ -24,11 +25,16 @@ from pathlib import Path
 import pandas as pd
 
 from components.errors import OdirError
+from components.models.runtime import Network
 from components.monitoring.drift import DriftReport, compare
 from components.monitoring.image_stats import FEATURES, describe_images
+from components.monitoring.reference import embed_images
+from components.training.checkpoints import load_trained
+from components.training.spec import ModelSpec
 from steps.support import cli, registry, tracking
-from steps.support.drift_reference import embed_paths, embedding_checkpoint, load_drift_reference
+from steps.support.drift_reference import embedding_checkpoint, load_drift_reference
 from steps.support.manifest import image_files
+from steps.support.predict import load_ensemble
 
 CHAMPION = f"models:/{registry.ENSEMBLE_MODEL}@champion"
 SHOWN_IMAGES = 20
@@ -43,6 +49,7 @@ class DriftConfig:
     alpha: float = 0.05
     experiment: str = tracking.DEFAULT_EXPERIMENT
     parent_run_id: str | None = None
+    backend: str | None = None
 
 
 def _images_frame(report: DriftReport, stats) -> pd.DataFrame:
@@ -74,9 +81,11 @@ def _log(report: DriftReport, stats, model_uri: str) -> None:
 
 def check_images(
     image_paths: Sequence[str | Path], model_uri: str = CHAMPION, alpha: float = 0.05,
-    experiment: str = tracking.DEFAULT_EXPERIMENT, parent_run_id: str | None = None,
+    experiment: str = tracking.DEFAULT_EXPERIMENT, parent_run_id: str | None = None, backend: str | None = None,
 ) -> DriftReport:  # fmt: skip
-    """New images against the drift reference of a registered ensemble version; logs the check as a run.
+    """New images against the drift reference of a registered ensemble version; logs the check as a run. The
+    embeddings run on ``backend`` (as :func:`~steps.support.predict.load_ensemble`; None: the version's exported
+    network where it has one).
 
     Raises:
         OdirError: no images, ``alpha`` outside (0, 1), a model URI the registry does not have, a version without a
@@ -93,9 +102,10 @@ def check_images(
     name, version = registry.split_model_uri(model_uri)
     resolved = f"models:/{name}/{version}"
     source = reference.source
-    checkpoint = embedding_checkpoint(source["member_model_uri"], source.get("checkpoint"))
+    network, spec = _embedding_network(resolved, source, backend)
     stats = describe_images(paths)
-    report = compare(reference, stats, embed_paths(checkpoint, paths), paths, alpha)
+    embeddings = embed_images(network, paths, spec.image_size, spec.batch_size, spec.fundus_preprocess())
+    report = compare(reference, stats, embeddings, paths, alpha)
     report = dataclasses.replace(report, model_uri=resolved)
     with tracking.step_run("drift", experiment, parent_run_id, f"drift {name}/{version}") as run:
         report = dataclasses.replace(report, run_id=run.info.run_id)
@@ -103,10 +113,22 @@ def check_images(
     return report
 
 
+def _embedding_network(model_uri: str, source: dict, backend: str | None) -> tuple[Network, ModelSpec]:
+    """The network whose pooled features the reference holds (the member checkpoint its ``source`` names): its
+    export in the ensemble, run by ONNX Runtime (unless ``backend`` is ``torch``, or the version has none), else the
+    eager network."""
+    if backend != "torch":
+        model = load_ensemble(model_uri, backend)
+        found = model.network_of(source["member_model_uri"], source.get("checkpoint"))
+        if found is not None and model.backend != "torch":
+            return found
+    return load_trained(embedding_checkpoint(source["member_model_uri"], source.get("checkpoint")))
+
+
 def run(config: DriftConfig) -> DriftReport:
     """The step: :func:`check_images` over the images of ``config.images``."""
     return check_images(image_files(config.images), config.model_uri, config.alpha, config.experiment,
-                        config.parent_run_id)  # fmt: skip
+                        config.parent_run_id, config.backend)  # fmt: skip
 
 
 def _verdict(report: DriftReport) -> str:

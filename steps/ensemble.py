@@ -16,6 +16,12 @@ CV mode compares them. The result is registered as ``odir-ensemble``: an MLflow
 pyfunc that holds the member checkpoints, the weights, the temperatures, the TTA views and the thresholds, and
 predicts labels from image paths or bytes.
 
+Each fold model is also exported to ONNX (:mod:`components.models.runtime`) and checked against its eager network on
+up to :data:`EXPORT_CHECK_IMAGES` of the first member's validation (or out-of-fold) images, with every TTA view: the
+exports go into the pyfunc, which runs them under ONNX Runtime, only when every fold model's probabilities are within
+:data:`~components.models.runtime.TOLERANCE` of eager; otherwise the version runs eager PyTorch, and the run says so
+(tag ``export``, metric ``export_largest_difference``).
+
 The ensemble's run also logs ``drift_reference/`` (:func:`steps.support.drift_reference.log_drift_reference`):
 statistics and pooled embeddings (first member, first fold model) of up to 500 images that model never trained on
 (val, or fold 0 in CV mode); the registered version names it in its tags ``drift_reference_uri`` and
@@ -36,17 +42,22 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from components import LABELS
+from components.data.dataset import FundusDataset
 from components.data.splits import patient_of
 from components.evaluation.calibration import apply_temperature, calibration_errors, fit_temperatures
 from components.evaluation.ensemble import align_members, normalise_weights, weighted_mean, weights_from_scores
 from components.evaluation.metrics import DEFAULT_THRESHOLD, f1_macro, multilabel_report
 from components.evaluation.scoring import scored_report
 from components.evaluation.thresholds import ThresholdResult, fit_thresholds
+from components.models import DEFAULT_BACKEND
+from components.models.runtime import TOLERANCE, ExportedNetwork, export_onnx, largest_difference
 from components.models.tta import STUDY_VIEWS, check_views
-from components.monitoring.reference import MIN_REFERENCE_IMAGES
+from components.monitoring.reference import MIN_REFERENCE_IMAGES, reference_sample
 from components.monitoring.referral import ReferralSpec
+from components.training.checkpoints import load_trained
 from steps.support import cli, integrity, registry, tracking
 from steps.support.base import StepConfig, run_step
 from steps.support.drift_reference import build_drift_reference, log_drift_reference
@@ -57,6 +68,9 @@ from steps.support.predictions import labels_of, predictions_frame, read_predict
 from steps.support.thresholds import grid_of, log_thresholds, read_thresholds
 
 log = logging.getLogger(__name__)
+
+EXPORT_CHECK_IMAGES = 16
+"""Real images on which each exported fold model is checked against its eager network (all TTA views of each)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,9 +113,10 @@ def _weights(config: EnsembleConfig, labels: np.ndarray, member_probs: list[np.n
 
 def _register(
     config: EnsembleConfig, names: list[str], weights: np.ndarray, thresholds: dict, temperatures: np.ndarray,
-    tags: dict,
+    tags: dict, check_images: list[str],
 ) -> str:  # fmt: skip
-    """Logs the pyfunc with the member checkpoints and registers it; returns the new version."""
+    """Logs the pyfunc with the member checkpoints (and their checked exports) and registers it; returns the new
+    version."""
     import mlflow
 
     from steps.support.ensemble_model import CONFIG_ARTIFACT, OdirEnsemble, input_schema, output_schema
@@ -114,9 +129,11 @@ def _register(
             checkpoints = {f"member_{index}_{k}": str(path) for k, path in enumerate(member_checkpoints(uri))}
             artifacts.update(checkpoints)
             keys.append(list(checkpoints))
+        exports, exported = _exports(config, artifacts, check_images, Path(tmp))
+        artifacts.update(exports)
         payload = {"members": names, "model_uris": list(config.member_model_uris), "weights": weights.tolist(),
                    "views": list(config.views), "thresholds": thresholds, "temperatures": temperatures.tolist(),
-                   "checkpoints": keys, "referral": config.referral.model_dump()}  # fmt: skip
+                   "checkpoints": keys, "referral": config.referral.model_dump(), "exported": exported}  # fmt: skip
         config_path.write_text(json.dumps(payload, indent=2))
         artifacts[CONFIG_ARTIFACT] = str(config_path)
         with warnings.catch_warnings():  # no input example on purpose: it would have to be an image file
@@ -128,10 +145,61 @@ def _register(
                 code_paths=[str(code / "components"), str(code / "steps")],
                 signature=mlflow.models.ModelSignature(inputs=input_schema(), outputs=output_schema()),
                 pip_requirements=tracking.pinned_requirements(
-                    "torch", "torchvision", "timm", "numpy", "pandas", "pillow"
+                    "torch", "torchvision", "timm", "numpy", "pandas", "pillow", "onnxruntime"
                 ),
+                model_config={"backend": DEFAULT_BACKEND},
             )
     return integrity.register(info.model_uri, registry.ENSEMBLE_MODEL, tags)  # with its tags and files' SHA-256
+
+
+def _check_images(config: EnsembleConfig, frame: pd.DataFrame) -> list[str]:
+    """Up to :data:`EXPORT_CHECK_IMAGES` of the first member's validation (or out-of-fold) images, a fixed sample."""
+    manifest = load_manifest(config.manifest_uri)
+    by_id = manifest.frame.drop_duplicates("id").set_index("id")
+    ids = [frame["id"].iloc[i] for i in reference_sample(len(frame), EXPORT_CHECK_IMAGES)]
+    return [str(manifest.local_root / by_id.loc[image_id, "path"]) for image_id in ids]
+
+
+def _exports(
+    config: EnsembleConfig, checkpoints: dict[str, str], images: list[str], folder: Path
+) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+    """Each fold model exported to ONNX in ``folder`` and checked against its eager network on ``images`` (every TTA
+    view). Returns the pyfunc artifacts of the exports and, per checkpoint key, its export's artifact and the
+    checkpoint's file name; both empty (the version runs eager) when an export fails or differs by more than
+    :data:`~components.models.runtime.TOLERANCE`, which the log and the run's tag ``export`` say."""
+    import mlflow
+
+    artifacts, exported, largest = {}, {}, 0.0
+    for key, checkpoint in checkpoints.items():
+        model, spec = load_trained(checkpoint, "cpu")  # the reference: eager float32 on the CPU
+        batch = torch.stack([image for image, _ in FundusDataset(images, None, spec.image_size,
+                                                                  preprocess=spec.fundus_preprocess())])  # fmt: skip
+        try:
+            path = export_onnx(model, spec.image_size, folder / f"{key}.onnx")
+            difference = largest_difference(model, ExportedNetwork(path), batch, config.views)
+        except Exception as error:
+            return _no_exports(f"{key} ({Path(checkpoint).name}) could not be exported: {error}")
+        largest = max(largest, difference)
+        if difference > TOLERANCE:
+            return _no_exports(f"{key} ({Path(checkpoint).name}): its export's probabilities differ from eager by "
+                               f"up to {difference:.2g} on {len(images)} images, over {TOLERANCE:g}")  # fmt: skip
+        artifacts[f"{key}_onnx"] = str(path)
+        exported[key] = {"artifact": f"{key}_onnx", "checkpoint": Path(checkpoint).name}
+    mlflow.log_metric("export_largest_difference", largest)
+    mlflow.log_param("export_check_images", len(images))
+    mlflow.set_tag("export", "onnx")
+    log.info("exported %d fold models to ONNX: probabilities within %.2g of eager on %d images", len(exported),
+             largest, len(images))  # fmt: skip
+    return artifacts, exported
+
+
+def _no_exports(reason: str) -> tuple[dict, dict]:
+    """No exports: the version runs eager PyTorch; the log and the run's tag ``export`` say why."""
+    import mlflow
+
+    log.warning("no ONNX exports, the ensemble runs eager PyTorch: %s", reason)
+    mlflow.set_tag("export", f"none: {reason}"[:5000])
+    return {}, {}
 
 
 def _temperatures(config: EnsembleConfig, labels: np.ndarray, member_probs: list[np.ndarray]) -> np.ndarray:
@@ -288,7 +356,8 @@ def _combine(
         metrics.update(_cross_fitted(config, frame, member_probs, folds))
     version_tags = {**tags, "kind": "ensemble", "members": ",".join(config.member_model_uris),
                     **_drift_reference(config, frame)}  # fmt: skip
-    version = _register(config, names, weights, tuned.as_dict(), temperatures, version_tags)
+    check_images = _check_images(config, frame)
+    version = _register(config, names, weights, tuned.as_dict(), temperatures, version_tags, check_images)
     mlflow.set_tag("registered_model_uri", f"models:/{registry.ENSEMBLE_MODEL}/{version}")
     log.info("registered %s version %s (weights %s)", registry.ENSEMBLE_MODEL, version, np.round(weights, 3))
     return EnsembleResult(

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from components.data.dataset import IMAGE_CACHE, FundusDataset, to_model_input
 from components.data.fundus import FundusPreprocess
 from components.data.images import ImageSource
-from components.models.backbones import Classifier
+from components.models.runtime import Network, prepare
 from components.monitoring.image_stats import FEATURES
 
 REFERENCE_IMAGES = 500
@@ -48,13 +48,12 @@ FENCE_FLOOR = {"saturation": 0.1, "red_share": 0.05, "aspect": 0.05, "disc_eleva
 
 @torch.no_grad()
 def embed_images(
-    model: Classifier, sources: Sequence[ImageSource], image_size: int, batch_size: int = 32,
+    model: Network, sources: Sequence[ImageSource], image_size: int, batch_size: int = 32,
     preprocess: FundusPreprocess | None = None,
 ) -> np.ndarray:  # fmt: skip
     """``(N, num_features)`` pooled features of images as the model sees them (resized, preprocessed, no TTA)."""
     dataset = FundusDataset(list(sources), None, image_size, IMAGE_CACHE, preprocess)
-    device = next(model.parameters()).device
-    model.eval()
+    device = prepare(model)
     chunks = [
         model.forward_features(to_model_input(batch.to(device))).float().cpu()
         for batch, _ in DataLoader(dataset, batch_size=batch_size, shuffle=False)

@@ -22,11 +22,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         from steps.support.drift_reference import load_drift_reference
 
         load_drift_reference(args.model)  # a version without one: one line before the work, not after it
-    prediction = predict_paths(args.model, [str(p) for p in images])
+    prediction = predict_paths(args.model, [str(p) for p in images], backend=args.backend)
     frame = prediction.frame.round(6)
     frame.insert(0, "id", [p.name for p in images])
     if args.check_drift:
-        frame = frame.assign(**_drift_columns(images, args.model))
+        frame = frame.assign(**_drift_columns(images, args.model, args.backend))
     frame.to_csv(args.out, index=False)
     referred = int(frame["refer"].sum())
     print(f"{len(frame)} predictions from {args.model} written to {Path(args.out).resolve()}")
@@ -35,15 +35,23 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _drift_columns(images: list[Path], model_uri: str) -> dict[str, list]:
+def _drift_columns(images: list[Path], model_uri: str, backend: str | None) -> dict[str, list]:
     """``odir predict --check-drift``: the images against the model's drift reference, the report printed and
     logged; returns the per-image columns ``ood`` (0/1) and ``ood_reasons``."""
     from steps.drift import check_images, format_report
 
-    report = check_images(images, model_uri)
+    report = check_images(images, model_uri, backend=backend)
     print(format_report(report))
     return {"ood": [int(c.out_of_distribution) for c in report.images],
             "ood_reasons": ["; ".join(c.reasons) for c in report.images]}  # fmt: skip
+
+
+def _backend_argument(command: argparse.ArgumentParser) -> None:
+    from components.models import BACKENDS
+
+    command.add_argument("--backend", choices=BACKENDS,
+                         help="what runs the ensemble's networks: onnxruntime (the default, where the version has "
+                         "ONNX exports; older versions run eager) or torch (eager PyTorch, the reference)")  # fmt: skip
 
 
 def add_predict(commands: argparse._SubParsersAction) -> None:
@@ -57,6 +65,7 @@ def add_predict(commands: argparse._SubParsersAction) -> None:
         help="also compare the images with the model's training reference (as odir check-drift): the report is "
         "printed and logged, and the CSV gets the columns ood and ood_reasons",
     )  # fmt: skip
+    _backend_argument(predict)
     predict.set_defaults(handler=_cmd_predict)
 
 
@@ -90,7 +99,7 @@ def _cmd_check_drift(args: argparse.Namespace) -> int:
     from steps.drift import check_images, format_report
     from steps.support.manifest import image_files
 
-    report = check_images(image_files(args.images), args.model, alpha=args.alpha)
+    report = check_images(image_files(args.images), args.model, alpha=args.alpha, backend=args.backend)
     print(format_report(report))
     failed = report.drift or (args.fail_on_ood and report.ood_count > 0)
     hint = "" if args.fail_on_ood else " (listed above; --fail-on-ood fails on them)"
@@ -121,6 +130,7 @@ def add_check_drift(commands: argparse._SubParsersAction) -> None:
                              help="exit 1 also when any single image is out of distribution (a few are in any "
                              "large folder of real photos: the flag's threshold is the reference's 99th percentile "
                              "x 1.25)")  # fmt: skip
+    _backend_argument(check_drift)
     check_drift.set_defaults(handler=_cmd_check_drift)
 
 

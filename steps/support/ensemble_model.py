@@ -9,6 +9,14 @@ chose. It returns, per row,
 ``tta_std_*`` (the test-time views' spread) and ``member_std_*`` (the members' disagreement), and ``refer`` (1: send
 the image to a human grader; :mod:`components.monitoring.referral`, limits from the profile's ``referral``).
 Member checkpoints are loaded with ``weights_only=True``: the model runs no pickled code of its own.
+
+Backends: each fold model runs as its ONNX export under ONNX Runtime (``onnxruntime``, the default: exported and
+checked against the eager network on real images at registration, :mod:`components.models.runtime`) or as the eager
+PyTorch network (``torch``, the reference; ``odir explain`` needs its gradients). The pyfunc's model config
+``{"backend": "torch"}`` chooses eager (``mlflow.pyfunc.load_model(uri, model_config=...)``; for ``mlflow models
+serve``, the environment variable ``SERVING_MODEL_CONFIG='{"backend": "torch"}'``). A version without exported
+networks (registered before they existed, or whose export failed its check) runs eager whatever the setting, and
+says so in its log.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -30,7 +39,9 @@ from components import LABELS
 from components.data.images import ImageSource
 from components.errors import OdirError
 from components.evaluation.ensemble import PROB_COLUMNS
-from components.models.inference import predict_image_views
+from components.models import BACKENDS, DEFAULT_BACKEND
+from components.models.inference import predict_networks_views
+from components.models.runtime import ExportedNetwork, Network
 from components.monitoring.referral import (
     MEMBER_STD_COLUMNS,
     TTA_STD_COLUMNS,
@@ -38,7 +49,10 @@ from components.monitoring.referral import (
     ensemble_uncertainty,
     prediction_frame,
 )
-from components.training.checkpoints import load_trained
+from components.training.checkpoints import load_checkpoint, load_trained
+from components.training.spec import ModelSpec
+
+log = logging.getLogger(__name__)
 
 CONFIG_ARTIFACT = "ensemble_config"
 
@@ -129,15 +143,50 @@ class OdirEnsemble(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         config = json.loads(Path(context.artifacts[CONFIG_ARTIFACT]).read_text())
         self.names: list[str] = config["members"]
+        self.model_uris: list[str] = config.get("model_uris", [])
         # per member its checkpoint, or its fold models (versions from before folds name one "member_<i>" each)
-        keys = config.get("checkpoints") or [[f"member_{i}"] for i in range(len(self.names))]
-        self.members = [[load_trained(context.artifacts[key]) for key in member] for member in keys]
+        self.keys: list[list[str]] = config.get("checkpoints") or [[f"member_{i}"] for i in range(len(self.names))]
+        self.exported: dict[str, dict[str, str]] = config.get("exported") or {}  # checkpoint key -> its export
+        self.backend = self._backend(getattr(context, "model_config", None) or {})
+        self.members = [[self._load(context.artifacts, key) for key in member] for member in self.keys]
         self.weights = np.asarray(config["weights"], dtype=np.float64)
         self.views = tuple(config["views"])
         self.thresholds = np.asarray([config["thresholds"][label] for label in LABELS], dtype=np.float64)
         # per member and class, fit on validation predictions; versions registered before calibration have none
         self.temperatures = np.asarray(config.get("temperatures") or np.ones((len(self.names), len(LABELS))))
         self.referral = ReferralSpec(**config.get("referral", {}))  # versions from before referral: the defaults
+
+    def _backend(self, model_config: dict) -> str:
+        """The backend asked for (model config ``backend``), or eager where this version has no exported networks.
+
+        Raises:
+            OdirError: an unknown backend.
+        """
+        asked = model_config.get("backend", DEFAULT_BACKEND)
+        if asked not in BACKENDS:
+            raise OdirError(f"unknown backend {asked!r} in the model config; valid: {', '.join(BACKENDS)}")
+        if asked == "onnxruntime" and not self.exported:
+            log.warning("this odir-ensemble version has no exported networks (registered before they existed, or "
+                        "its export failed its check): it runs eager PyTorch")  # fmt: skip
+            return "torch"
+        return asked
+
+    def _load(self, artifacts: dict[str, str], key: str) -> tuple[Network, ModelSpec]:
+        """A fold model's network (its export, or the eager network) and its spec."""
+        if self.backend == "torch":
+            return load_trained(artifacts[key])
+        spec = ModelSpec.model_validate(load_checkpoint(artifacts[key])["spec"])
+        return ExportedNetwork(artifacts[self.exported[key]["artifact"]]), spec
+
+    def network_of(self, member_model_uri: str, checkpoint: str) -> tuple[Network, ModelSpec] | None:
+        """The loaded network and spec of a member's checkpoint (its file name: ``best.pt``, ``fold_0.pt``), or None
+        when this version does not name it (the drift check's embeddings run on the one its reference names)."""
+        for member, keys in enumerate(self.keys):
+            for fold, key in enumerate(keys):
+                named = self.exported.get(key, {})
+                if self.model_uris[member : member + 1] == [member_model_uri] and named.get("checkpoint") == checkpoint:
+                    return self.members[member][fold]
+        return None
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         """What ``mlflow models serve`` and ``mlflow.pyfunc`` callers get: input checked (paths only under
@@ -153,17 +202,25 @@ class OdirEnsemble(mlflow.pyfunc.PythonModel):
     def predict_sources(self, sources: list[ImageSource]) -> pd.DataFrame:
         """Predictions for image files or bytes that odir itself chose (its pipeline, ``odir predict``): no
         confinement; bad images raise :class:`~components.errors.DataError`."""
-        member_views = [self._member_views(folds, sources) for folds in self.members]
-        probs, tta_std, member_std = ensemble_uncertainty(member_views, self.weights, self.temperatures)
+        probs, tta_std, member_std = ensemble_uncertainty(self._member_views(sources), self.weights, self.temperatures)
         return prediction_frame(probs, self.thresholds, tta_std, member_std, self.referral)
 
-    def _member_views(self, folds: list, sources: list[ImageSource]) -> np.ndarray:
-        """A member's ``(F, V, N, 3)`` probabilities: each of its F fold models' (one for a plain model) per view."""
-        return np.stack(
-            [
-                predict_image_views(
-                    model, sources, spec.image_size, self.views, spec.batch_size, preprocess=spec.fundus_preprocess()
-                )
-                for model, spec in folds
-            ]
-        )
+    def _member_views(self, sources: list[ImageSource]) -> list[np.ndarray]:
+        """Per member its ``(F, V, N, 3)`` probabilities: each of its F fold models' (one for a plain model) per view.
+        The fold models that take the same input (image size, preprocessing) run on each batch of images in turn: an
+        image is decoded once for all of them, not once per fold model."""
+        groups: dict[tuple, list[tuple[int, int]]] = {}
+        for member, folds in enumerate(self.members):
+            for fold, (_, spec) in enumerate(folds):
+                key = (spec.image_size, spec.fundus_preprocess().key, spec.batch_size)
+                groups.setdefault(key, []).append((member, fold))
+        probs: dict[tuple[int, int], np.ndarray] = {}
+        for places in groups.values():
+            spec = self.members[places[0][0]][places[0][1]][1]
+            networks = [self.members[member][fold][0] for member, fold in places]
+            views = predict_networks_views(networks, sources, spec.image_size, self.views, spec.batch_size,
+                                           preprocess=spec.fundus_preprocess())  # fmt: skip
+            probs.update(zip(places, views, strict=True))
+        return [
+            np.stack([probs[member, fold] for fold in range(len(folds))]) for member, folds in enumerate(self.members)
+        ]

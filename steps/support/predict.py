@@ -6,6 +6,7 @@ referral limits. Grad-CAM loads the same networks (:func:`load_cam_model`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -22,6 +23,9 @@ from steps.support import integrity, registry
 from steps.support.manifest import Manifest
 from steps.support.members import member_checkpoints, member_view_probs
 from steps.support.predictions import probabilities_of
+
+if TYPE_CHECKING:
+    from steps.support.ensemble_model import OdirEnsemble
 
 
 @dataclass(frozen=True)
@@ -44,13 +48,14 @@ def predict_split(model_uri: str, manifest: Manifest, split: str, views: tuple[s
     return predict_paths(model_uri, [str(p) for p in manifest.paths(split)], views)
 
 
-def predict_paths(model_uri: str, paths: list[str], views: tuple[str, ...] = STUDY_VIEWS) -> Prediction:
+def predict_paths(
+    model_uri: str, paths: list[str], views: tuple[str, ...] = STUDY_VIEWS, backend: str | None = None
+) -> Prediction:
     """Runs a registered model over image files: the ensemble pyfunc as registered (its own views, thresholds and
-    referral limits), a member with ``views``, threshold 0.5 and the default referral limits."""
+    referral limits; ``backend`` as :func:`load_ensemble`), a member (eager) with ``views``, threshold 0.5 and the
+    default referral limits."""
     if is_ensemble(model_uri):
-        import mlflow
-
-        model = mlflow.pyfunc.load_model(str(integrity.verified_model_dir(model_uri))).unwrap_python_model()
+        model = load_ensemble(model_uri, backend)
         output = model.predict_sources(paths)  # odir's own files: not confined
         return Prediction(probabilities_of(output), np.asarray(model.thresholds, dtype=np.float64), output)
     probs, tta_std, member_std = ensemble_uncertainty([member_view_probs(member_checkpoints(model_uri), paths, views)],
@@ -59,14 +64,23 @@ def predict_paths(model_uri: str, paths: list[str], views: tuple[str, ...] = STU
     return Prediction(probs, thresholds, prediction_frame(probs, thresholds, tta_std, member_std, ReferralSpec()))
 
 
+def load_ensemble(model_uri: str, backend: str | None = None) -> OdirEnsemble:
+    """A registered ensemble's pyfunc, its files checked (:mod:`steps.support.integrity`), running ``backend``
+    (:data:`components.models.BACKENDS`; None: as registered, its exported networks where it has them)."""
+    import mlflow
+
+    config = None if backend is None else {"backend": backend}
+    return mlflow.pyfunc.load_model(
+        str(integrity.verified_model_dir(model_uri)), model_config=config
+    ).unwrap_python_model()
+
+
 def load_cam_model(model_uri: str) -> CamModel:
     """A registered model's networks for Grad-CAM (:mod:`components.monitoring.explain`), loaded as
     :func:`predict_paths` runs them, files checked (:mod:`steps.support.integrity`): the ensemble's members (each its
     fold models) with its weights, or a member's one model or fold models."""
     if is_ensemble(model_uri):
-        import mlflow
-
-        model = mlflow.pyfunc.load_model(str(integrity.verified_model_dir(model_uri))).unwrap_python_model()
+        model = load_ensemble(model_uri, "torch")  # Grad-CAM needs the eager networks' gradients
         members, weights = model.members, np.asarray(model.weights, dtype=np.float64)
     else:
         members, weights = [[load_trained(path) for path in member_checkpoints(model_uri)]], np.ones(1)

@@ -97,3 +97,20 @@ def test_the_step_entry_prints_the_report_as_json(ensemble_uri: str, tiny_data: 
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["alpha"] == 0.01 and result["images_checked"] == 12 and result["model_uri"] == ensemble_uri
     assert [shift["feature"] for shift in result["features"]] == list(FEATURES)
+
+
+def test_the_embeddings_run_on_the_ensembles_export_and_agree_with_eager(ensemble_uri: str, tiny_data: Path) -> None:
+    from components.models.runtime import ExportedNetwork
+
+    source = load_drift_reference(ensemble_uri).source
+    network, _ = drift._embedding_network(ensemble_uri, source, None)
+    assert isinstance(network, ExportedNetwork)
+    eager, _ = drift._embedding_network(ensemble_uri, source, "torch")
+    assert not isinstance(eager, ExportedNetwork)
+    paths = sorted((tiny_data / "images" / "offsite_test").iterdir())
+    reports = {
+        backend: drift.check_images(paths, ensemble_uri, backend=backend) for backend in ("onnxruntime", "torch")
+    }
+    distances = {b: np.array([image.embedding_distance for image in r.images]) for b, r in reports.items()}
+    np.testing.assert_allclose(distances["onnxruntime"], distances["torch"], rtol=1e-4, atol=1e-4)
+    assert reports["onnxruntime"].drift == reports["torch"].drift

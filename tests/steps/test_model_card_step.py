@@ -11,7 +11,6 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from components.config import ModelSpec
 from components.data.folds import CVSpec
 from components.evaluation.model_card import CELL_GAP, DESCRIPTION_LIMIT
 from components.evaluation.model_card_facts import (
@@ -23,6 +22,7 @@ from components.evaluation.model_card_facts import (
     RecordedScore,
     SplitCounts,
 )
+from components.training.spec import ModelSpec
 from steps import ensemble, evaluate, ingest, model_card, promote, train, tune_thresholds
 from steps.support import cli, registry, tracking
 

@@ -22,7 +22,8 @@ from components.training.hardware import hardware_record
 from steps import ensemble, evaluate, ingest, promote, submit, train, tune_thresholds
 from steps.support import cli, registry, tracking
 from steps.support.manifest import load_manifest
-from steps.support.predict import predict_paths
+from steps.support.members import member_checkpoints
+from steps.support.predict import load_ensemble, predict_paths
 from steps.support.predictions import labels_of, probabilities_of, read_predictions
 from tests.store import odir_env, store_at
 
@@ -129,6 +130,67 @@ def test_champion_reproduces_the_logged_offsite_metrics(pipeline: dict, monkeypa
         assert logged[f"offsite_{key}"] == report[key], key
     labels = output[list(LABELS)].to_numpy()
     assert ((labels == 1) == (probs >= np.array(thresholds))).all()
+
+
+def test_the_ensemble_runs_its_checked_onnx_exports_and_eager_gives_the_same_labels(pipeline: dict) -> None:
+    from components.models.backbones import Classifier
+    from components.models.runtime import TOLERANCE, ExportedNetwork
+
+    run = MlflowClient().get_run(pipeline["ensemble"].run_id)
+    assert run.data.tags["export"] == "onnx" and run.data.params["export_check_images"] == "12"  # the 12 val images
+    assert 0 <= run.data.metrics["export_largest_difference"] <= TOLERANCE
+    uri = pipeline["ensemble"].model_uri
+    requirements = Path(tracking.download(f"{uri}/requirements.txt")).read_text().splitlines()
+    assert any(line.startswith("onnxruntime==") for line in requirements), requirements
+    exported, eager = load_ensemble(uri), load_ensemble(uri, "torch")
+    assert exported.backend == "onnxruntime" and eager.backend == "torch"
+    assert all(isinstance(network, ExportedNetwork) for folds in exported.members for network, _ in folds)
+    assert all(isinstance(network, Classifier) for folds in eager.members for network, _ in folds)
+    paths = [str(p) for p in load_manifest(pipeline["ingest"].manifest_uri).paths("offsite_test")]
+    fast, reference = exported.predict_sources(paths), eager.predict_sources(paths)
+    probs = ["p_D", "p_G", "p_A"]
+    np.testing.assert_allclose(fast[probs].to_numpy(), reference[probs].to_numpy(), atol=TOLERANCE, rtol=0)
+    assert (fast[list(LABELS)].to_numpy() == reference[list(LABELS)].to_numpy()).mean() >= 0.99
+
+
+def test_an_export_that_fails_its_check_is_not_used_and_the_run_says_so(
+    pipeline: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checkpoint = member_checkpoints(pipeline["members"][0].model_uri)[0]
+    images = [str(p) for p in load_manifest(pipeline["ingest"].manifest_uri).paths("offsite_test")][:4]
+    config = ensemble.EnsembleConfig(member_model_uris=(), member_val_predictions=(), manifest_uri="unused")
+    monkeypatch.setattr(ensemble, "TOLERANCE", -1.0)  # no difference passes: as an export that computes otherwise
+    with mlflow.start_run() as run:
+        assert ensemble._exports(config, {"member_0_0": str(checkpoint)}, images, tmp_path) == ({}, {})
+    tag = MlflowClient().get_run(run.info.run_id).data.tags["export"]
+    assert tag.startswith("none: member_0_0 (best.pt): its export's probabilities differ from eager by up to ")
+    assert tag.endswith("on 4 images, over -1")
+
+
+def test_a_version_without_exports_runs_eager(pipeline: dict, tmp_path: Path) -> None:
+    """As an ensemble registered before exports (or whose export failed its check): its config names none."""
+    from types import SimpleNamespace
+
+    import yaml
+
+    from steps.support import integrity
+    from steps.support.ensemble_model import CONFIG_ARTIFACT, OdirEnsemble
+
+    uri = pipeline["ensemble"].model_uri
+    folder = integrity.verified_model_dir(uri)
+    saved = yaml.safe_load((folder / "MLmodel").read_text())["flavors"]["python_function"]["artifacts"]
+    artifacts = {key: str(folder / entry["path"]) for key, entry in saved.items()}
+    config = json.loads(Path(artifacts[CONFIG_ARTIFACT]).read_text())
+    assert config["exported"] and all(key + "_onnx" in artifacts for key in config["exported"])
+    del config["exported"]
+    (tmp_path / "ensemble.json").write_text(json.dumps(config))
+    artifacts[CONFIG_ARTIFACT] = str(tmp_path / "ensemble.json")
+    older = OdirEnsemble()
+    older.load_context(SimpleNamespace(artifacts=artifacts, model_config={}))
+    assert older.backend == "torch"
+    paths = [str(p) for p in load_manifest(pipeline["ingest"].manifest_uri).paths("offsite_test")]
+    eager = load_ensemble(uri, "torch")
+    pd.testing.assert_frame_equal(older.predict_sources(paths), eager.predict_sources(paths))
 
 
 def test_evaluate_logs_predictions_table_and_figures(pipeline: dict) -> None:

@@ -1,0 +1,141 @@
+"""Trained networks exported to ONNX and run by ONNX Runtime on the CPU: the function of the eager
+:class:`~components.models.backbones.Classifier` (its normalisation included), several times faster for prediction on
+2 CPU cores (``make bench``, docs/benchmarks.md).
+
+A network is exported once, when the ensemble is registered (:func:`export_onnx`), and checked there on real images
+(:func:`largest_difference` against the eager network, :data:`TOLERANCE`); prediction then needs ``onnxruntime`` and
+the ``.onnx`` file only. The graph takes a uint8 ``(N, 3, S, S)`` batch of any ``N`` and gives two outputs: the logits
+(:data:`LOGITS`) and the pooled features (:data:`FEATURES`, the drift check's embeddings), both computed in one pass.
+
+Why ONNX Runtime: measured against OpenVINO and eager PyTorch on the `cpu` profile's champion (docs/benchmarks.md,
+"CPU inference"), and ONNX as the format: one file of tensors and operators per network, no Python code to unpickle,
+read by either runtime. The export is torch's own maintained exporter (``torch.onnx.export(dynamo=True)``, which needs
+``onnxscript`` when it runs); the TorchScript exporter is deprecated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from components.data.dataset import to_model_input
+from components.models.backbones import Classifier
+from components.models.tta import predict_view_probs
+
+INPUT, LOGITS, FEATURES = "images", "logits", "features"
+TOLERANCE = 1e-4
+"""Largest absolute difference of a probability between an exported network and the eager one on real images for the
+exported one to be used (float32 either way; measured about 1e-6)."""
+
+
+EXPORTER_LOGGERS = ("torch.onnx", "onnxscript", "onnx_ir")
+
+
+@contextlib.contextmanager
+def _quiet(names: Sequence[str]) -> Iterator[None]:
+    """Warnings and errors only from these loggers while the block runs."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+class _LogitsAndFeatures(nn.Module):
+    """A classifier's logits and pooled features from one pass: what the exported graph gives."""
+
+    def __init__(self, model: Classifier) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.model.forward_features(images)
+        return self.model.forward_head(features), features
+
+
+def export_onnx(model: Classifier, image_size: int, path: Path | str) -> Path:
+    """Writes ``model`` (in evaluation mode) as one ONNX file that takes uint8 ``(N, 3, image_size, image_size)``
+    images with any ``N``; returns its path."""
+    path = Path(path)
+    example = torch.zeros((2, 3, image_size, image_size), dtype=torch.uint8)
+    batch = torch.export.Dim("batch", min=1)
+    # the exporter reports each of its stages on stdout, and its graph optimiser each rewrite in the log (hundreds of
+    # lines per network): odir's commands print their own lines there
+    with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), _quiet(EXPORTER_LOGGERS):
+        torch.onnx.export(
+            _LogitsAndFeatures(model).eval(), (example,), str(path), input_names=[INPUT],
+            output_names=[LOGITS, FEATURES], dynamic_shapes=({0: batch},), dynamo=True, external_data=False,
+            verbose=False,
+        )  # fmt: skip
+    return path
+
+
+class ExportedNetwork:
+    """An exported network run by ONNX Runtime's CPU execution provider, called as the eager classifier is: a uint8
+    ``(N, 3, S, S)`` batch in, ``(N, classes)`` logits out; :meth:`forward_features` gives the pooled features.
+
+    Args:
+        path: the ``.onnx`` file :func:`export_onnx` wrote.
+        threads: ONNX Runtime's intra-op threads; None: as many as torch uses (``torch.get_num_threads()``).
+    """
+
+    device = torch.device("cpu")
+
+    def __init__(self, path: Path | str, threads: int | None = None) -> None:
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.log_severity_level = 3  # errors only: the optimiser's notes are not the user's business
+        # no memory arena: each session's arena keeps its largest run's activations for good, which for an
+        # ensemble's five Lite0 sessions at 224 px held 4.1 GB against 1.0 GB without, at the same speed (measured)
+        options.enable_cpu_mem_arena = False
+        # idle threads sleep instead of spinning: on 2 shared cores, 1.2-1.4x more forwards per second with one
+        # caller and with four concurrent ones (a served model), measured under load; an idle machine may lose a little
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.num_features = int(self.session.get_outputs()[1].shape[1])
+
+    def _run(self, output: str, images: torch.Tensor) -> torch.Tensor:
+        batch = np.ascontiguousarray(to_model_input(images).cpu().numpy())
+        return torch.from_numpy(self.session.run([output], {INPUT: batch})[0])
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self._run(LOGITS, images)
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        return self._run(FEATURES, images)
+
+
+Network = Classifier | ExportedNetwork
+"""What prediction runs: the eager classifier, or its export."""
+
+
+def prepare(network: Network) -> torch.device:
+    """Sets an eager network to evaluation mode; returns the device its input goes to."""
+    if isinstance(network, ExportedNetwork):
+        return network.device
+    network.eval()
+    return next(network.parameters()).device
+
+
+@torch.no_grad()
+def largest_difference(
+    model: Classifier, exported: ExportedNetwork, images: torch.Tensor, views: Sequence[str]
+) -> float:
+    """The largest absolute difference between the eager and the exported network's per-view sigmoid
+    probabilities of a uint8 ``(B, 3, S, S)`` batch (on the CPU, in forwards of ``B``)."""
+    model = model.eval()
+    eager = predict_view_probs(model, images.to(prepare(model)), views, images.shape[0]).cpu()
+    return float((predict_view_probs(exported, images, views) - eager).abs().max())

@@ -1,8 +1,9 @@
 """The ``odir`` command line: one entry point for users, each sub-command a thin call into the library.
 
-Bad input (``OdirError``) ends with its message on stderr and exit status 2, never a traceback; a tracking server
-or object store that does not answer under the retry policy (:class:`steps.support.tracking.RetryPolicy`) ends with one
-line naming it and exit status 3. Outputs are checked before the work starts.
+Bad input (``OdirError``) ends with its message on stderr and exit status 2, never a traceback, and so do credentials
+the tracking server or the Prefect server refuses (:func:`flows.access.refused`); a tracking server or object store
+that does not answer under the retry policy (:class:`steps.support.tracking.RetryPolicy`) ends with one line naming
+it and exit status 3. Outputs are checked before the work starts.
 """
 
 from __future__ import annotations
@@ -393,6 +394,13 @@ def _cmd_bucket(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_mlflow_users(args: argparse.Namespace) -> int:
+    from flows.access import ensure_users
+
+    print("\n".join(ensure_users()))
+    return 0
+
+
 def _cmd_upload(args: argparse.Namespace) -> int:
     from flows.events import announce_dataset
     from steps.ingest import dataset_digest
@@ -403,7 +411,7 @@ def _cmd_upload(args: argparse.Namespace) -> int:
     split_s3(args.uri)
     digest = dataset_digest(args.folder)  # an invalid dataset is refused before anything is uploaded
     print(f"{upload_folder(args.folder, args.uri)} files uploaded to {args.uri}")
-    tracking.setup()
+    tracking.connect()  # reads the champion only: a read-only identity may upload
     print(announce_dataset(args.uri, digest, source="odir upload"))
     return 0
 
@@ -591,6 +599,14 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("data", help="dataset root (train.csv, images/train/, ...) or s3://bucket/prefix")
     ingest.set_defaults(handler=_cmd_ingest)
 
+    users = commands.add_parser(
+        "mlflow-users",
+        help="create the pipeline and reader users of a tracking server with basic-auth (as its admin)",
+        description="Creates the pipeline and reader users (ODIR_PIPELINE_USERNAME / _PASSWORD, ODIR_READER_USERNAME "
+        "/ _PASSWORD) on the MLFLOW_TRACKING_URI server, or sets the password of one that exists; run with the "
+        "admin's MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (docs/security.md).",
+    )
+    users.set_defaults(handler=_cmd_mlflow_users)
     upload = commands.add_parser(
         "upload", help="upload a dataset folder to s3://bucket/prefix; announce it when it differs from the champion's",
         description="Validates the folder, uploads it, and when its digest differs from the champion's sends the "
@@ -638,6 +654,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"odir {args.command}: {error}", file=sys.stderr)
         return EXIT_INVALID
     except Exception as error:
+        from flows.access import refused
+
+        if (line := refused(error)) is not None:
+            print(f"odir {args.command}: {line}", file=sys.stderr)
+            return EXIT_INVALID
         if not tracking.store_unreachable(error):
             raise
         print(f"odir {args.command}: {tracking.unreachable_message(error)}", file=sys.stderr)

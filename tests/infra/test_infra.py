@@ -114,6 +114,16 @@ def test_compose_runs_both_servers_with_authentication_and_no_literal_credential
     assert _run("git", "check-ignore", "-q", "infra/.env.example").returncode == 1
 
 
+def _env_entries(node: object) -> list[dict]:
+    """Every container ``env`` entry in a manifest."""
+    if isinstance(node, list):
+        return [entry for item in node for entry in _env_entries(item)]
+    if not isinstance(node, dict):
+        return []
+    own = node["env"] if isinstance(node.get("env"), list) else []
+    return own + [entry for key, value in node.items() if key != "env" for entry in _env_entries(value)]
+
+
 def test_kubernetes_runs_mlflow_with_basic_auth_and_keeps_credentials_in_secrets() -> None:
     documents = [d for p in sorted((ROOT / "infra" / "k8s").glob("*.yaml")) for d in yaml.safe_load_all(p.read_text())]
     by_name = {(d["kind"], d["metadata"]["name"]): d for d in documents}
@@ -128,12 +138,15 @@ def test_kubernetes_runs_mlflow_with_basic_auth_and_keeps_credentials_in_secrets
         if document["kind"] == "Secret":
             assert all(v.startswith(("change-me", "odir", "admin", "http")) for v in document["stringData"].values())
             continue
-        text = json.dumps(document)
-        pods = re.findall(r'"env": (\[.*?\])', text)
-        for env in (item for pod in pods for item in json.loads(pod)):
+        for env in _env_entries(document):
             if CREDENTIAL.search(env["name"]) or env["name"].endswith("USERNAME"):
                 assert "value" not in env and "secretKeyRef" in env["valueFrom"], env["name"]
-        assert not re.search(r"://[^/@\s\"]+:[^/@\s\"]+@", text), document["metadata"]["name"]
+        assert not re.search(r"://[^/@\s\"]+:[^/@\s\"]+@", json.dumps(document)), document["metadata"]["name"]
+    users_job = by_name["Job", "mlflow-users"]["spec"]["template"]["spec"]["containers"][0]
+    assert {e["name"] for e in users_job["env"] if "valueFrom" in e} == {
+        "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "ODIR_PIPELINE_USERNAME", "ODIR_PIPELINE_PASSWORD",
+        "ODIR_READER_USERNAME", "ODIR_READER_PASSWORD",
+    }  # fmt: skip
     worker = by_name["Deployment", "prefect-worker-gpu"]["spec"]["template"]["spec"]["containers"][0]
     assert worker["envFrom"] == [{"secretRef": {"name": "odir-pipeline"}}]
     template = json.loads((ROOT / "infra" / "k8s" / "gpu-job-template.json").read_text())

@@ -4,11 +4,15 @@
 #
 #   bench/ablation.sh [PROFILE.yaml ...]
 #
-# ODIR_DATA (default ../shared/data/odir) is the data; ODIR_HOME (default .odir/ablation) holds the store, so the
-# project's own champion is never touched. Each row's wall time goes to $ODIR_HOME/times.tsv.
+# ODIR_DATA (required) is the dataset root; ODIR_HOME (default .odir/ablation) holds the store, so the project's own
+# champion is never touched. Each row's wall time goes to $ODIR_HOME/times.tsv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-data="${ODIR_DATA:-../shared/data/odir}"
+if [ -z "${ODIR_DATA:-}" ]; then
+  echo "bench/ablation.sh: set ODIR_DATA to the dataset root (train.csv, images/train/, ...)" >&2
+  exit 2
+fi
+data="$ODIR_DATA"
 export ODIR_HOME="${ODIR_HOME:-$PWD/.odir/ablation}"
 mkdir -p "$ODIR_HOME"
 python="${PYTHON:-.venv/bin/python}"

@@ -16,7 +16,7 @@ import pandas as pd
 from mlflow import MlflowClient
 
 from components import LABELS
-from components.data.dataset import patient_of
+from components.data.splits import patient_of
 from components.evaluation.bootstrap import paired_bootstrap, pick, report_metrics
 from components.evaluation.ensemble import PROB_COLUMNS
 from steps.support import tracking

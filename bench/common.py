@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import os
 import shutil
 import statistics
 import tempfile
@@ -13,7 +14,8 @@ from pathlib import Path
 
 from components.data.synth import SynthSizes, write_synthetic_dataset
 
-REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "odir"
+# the real ODIR data: the dataset root named by ODIR_DATA (``make bench`` uses synthetic data when it is unset)
+REAL_DATA = Path(os.environ["ODIR_DATA"]) if os.environ.get("ODIR_DATA") else None
 
 
 @dataclass(frozen=True)
@@ -40,8 +42,11 @@ HEADER = f"{'benchmark':<54} {'measured':>10} {'reference':>10} {'unit':<8} {'ra
 
 
 def dataset_root(real: bool = True, size: int = 128, count: int = 200) -> tuple[Path, str]:
-    """The real ODIR data when present (and asked for), else a synthetic dataset in a temporary folder."""
-    if real and (REAL_DATA / "train.csv").exists():
+    """The real ODIR data when ``ODIR_DATA`` names it (and it is asked for), else a synthetic dataset in a temporary
+    folder."""
+    if real and REAL_DATA is not None:
+        if not (REAL_DATA / "train.csv").is_file():
+            raise SystemExit(f"ODIR_DATA={REAL_DATA}: no train.csv there; unset ODIR_DATA to use synthetic data")
         return REAL_DATA, f"real ODIR data ({REAL_DATA})"
     root = Path(tempfile.mkdtemp(prefix="odir-bench-"))
     atexit.register(shutil.rmtree, root, ignore_errors=True)

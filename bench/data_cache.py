@@ -18,7 +18,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from bench.common import HEADER, Row, dataset_root
-from components.data.dataset import FundusDataset, ImageCache, load_split
+from components.data.dataset import FundusDataset, ImageCache
+from components.data.splits import load_split
 from components.models.backbones import build_model
 
 

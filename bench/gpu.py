@@ -1,7 +1,7 @@
 """GPU throughput: resnet18 and se_resnet18 at 256x256 on the real data, fp32 against AMP + channels-last, for a
 fixed number of steps; prints images/s, the ratio, and the time of one full epoch of the train split.
 
-Run on a machine with an NVIDIA GPU and the project installed: ``bash bench/gpu.sh [DATA_ROOT]``.
+Run on a machine with an NVIDIA GPU and the project installed: ``bash bench/gpu.sh DATA_ROOT`` (or ``ODIR_DATA``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from bench.common import HEADER, REAL_DATA, Row
-from components.data.dataset import FundusDataset, load_split, to_model_input
+from components.data.dataset import FundusDataset, to_model_input
+from components.data.splits import load_split
 from components.models.backbones import build_model
 
 
@@ -51,10 +52,12 @@ def images_per_second(backbone: str, loader: DataLoader, steps: int, amp: bool, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("data", nargs="?", default=str(REAL_DATA))
+    parser.add_argument("data", nargs="?", default=REAL_DATA, help="dataset root (default: $ODIR_DATA)")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args()
+    if args.data is None:
+        raise SystemExit("bench.gpu: no dataset: give its root as an argument or in ODIR_DATA")
     if not torch.cuda.is_available():
         raise SystemExit("no CUDA device: this benchmark needs an NVIDIA GPU")
     device = torch.device("cuda")

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from bench.common import Row
 from components.config import parse_model_spec
-from components.data.dataset import FundusDataset, ImageCache, load_split
+from components.data.dataset import FundusDataset, ImageCache
+from components.data.splits import load_split
 from components.training.loop import train
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from components import LABELS
-from components.data.dataset import patient_of
+from components.data.splits import patient_of
 from components.evaluation.bootstrap import paired_bootstrap, patient_bootstrap, pick, report_metrics
 from components.evaluation.ensemble import PROB_COLUMNS
 

@@ -20,7 +20,8 @@ import torch
 
 from bench.common import Row, median_seconds
 from components.config import parse_model_spec
-from components.data.dataset import load_split, to_model_input
+from components.data.dataset import to_model_input
+from components.data.splits import load_split
 from components.evaluation.ensemble import weighted_mean
 from components.models.backbones import build_model
 from components.models.inference import predict_images
@@ -56,7 +57,7 @@ def _pyfunc(folder: Path, checkpoints: list[Path]):
 
 def run(root: Path, size: int = 128, limit: int = 100, repeats: int = 3) -> list[Row]:
     """Times the three comparisons on the first ``limit`` train images of ``root``."""
-    from components.training.loop import load_trained
+    from components.training.checkpoints import load_trained
 
     paths = [str(p) for p in load_split(root, "train", check_images=False).paths[:limit]]
     with tempfile.TemporaryDirectory() as tmp:

@@ -11,7 +11,7 @@ every normalisation).
 
 Run on the real data only, by hand (never from tests)::
 
-    .venv/bin/python -m bench.normalisation_probe --data ../shared/data/odir
+    .venv/bin/python -m bench.normalisation_probe --data /path/to/odir
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from components import LABELS
-from components.data.dataset import FundusDataset, load_split, patient_of
+from components.data.dataset import FundusDataset
+from components.data.splits import load_split, patient_of
 from components.models.backbones import IMAGENET, TF_EFFICIENTNET_LITE, Normalisation, build_model
 
 NORMALISATIONS: dict[str, Normalisation] = {

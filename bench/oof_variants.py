@@ -3,8 +3,8 @@ predictions without training again (issue 15). Each variant is cross-fitted by t
 :func:`steps.ensemble.cross_fit` for one member (a temperature per class, then per-class thresholds, fit on the
 other folds) and paired over patients with the step as a profile runs it (F1 thresholds on the fine grid).
 
-    python -m bench.oof_variants --store sqlite:////work/abl-home/mlruns/mlflow.db --run "train abl19-lite0" \\
-        [--data ../shared/data/odir]
+    python -m bench.oof_variants --store sqlite:////path/to/abl-home/mlruns/mlflow.db --run "train abl19-lite0" \\
+        [--data /path/to/odir]
 
 Variants on the stored out-of-fold predictions: thresholds maximising the course F1 (macro over both classes of a
 disease) instead of the positive class's (the ``f1_course`` objective), and pooling the fellow eye
@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 
 from components import LABELS
-from components.data.dataset import patient_of
+from components.data.splits import patient_of
 from components.evaluation.bootstrap import paired_bootstrap, pick, report_metrics
 from components.evaluation.ensemble import PROB_COLUMNS
 from components.evaluation.metrics import DEFAULT_THRESHOLD
@@ -37,7 +37,8 @@ from components.evaluation.thresholds import tune_thresholds
 from components.models.inference import predict_images
 from components.models.tta import DIHEDRAL_VIEWS, STUDY_VIEWS
 from steps.ensemble import EnsembleConfig, cross_fit
-from steps.support.contracts import CHECKPOINT_DIR, grid_of
+from steps.support.members import CHECKPOINT_DIR
+from steps.support.thresholds import grid_of
 
 FELLOW_WEIGHTS = np.round(np.arange(0.0, 0.55, 0.05), 2)
 STEP = EnsembleConfig(member_model_uris=("member",), member_val_predictions=("oof",), manifest_uri="-", grid="fine")
@@ -122,7 +123,7 @@ PREDICTIONS = {
 
 def repredict(oof: pd.DataFrame, checkpoints: Path, data: Path, how: Reprediction) -> np.ndarray:
     """Each fold model's probabilities for its held-out fold, read again from ``data``'s train and val images."""
-    from components.training.loop import load_trained
+    from components.training.checkpoints import load_trained
 
     probs = np.zeros((len(oof), len(LABELS)))
     for fold in sorted(oof["fold"].unique()):

@@ -21,7 +21,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from bench.common import Row
-from components.data.dataset import FundusDataset, load_split, to_model_input
+from components.data.dataset import FundusDataset, to_model_input
+from components.data.splits import load_split
 from components.models.backbones import build_model
 from components.training.loop import epoch_seed
 
@@ -71,15 +72,15 @@ def run(root: Path, size: int = 128, limit: int = 200, repeats: int = 5) -> list
         data = _subset(root, Path(tmp) / "data", limit)
         os.environ["ODIR_HOME"] = str(Path(tmp) / "home")
         (Path(tmp) / "home").mkdir()
-        from components.config import ModelSpec
+        from components.training.spec import ModelSpec
         from flows import without_heartbeats
         from flows.odir import odir_train
         from steps import ingest
-        from steps.support import contracts
+        from steps.support.manifest import load_manifest
 
         model_spec = ModelSpec.model_validate(spec)
         manifest = ingest.run(ingest.IngestConfig(data_root=str(data))).manifest_uri
-        loaded = contracts.load_manifest(manifest)
+        loaded = load_manifest(manifest)
         train, val = loaded.dataset("train", size), loaded.dataset("val", size)
         for dataset in (train, val):  # both sides start with a warm image cache
             [dataset[i] for i in range(len(dataset))]

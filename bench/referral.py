@@ -2,7 +2,7 @@
 without leakage: a CV ensemble's cross-fitted out-of-fold predictions, each image scored by the fold model that
 never saw its patient.
 
-    python -m bench.referral --store sqlite:////work/abl-home/mlruns/mlflow.db --profile abl-3-augment
+    python -m bench.referral --store sqlite:////path/to/abl-home/mlruns/mlflow.db --profile abl-3-augment
 
 Per image: the cross-fitted probabilities (each fold's thresholds fit on the other folds and shifted to 0.5: the
 ensemble step's ``predictions/cv.csv``), the test-time views' spread of the held-out fold model (its views re-run
@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from components import LABELS
-from components.data.dataset import patient_of
+from components.data.splits import patient_of
 from components.evaluation.bootstrap import patient_codes, percentile_interval, resample_counts
 from components.evaluation.ensemble import PROB_COLUMNS
 from components.monitoring.referral import ReferralSpec, disagreement, refer, view_spread
@@ -53,8 +53,8 @@ def _oof(client, model_uri: str) -> pd.DataFrame:
 def held_out_view_spread(model_uri: str, manifest, oof: pd.DataFrame, views: tuple[str, ...]) -> np.ndarray:
     """``(N, 3)`` view spread of each image under the fold model that held it out, in ``oof``'s order."""
     from components.models.inference import predict_image_views
-    from components.training.loop import load_trained
-    from steps.support.contracts import member_checkpoints
+    from components.training.checkpoints import load_trained
+    from steps.support.members import member_checkpoints
 
     paths = manifest.frame.set_index("id").loc[oof.index, "path"].map(lambda p: str(manifest.local_root / p))
     spread = np.zeros((len(oof), len(LABELS)))
@@ -99,7 +99,7 @@ def main() -> None:
     os.environ["MLFLOW_TRACKING_URI"] = args.store
     from mlflow import MlflowClient
 
-    from steps.support.contracts import load_manifest
+    from steps.support.manifest import load_manifest
 
     client = MlflowClient(tracking_uri=args.store)
     run = _ensemble_run(client, args.profile)

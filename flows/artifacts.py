@@ -15,7 +15,8 @@ from collections.abc import Callable
 from typing import Any
 
 from components import LABELS
-from steps.support import tracking
+from flows.summary import PipelineSummary
+from steps.support import registry, tracking
 
 MLFLOW_UI_ENV = "ODIR_MLFLOW_UI_URL"
 PER_CLASS = ("f1", "precision", "recall", "auroc", "ap")
@@ -47,7 +48,7 @@ def model_link(model_uri: str) -> str:
     ui = _mlflow_ui()
     if ui is None:
         return f"`{model_uri}`"
-    name, version = tracking.split_model_uri(model_uri)
+    name, version = registry.split_model_uri(model_uri)
     return f"[{model_uri}]({ui}/#/models/{name}/versions/{version})"
 
 
@@ -64,53 +65,45 @@ def rate(value: float) -> str:
     return "n/a" if value != value else f"{value:.2f}"
 
 
-def promotion_evidence(summary: dict[str, Any]) -> str:
-    """What the promotion decision rests on, in parentheses: the paired bootstrap's probability, or why no
-    comparison was made; empty when there was no champion to compare with."""
-    if summary.get("prob_better") is not None:
-        return f" (P(better than champion) {summary['prob_better']:.2f})"
-    return f" ({summary['promotion_note']})" if summary.get("promotion_note") else ""
-
-
-def summary_markdown(summary: dict[str, Any]) -> str:
+def summary_markdown(summary: PipelineSummary) -> str:
     """The pipeline run's result as Markdown: what a reader of the Prefect UI wants first."""
-    title = f"# odir {summary.get('profile')}: {summary.get('decision')}"
-    if "scores" not in summary:  # a retrain run that found nothing changed
-        return f"{title}\n\nNothing changed since champion version {summary['champion_version']} (same data, profile)."
-    split = "cross-fitted out-of-fold" if summary["scored_split"] == "cv" else summary["scored_split"]
+    title = f"# odir {summary.profile}: {summary.decision}"
+    built = summary.built
+    if built is None:  # a retrain run that found nothing changed
+        return f"{title}\n\nNothing changed since champion version {summary.champion_version} (same data, profile)."
+    split = "cross-fitted out-of-fold" if built.scored_split == "cv" else built.scored_split
     lines = [
         title,
         "",
-        f"Ensemble {model_link(summary['ensemble'])} scored on **{split}** ({summary['split_mode']}); 95% intervals "
-        "from a bootstrap over patients.",
+        f"Ensemble {model_link(built.model_uri)} scored on **{split}** ({built.split_mode}); 95% intervals from a "
+        "bootstrap over patients.",
         "",
         "| metric | value [95% CI] |",
         "|---|---|",
-        *(f"| {name} | {_interval(*values)} |" for name, values in summary["scores"].items()),
+        *(f"| {name} | {_interval(s.value, s.low, s.high)} |" for name, s in built.scores.items()),
         "",
     ]
-    lines.append(f"**Decision:** {summary['decision']}{promotion_evidence(summary)}; champion is version "
-                 f"{summary['champion_version']}.")  # fmt: skip
-    if summary.get("referral"):
-        referral = summary["referral"]
-        lines.append(f"\n**Referred to a grader:** {referral['n_referred']} of {referral['n']} images on {split} "
-                     f"(error rate {rate(referral['error_rate_referred'])} referred vs "
-                     f"{rate(referral['error_rate_kept'])} kept).")  # fmt: skip
-    scores = summary["member_f1_macro"].items()
-    members = ", ".join(f"{name} {score:.3f}" for name, score in scores if score is not None)
+    lines.append(f"**Decision:** {summary.decision}{summary.promotion_evidence()}; champion is version "
+                 f"{summary.champion_version}.")  # fmt: skip
+    if built.referral:
+        referral = built.referral
+        lines.append(f"\n**Referred to a grader:** {referral.n_referred} of {referral.n} images on {split} "
+                     f"(error rate {rate(referral.error_rate_referred)} referred vs "
+                     f"{rate(referral.error_rate_kept)} kept).")  # fmt: skip
+    members = ", ".join(f"{name} {score:.3f}" for name, score in built.member_f1_macro.items() if score is not None)
     lines += ["", f"Members' f1_macro: {members}.", "", "**MLflow:** " + ", ".join(_run_links(summary)) + "."]
-    if summary.get("gallery"):
-        gallery = summary["gallery"]
-        lines.append(f"\n**Grad-CAM gallery:** {run_link(gallery['run_id'], 'evaluate run')}, Artifacts, "
-                     f"`gradcam/` (`{gallery['uri']}`)")  # fmt: skip
-    if summary.get("submission"):
-        lines.append(f"\nSubmission: `{summary['submission']}`")
+    if built.gallery:
+        lines.append(f"\n**Grad-CAM gallery:** {run_link(built.gallery.run_id, 'evaluate run')}, Artifacts, "
+                     f"`gradcam/` (`{built.gallery.uri}`)")  # fmt: skip
+    if built.submission:
+        lines.append(f"\nSubmission: `{built.submission}`")
     return "\n".join(lines)
 
 
-def _run_links(summary: dict[str, Any]) -> list[str]:
-    links = [run_link(summary["pipeline_run_id"], "pipeline run"), run_link(summary["ensemble_run"], "ensemble run")]
-    return links + [run_link(run_id, f"member run {i + 1}") for i, run_id in enumerate(summary.get("member_runs", []))]
+def _run_links(summary: PipelineSummary) -> list[str]:
+    built = summary.built
+    links = [run_link(summary.pipeline_run_id, "pipeline run"), run_link(built.run_id, "ensemble run")]
+    return links + [run_link(run_id, f"member run {i + 1}") for i, run_id in enumerate(built.member_runs)]
 
 
 def per_class_rows(metrics: dict[str, float], split: str) -> list[dict[str, Any]]:
@@ -126,16 +119,16 @@ def per_class_rows(metrics: dict[str, float], split: str) -> list[dict[str, Any]
     return rows
 
 
-def publish_summary(summary: dict[str, Any], per_class: list[dict[str, Any]] | None) -> None:
+def publish_summary(summary: PipelineSummary) -> None:
     """Publishes the Markdown summary and (when there are scores) the per-class table of a pipeline run."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-    profile = str(summary.get("profile"))
+    profile, built = summary.profile, summary.built
     create_markdown_artifact(summary_markdown(summary), key=artifact_key("odir", profile, "summary"),
                              description=f"odir {profile}: scores, decision and links")  # fmt: skip
-    if per_class:
-        create_table_artifact(per_class, key=artifact_key("odir", profile, "per-class"),
-                              description=f"Per-class scores on {summary['scored_split']} (95% intervals)")  # fmt: skip
+    if built and built.per_class:
+        create_table_artifact(list(built.per_class), key=artifact_key("odir", profile, "per-class"),
+                              description=f"Per-class scores on {built.scored_split} (95% intervals)")  # fmt: skip
 
 
 def training_progress(model: str) -> Callable[[float], None]:

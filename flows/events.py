@@ -40,15 +40,13 @@ def retrain_trigger():
 
 def champion_digest() -> str | None:
     """The ``data_digest`` of the champion's data, or None when there is no champion."""
-    from mlflow import MlflowClient
-
     from steps import promote
-    from steps.support import tracking
+    from steps.support import pipeline_run, registry
 
-    champion = promote.current_champion(tracking.ENSEMBLE_MODEL)
+    champion = promote.current_champion(registry.ENSEMBLE_MODEL)
     if champion is None:
         return None
-    return MlflowClient().get_model_version(tracking.ENSEMBLE_MODEL, champion).tags.get("data_digest")
+    return pipeline_run.version_tags(registry.ENSEMBLE_MODEL, champion).get("data_digest")
 
 
 def announce_dataset(uri: str, digest: str, source: str) -> str:

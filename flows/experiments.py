@@ -8,7 +8,7 @@ nothing and writes the same report.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -17,15 +17,28 @@ from components.config import load_grid
 from flows.odir import DEMO_DATA, TrainPlan, demo_data_task, step_task, train_all
 from steps import evaluate, ingest, report
 from steps.report import evaluation_splits
-from steps.support import tracking
-from steps.support.contracts import load_manifest
+from steps.support import pipeline_run, tracking
+from steps.support.manifest import load_manifest
+
+
+@dataclass(frozen=True)
+class ExperimentsSummary:
+    """The result of one run of ``odir-experiments``: the grid, where its report is, how many rows it has, each
+    row's val f1_macro, the data's digest and the parent MLflow run."""
+
+    grid: str
+    report: str
+    rows: int
+    val_f1_macro: dict[str, float]
+    data_digest: str
+    pipeline_run_id: str
 
 
 @flow(name="odir-experiments", flow_run_name="experiments {grid}", task_runner=ThreadPoolTaskRunner(max_workers=2))
 def odir_experiments(
     grid: str = "seed", data: str | None = None, out: str | None = None, force: bool = False,
     experiment: str = tracking.DEFAULT_EXPERIMENT,
-) -> dict[str, Any]:  # fmt: skip
+) -> ExperimentsSummary:  # fmt: skip
     """Runs an experiment grid and writes its results table.
 
     Args:
@@ -35,15 +48,12 @@ def odir_experiments(
         force: retrain and re-evaluate even where MLflow holds finished runs with the same inputs.
         experiment: the MLflow experiment.
     """
-    from mlflow import MlflowClient
-
     logger = get_run_logger()
     config = load_grid(grid)
     data_root = data or demo_data_task(str(tracking.project_root() / DEMO_DATA))
-    experiment_id = tracking.setup(experiment)
-    tags = {tracking.STEP_TAG: "experiments", "profile": config.name, **tracking.process_tags()}
-    pid = MlflowClient().create_run(experiment_id, run_name=f"experiments {config.name}", tags=tags).info.run_id
-    try:
+    tags = {tracking.STEP_TAG: "experiments", "profile": config.name}
+    pid = pipeline_run.start(experiment, f"experiments {config.name}", tags)
+    with pipeline_run.ended(pid):
         common = {"experiment": experiment, "parent_run_id": pid, "reuse": not force}
         ing = step_task("ingest", ingest.run, ingest.IngestConfig(data_root=data_root, **common))
         plan = TrainPlan(ing.manifest_uri, config.name, pid, experiment, force, "local")
@@ -62,10 +72,6 @@ def odir_experiments(
             evaluation.result()
         report_config = report.ReportConfig(grid=config, manifest_uri=ing.manifest_uri, out_dir=out, **common)
         result = step_task("report", report.run, report_config)
-    except BaseException:
-        MlflowClient().set_terminated(pid, "FAILED")
-        raise
-    MlflowClient().set_terminated(pid, "FINISHED")
     logger.info("experiments %s: report in %s", config.name, result.out_dir)
-    return {"grid": config.name, "report": result.out_dir, "rows": result.rows, "val_f1_macro": result.f1_macro,
-            "data_digest": ing.data_digest, "pipeline_run_id": pid}  # fmt: skip
+    return ExperimentsSummary(grid=config.name, report=result.out_dir, rows=result.rows, val_f1_macro=result.f1_macro,
+                              data_digest=ing.data_digest, pipeline_run_id=pid)  # fmt: skip

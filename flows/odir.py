@@ -4,7 +4,9 @@ Flows only orchestrate: every task calls a step's ``run`` with its config (one g
 passes URIs on; the profile is read here only, and each model's spec travels to ``odir-train`` as data. Work
 already done is found in MLflow (same inputs and code fingerprint) and reused, so a re-run after a crash repeats
 nothing that finished, and an interrupted training resumes from its checkpoint. Steps that talk to the tracking
-store retry transient failures; bad input (``OdirError``) fails at once, since retrying cannot fix it.
+store retry transient failures; bad input (``OdirError``) fails at once, since retrying cannot fix it. The flow's
+own MLflow records (its parent run, the headline on it) go through :mod:`steps.support.pipeline_run`; it returns a
+:class:`flows.summary.PipelineSummary`.
 """
 
 from __future__ import annotations
@@ -20,16 +22,26 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from components.config import ModelSpec, Profile, load_profile
+from components.config import Profile, load_profile
 from components.data.folds import CVSpec
 from components.models.tta import STUDY_VIEWS
 from components.monitoring.referral import ReferralSpec
+from components.training.spec import ModelSpec
 from flows import freeze_startup_objects, without_heartbeats
-from flows.artifacts import per_class_rows, promotion_evidence, publish_summary, training_progress
+from flows.artifacts import per_class_rows, publish_summary, training_progress
+from flows.summary import (
+    BuiltEnsemble,
+    Gallery,
+    PipelineSummary,
+    headline_metrics,
+    headline_scores,
+    headline_tags,
+    referral_counts,
+)
 from steps import ensemble, evaluate, ingest, model_card, promote, submit, train, tune_thresholds
-from steps.support import tracking
+from steps.support import pipeline_run, registry, tracking
 from steps.support.base import StepConfig
-from steps.support.contracts import load_manifest
+from steps.support.manifest import load_manifest
 
 Result = TypeVar("Result")
 
@@ -146,58 +158,11 @@ def train_all(plan: TrainPlan, specs: list[ModelSpec]) -> list[train.TrainStepRe
 
 def _start_pipeline_run(experiment: str, profile: Profile, data_root: str) -> str:
     """The pipeline's parent run, with the resolved profile as its artifact (the only place the profile goes)."""
-    from mlflow import MlflowClient
-
-    experiment_id = tracking.setup(experiment)
     tags = {tracking.STEP_TAG: "pipeline", "profile": profile.name, "profile_key": profile_key(profile),
-            "odir.git_sha": tracking.git_sha(), **tracking.process_tags()}  # fmt: skip
-    client = MlflowClient()
-    run = client.create_run(experiment_id, run_name=f"pipeline {profile.name}", tags=tags)
-    client.log_param(run.info.run_id, "data_root", data_root)
-    client.log_text(run.info.run_id, yaml.safe_dump(profile.model_dump(mode="json"), sort_keys=False),
-                    "config/profile.yaml")  # fmt: skip
-    return run.info.run_id
-
-
-def _record_headline(pid: str, summary: dict[str, Any]) -> None:
-    """What a user looks for on the pipeline run: the ensemble's scores on the scored split (``<split>_<metric>``
-    with ``_ci_low``/``_ci_high``), the decision, and links to the model version and to the runs of the steps,
-    reused ones included (a re-run's children are those it ran; the ``*_run`` tags point at the runs it reused, so
-    every pipeline run links the whole lineage without copying runs)."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient()
-    prefix = tracking.split_prefix(summary["scored_split"]) if "scored_split" in summary else ""
-    metrics = {}
-    for name, (value, low, high) in summary.get("scores", {}).items():
-        if value is not None:
-            metrics[f"{prefix}{name}"] = value
-        if low is not None and low == low:
-            metrics.update({f"{prefix}{name}_ci_low": low, f"{prefix}{name}_ci_high": high})
-    for key, value in metrics.items():
-        client.log_metric(pid, key, value)
-    links = {
-        "decision": summary.get("decision"),
-        "registered_model_uri": summary.get("ensemble"),
-        "member_model_uris": ",".join(summary.get("trained", [])),
-        "member_runs": ",".join(summary.get("member_runs", [])),
-        "ensemble_run": summary.get("ensemble_run"),
-    }
-    for key, value in links.items():
-        if value:
-            client.set_tag(pid, key, str(value))
-    if "scores" in summary:
-        lines = [f"| {name} | {v:.3f} [{lo:.3f}, {hi:.3f}] |" for name, (v, lo, hi) in summary["scores"].items()
-                 if v is not None and lo is not None and lo == lo]  # fmt: skip
-        note = (f"**{summary['ensemble']}** on {summary['scored_split']} ({summary['split_mode']}): "
-                f"{summary['decision']}{promotion_evidence(summary)}.\n\n| metric | value [95% CI] |\n|---|---|\n"
-                + "\n".join(lines))  # fmt: skip
-        client.set_tag(pid, "mlflow.note.content", note)
-        f1, low, high = summary["scores"]["f1_macro"]
-        if f1 is not None:  # the runs list shows names, not metrics, until a user picks columns: the headline there
-            interval = f" [{low:.3f}, {high:.3f}]" if low is not None and low == low else ""
-            name = f"pipeline {summary['profile']} · f1_macro {f1:.3f}{interval} on {summary['scored_split']}"
-            client.set_tag(pid, "mlflow.runName", name)
+            "odir.git_sha": tracking.git_sha()}  # fmt: skip
+    profile_yaml = yaml.safe_dump(profile.model_dump(mode="json"), sort_keys=False)
+    return pipeline_run.start(experiment, f"pipeline {profile.name}", tags, params={"data_root": data_root},
+                              texts={"config/profile.yaml": profile_yaml})  # fmt: skip
 
 
 def profile_key(profile: Profile) -> str:
@@ -214,12 +179,10 @@ def profile_key(profile: Profile) -> str:
 
 def _up_to_date(digest: str, key: str) -> str | None:
     """The champion's version when it was built from this data and profile, else None."""
-    from mlflow import MlflowClient
-
-    champion = promote.current_champion(tracking.ENSEMBLE_MODEL)
+    champion = promote.current_champion(registry.ENSEMBLE_MODEL)
     if champion is None:
         return None
-    tags = MlflowClient().get_model_version(tracking.ENSEMBLE_MODEL, champion).tags
+    tags = pipeline_run.version_tags(registry.ENSEMBLE_MODEL, champion)
     return champion if tags.get("data_digest") == digest and tags.get("profile_key") == key else None
 
 
@@ -228,7 +191,7 @@ def _up_to_date(digest: str, key: str) -> str | None:
 def odir(
     profile: str = "demo", data: str | None = None, out: str | None = None, force: bool = False,
     only_if_changed: bool = False, dispatch: str = "local", experiment: str = tracking.DEFAULT_EXPERIMENT,
-) -> dict[str, Any]:  # fmt: skip
+) -> PipelineSummary:  # fmt: skip
     """The whole pipeline: ingest, train every model of the profile, evaluate, tune thresholds, ensemble, evaluate
     the ensemble, submit, promote.
 
@@ -249,25 +212,18 @@ def odir(
     data_root = data or demo_data_task(str(tracking.project_root() / DEMO_DATA))
     pid = _start_pipeline_run(experiment, config, data_root)
     run = PipelineRun(config, {"experiment": experiment, "parent_run_id": pid, "reuse": not force}, dispatch)
-    try:
+    with pipeline_run.ended(pid):
         summary = _pipeline(run, data_root, out, only_if_changed)
-    except BaseException:
-        from mlflow import MlflowClient
-
-        MlflowClient().set_terminated(pid, "FAILED")
-        raise
-    from mlflow import MlflowClient
-
-    _record_headline(pid, summary)
-    try:
-        publish_summary(summary, summary.get("per_class"))
-    except Exception as error:  # the pipeline's work is done and recorded in MLflow: a missing artifact is no failure
-        logger.warning("Prefect artifacts not published: %s", error)
-    MlflowClient().set_terminated(pid, "FINISHED")
-    f1 = summary.get("scores", {}).get("f1_macro", [None])[0]
-    logger.info("odir %s finished: %s%s, %s", config.name, summary.get("ensemble") or "nothing retrained",
-                f" (f1_macro {f1:.3f} on {summary['scored_split']})" if f1 is not None else "",
-                summary.get("decision"))  # fmt: skip
+        pipeline_run.record(pid, headline_metrics(summary), headline_tags(summary))
+        try:
+            publish_summary(summary)
+        except Exception as error:  # the work is done and recorded in MLflow: a missing artifact is no failure
+            logger.warning("Prefect artifacts not published: %s", error)
+    built = summary.built
+    f1 = built.scores["f1_macro"].value if built else None
+    logger.info("odir %s finished: %s%s, %s", config.name, built.model_uri if built else "nothing retrained",
+                f" (f1_macro {f1:.3f} on {built.scored_split})" if f1 is not None else "",
+                summary.decision)  # fmt: skip
     return summary
 
 
@@ -307,14 +263,15 @@ class PipelineRun:
         return train_all(plan, self.profile.models)
 
 
-def _pipeline(run: PipelineRun, data_root: str, out: str | None, only_if_changed: bool) -> dict[str, Any]:
+def _pipeline(run: PipelineRun, data_root: str, out: str | None, only_if_changed: bool) -> PipelineSummary:
     config, common = run.profile, run.common
     ing = step_task("ingest", ingest.run, ingest.IngestConfig(data_root=data_root, **common))
     key = profile_key(config)
     if only_if_changed and common["reuse"] and (champion := _up_to_date(ing.data_digest, key)):
         get_run_logger().info("nothing changed since champion version %s (same data and profile)", champion)
-        return {"profile": config.name, "trained": [], "champion_version": champion, "decision": "up to date",
-                "data_digest": ing.data_digest}  # fmt: skip
+        return PipelineSummary(profile=config.name, data_digest=ing.data_digest,
+                               pipeline_run_id=common["parent_run_id"], decision="up to date",
+                               champion_version=champion)  # fmt: skip
     manifest = load_manifest(ing.manifest_uri)
     members = run.train(ing.manifest_uri)
     # what the thresholds, temperatures and weights are fit on: out-of-fold predictions in CV mode, else val's
@@ -347,55 +304,30 @@ def _pipeline(run: PipelineRun, data_root: str, out: str | None, only_if_changed
     cards = (
         *(m.model_uri for m in members),
         ens.model_uri,
-        *([f"models:/{tracking.ENSEMBLE_MODEL}/{replaced}"] if replaced and replaced != ens.version else []),
+        *([f"models:/{registry.ENSEMBLE_MODEL}/{replaced}"] if replaced and replaced != ens.version else []),
     )
     step_task("model cards", model_card.publish_model_cards, cards)
     member_metric = "cv_f1_macro" if config.cv else "val_f1_macro"
-    return {
-        "profile": config.name, "data_digest": ing.data_digest, "trained": [m.model_uri for m in members],
-        "member_f1_macro": {m.registered_model: m.metrics.get(member_metric) for m in members},
-        "ensemble": ens.model_uri, "ensemble_weights": ens.weights, "thresholds": ens.thresholds,
-        "split_mode": f"cv ({config.cv.folds} folds)" if config.cv else "given splits",
-        "scored_split": test_split, "scores": headline_scores(scored, test_split),
-        "per_class": per_class_rows(scored, test_split), "referral": referral_counts(scored, test_split),
-        "decision": decision.decision, "prob_better": decision.prob_better, "promotion_note": decision.note,
-        "champion_version": decision.version if decision.decision == "champion" else decision.champion_version,
-        "submission": submission, "pipeline_run_id": common["parent_run_id"],
-        "member_runs": [m.run_id for m in members], "ensemble_run": ens.run_id,
-        "gallery": _gallery(evaluated.run_id if evaluated else None),
-    }  # fmt: skip
+    built = BuiltEnsemble(
+        model_uri=ens.model_uri, run_id=ens.run_id, weights=ens.weights, thresholds=ens.thresholds,
+        members=tuple(m.model_uri for m in members), member_runs=tuple(m.run_id for m in members),
+        member_f1_macro={m.registered_model: m.metrics.get(member_metric) for m in members},
+        split_mode=f"cv ({config.cv.folds} folds)" if config.cv else "given splits", scored_split=test_split,
+        scores=headline_scores(scored, test_split), per_class=tuple(per_class_rows(scored, test_split)),
+        referral=referral_counts(scored, test_split), gallery=_gallery(evaluated.run_id if evaluated else None),
+        submission=submission,
+    )  # fmt: skip
+    return PipelineSummary(
+        profile=config.name, data_digest=ing.data_digest, pipeline_run_id=common["parent_run_id"],
+        decision=decision.decision,
+        champion_version=decision.version if decision.decision == "champion" else decision.champion_version,
+        prob_better=decision.prob_better, promotion_note=decision.note, built=built,
+    )  # fmt: skip
 
 
-def _gallery(evaluate_run_id: str | None) -> dict[str, str] | None:
-    """Where the ensemble's Grad-CAM gallery on the scored split is: its evaluate run and ``gallery.html``."""
-    from mlflow import MlflowClient
-
+def _gallery(evaluate_run_id: str | None) -> Gallery | None:
+    """Where the ensemble's Grad-CAM gallery on the scored split is (None without an evaluation there)."""
     if evaluate_run_id is None:
         return None
-    uri = MlflowClient().get_run(evaluate_run_id).data.tags.get("gradcam_uri")
-    return {"run_id": evaluate_run_id, "uri": f"{uri}/gallery.html"} if uri else None
-
-
-def referral_counts(metrics: dict[str, float], split: str) -> dict[str, float] | None:
-    """How many images the ensemble referred on the scored split, and the error rates in and out (None where the
-    split's evaluation logged none: the cross-fitted CV scores)."""
-    prefix = tracking.split_prefix(split)
-    if f"{prefix}n_referred" not in metrics:
-        return None
-    referred, kept = int(metrics[f"{prefix}n_referred"]), int(metrics[f"{prefix}n_kept"])
-    return {"n_referred": referred, "n": referred + kept,
-            "error_rate_referred": metrics.get(f"{prefix}error_rate_referred", float("nan")),
-            "error_rate_kept": metrics.get(f"{prefix}error_rate_kept", float("nan"))}  # fmt: skip
-
-
-HEADLINE = ("f1_macro", "f1_course", "f1_D", "f1_G", "f1_A", "auroc_D", "auroc_G", "auroc_A")
-
-
-def headline_scores(metrics: dict[str, float], split: str) -> dict[str, list[float | None]]:
-    """``{metric: [value, ci_low, ci_high]}`` of :data:`HEADLINE` from an evaluate run's prefixed metrics."""
-    prefix = tracking.split_prefix(split)
-    return {
-        name: [metrics.get(f"{prefix}{name}"), metrics.get(f"{prefix}{name}_ci_low"),
-               metrics.get(f"{prefix}{name}_ci_high")]
-        for name in HEADLINE
-    }  # fmt: skip
+    uri = pipeline_run.run_tag(evaluate_run_id, "gradcam_uri")
+    return Gallery(run_id=evaluate_run_id, uri=f"{uri}/gallery.html") if uri else None

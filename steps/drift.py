@@ -1,9 +1,9 @@
 """Drift check: new images against the training reference stored with a registered ensemble version.
 
 :func:`check_images` loads the reference the ensemble step logged with the version
-(:func:`steps.support.contracts.load_drift_reference`), measures the new images and embeds them with the same member
-network (its first fold model), compares (:func:`components.monitoring.drift.compare`: per-feature KS tests and an
-embedding MMD test, Holm-corrected at ``alpha``; per-image out-of-distribution flags) and logs a run tagged
+(:func:`steps.support.drift_reference.load_drift_reference`), measures the new images and embeds them with the same
+member network (its first fold model), compares (:func:`components.monitoring.drift.compare`: per-feature KS tests and
+an embedding MMD test, Holm-corrected at ``alpha``; per-image out-of-distribution flags) and logs a run tagged
 ``odir.step=drift``: metrics ``drift_score``, ``mmd``, ``mmd_p_value``, ``ks_<feature>`` (the KS statistics),
 ``ood_count``; artifacts ``drift/images.csv`` (per image its statistics, embedding distance, and why it is out of
 distribution) and ``drift/report.txt`` (:func:`format_report`). A check is never reused: the same images may be checked
@@ -24,11 +24,13 @@ from pathlib import Path
 import pandas as pd
 
 from components.errors import OdirError
-from components.monitoring.drift import FEATURES, DriftReport, compare, describe_images
-from steps.support import cli, tracking
-from steps.support.contracts import embed_paths, embedding_checkpoint, image_files, load_drift_reference
+from components.monitoring.drift import DriftReport, compare
+from components.monitoring.image_stats import FEATURES, describe_images
+from steps.support import cli, registry, tracking
+from steps.support.drift_reference import embed_paths, embedding_checkpoint, load_drift_reference
+from steps.support.manifest import image_files
 
-CHAMPION = f"models:/{tracking.ENSEMBLE_MODEL}@champion"
+CHAMPION = f"models:/{registry.ENSEMBLE_MODEL}@champion"
 SHOWN_IMAGES = 20
 
 
@@ -78,7 +80,7 @@ def check_images(
 
     Raises:
         OdirError: no images, ``alpha`` outside (0, 1), a model URI the registry does not have, a version without a
-            reference (:class:`~steps.support.contracts.NoDriftReference`), an image that cannot be decoded (a
+            reference (:class:`~steps.support.drift_reference.NoDriftReference`), an image that cannot be decoded (a
             :class:`~components.errors.DataError` naming it).
     """
     paths = [str(path) for path in image_paths]
@@ -88,7 +90,7 @@ def check_images(
         raise OdirError(f"alpha must be between 0 and 1, got {alpha}")
     tracking.setup(experiment)
     reference = load_drift_reference(model_uri)
-    name, version = tracking.split_model_uri(model_uri)
+    name, version = registry.split_model_uri(model_uri)
     resolved = f"models:/{name}/{version}"
     source = reference.source
     checkpoint = embedding_checkpoint(source["member_model_uri"], source.get("checkpoint"))

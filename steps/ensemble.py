@@ -5,7 +5,7 @@ member's probabilities are first temperature-scaled per class (temperatures fit 
 focal and class-balanced losses do not give calibrated probabilities, and a weighted mean of uncalibrated members
 over-weights the overconfident one); the ECE before and after is logged. The ensemble's validation probabilities
 are the weighted mean of the saved (calibrated) member predictions (no network runs), and its per-class
-thresholds are tuned on them for each class's objective.
+thresholds are fit on them for each class's objective, as the profile's ``threshold_strategy`` says.
 
 Given out-of-fold member predictions (cross-validation: the frames carry each image's ``fold``), the registered
 ensemble is fit on all of them, and its honest CV score is **cross-fitted**: for each fold k, temperatures, weights
@@ -16,11 +16,11 @@ CV mode compares them. The result is registered as ``odir-ensemble``: an MLflow
 pyfunc that holds the member checkpoints, the weights, the temperatures, the TTA views and the thresholds, and
 predicts labels from image paths or bytes.
 
-The ensemble's run also logs ``drift_reference/`` (:func:`steps.support.contracts.log_drift_reference`): statistics and
-pooled embeddings (first member, first fold model) of up to 500 images that model never trained on (val, or fold 0
-in CV mode); the registered version names it in
-its tags ``drift_reference_uri`` and ``drift_reference_sha256``, so every version carries the reference that new
-images are checked against (``odir check-drift``).
+The ensemble's run also logs ``drift_reference/`` (:func:`steps.support.drift_reference.log_drift_reference`):
+statistics and pooled embeddings (first member, first fold model) of up to 500 images that model never trained on
+(val, or fold 0 in CV mode); the registered version names it in its tags ``drift_reference_uri`` and
+``drift_reference_sha256``, so every version carries the reference that new images are checked against
+(``odir check-drift``).
 """
 
 from __future__ import annotations
@@ -38,30 +38,23 @@ import numpy as np
 import pandas as pd
 
 from components import LABELS
-from components.data.dataset import patient_of
+from components.data.splits import patient_of
 from components.evaluation.calibration import apply_temperature, calibration_errors, fit_temperatures
 from components.evaluation.ensemble import align_members, normalise_weights, weighted_mean, weights_from_scores
 from components.evaluation.metrics import DEFAULT_THRESHOLD, f1_macro, multilabel_report
 from components.evaluation.scoring import scored_report
-from components.evaluation.thresholds import ThresholdResult, tune_thresholds
+from components.evaluation.thresholds import ThresholdResult, fit_thresholds
 from components.models.tta import STUDY_VIEWS, check_views
-from components.monitoring.drift import MIN_REFERENCE_IMAGES
+from components.monitoring.reference import MIN_REFERENCE_IMAGES
 from components.monitoring.referral import ReferralSpec
-from steps.support import cli, integrity, tracking
+from steps.support import cli, integrity, registry, tracking
 from steps.support.base import StepConfig, run_step
-from steps.support.contracts import (
-    build_drift_reference,
-    grid_of,
-    labels_of,
-    load_manifest,
-    log_drift_reference,
-    log_thresholds,
-    member_checkpoints,
-    predictions_frame,
-    read_predictions,
-    read_thresholds,
-)
+from steps.support.drift_reference import build_drift_reference, log_drift_reference
 from steps.support.fingerprint import code_fingerprint
+from steps.support.manifest import load_manifest
+from steps.support.members import member_checkpoints
+from steps.support.predictions import labels_of, predictions_frame, read_predictions
+from steps.support.thresholds import grid_of, log_thresholds, read_thresholds
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +70,7 @@ class EnsembleConfig(StepConfig):
     views: tuple[str, ...] = STUDY_VIEWS
     grid: str = "study"
     objectives: tuple[str, ...] = ("f1", "f1", "f1")
+    threshold_strategy: str = "tuned"  # components.evaluation.thresholds.STRATEGIES
     calibrate: bool = True
     referral: ReferralSpec = field(default_factory=ReferralSpec)
     profile: str = "demo"
@@ -137,7 +131,7 @@ def _register(
                     "torch", "torchvision", "timm", "numpy", "pandas", "pillow"
                 ),
             )
-    return integrity.register(info.model_uri, tracking.ENSEMBLE_MODEL, tags)  # with its tags and files' SHA-256
+    return integrity.register(info.model_uri, registry.ENSEMBLE_MODEL, tags)  # with its tags and files' SHA-256
 
 
 def _temperatures(config: EnsembleConfig, labels: np.ndarray, member_probs: list[np.ndarray]) -> np.ndarray:
@@ -175,7 +169,7 @@ def _reused(run) -> EnsembleResult:
     weights = tracking.read_json(run.data.tags["weights_uri"])
     thresholds = read_thresholds(run.data.tags["thresholds_uri"])
     metrics = {k: v for k, v in run.data.metrics.items() if k.startswith(("val_", "cv_"))}
-    return EnsembleResult(uri, tracking.split_model_uri(uri)[1], run.info.run_id, weights, thresholds, metrics)
+    return EnsembleResult(uri, registry.split_model_uri(uri)[1], run.info.run_id, weights, thresholds, metrics)
 
 
 def run(config: EnsembleConfig) -> EnsembleResult:
@@ -184,7 +178,7 @@ def run(config: EnsembleConfig) -> EnsembleResult:
         raise ValueError("one validation predictions artifact is needed per member")
     check_views(config.views)
     grid_of(config.grid)  # an unknown grid fails before any work
-    names = [tracking.split_model_uri(uri)[0].removeprefix(tracking.MODEL_PREFIX) for uri in config.member_model_uris]
+    names = [registry.split_model_uri(uri)[0].removeprefix(registry.MODEL_PREFIX) for uri in config.member_model_uris]
     frames = {name: read_predictions(uri) for name, uri in zip(names, config.member_val_predictions, strict=True)}
     _, member_probs = align_members(frames)
     folds = frames[names[0]]["fold"].to_numpy() if "fold" in frames[names[0]].columns else None
@@ -192,6 +186,7 @@ def run(config: EnsembleConfig) -> EnsembleResult:
     key = tracking.content_key(
         config.member_model_uris, config.member_val_predictions, config.weights, config.views, config.grid,
         config.objectives, config.calibrate, code_fingerprint("ensemble"), config.referral.model_dump(),
+        config.threshold_strategy,
     )  # fmt: skip
     tags = {"profile": config.profile, "profile_key": config.profile_key, "data_digest": digest, "ensemble_key": key}
     work = functools.partial(_combine, config, names, frames[names[0]], member_probs, folds, tags)
@@ -206,7 +201,8 @@ def _fit(
     calibrated = [apply_temperature(p, t) for p, t in zip(member_probs, temperatures, strict=True)]
     weights = _weights(config, labels, calibrated)
     probs = weighted_mean(calibrated, weights)
-    return weights, probs, tune_thresholds(labels, probs, grid_of(config.grid), config.objectives)
+    return weights, probs, fit_thresholds(labels, probs, grid_of(config.grid), config.objectives,
+                                          config.threshold_strategy)  # fmt: skip
 
 
 def cross_fit(
@@ -281,7 +277,8 @@ def _combine(
     temperatures = _calibrate(config, names, labels, member_probs)
     weights, probs, tuned = _fit(config, labels, member_probs, temperatures)
     mlflow.log_params({"members": ",".join(names), "tta_views": ",".join(config.views), "grid": config.grid,
-                       "objectives": ",".join(config.objectives), "calibrate": config.calibrate,
+                       "objectives": ",".join(config.objectives), "threshold_strategy": config.threshold_strategy,
+                       "calibrate": config.calibrate,
                        **{f"referral_{k}": v for k, v in config.referral.model_dump().items()}})  # fmt: skip
     weights_uri = tracking.log_json(dict(zip(names, weights.tolist(), strict=True)), "weights.json")
     mlflow.set_tags({"weights_uri": weights_uri, "thresholds_uri": log_thresholds(tuned, grid)})
@@ -292,10 +289,10 @@ def _combine(
     version_tags = {**tags, "kind": "ensemble", "members": ",".join(config.member_model_uris),
                     **_drift_reference(config, frame)}  # fmt: skip
     version = _register(config, names, weights, tuned.as_dict(), temperatures, version_tags)
-    mlflow.set_tag("registered_model_uri", f"models:/{tracking.ENSEMBLE_MODEL}/{version}")
-    log.info("registered %s version %s (weights %s)", tracking.ENSEMBLE_MODEL, version, np.round(weights, 3))
+    mlflow.set_tag("registered_model_uri", f"models:/{registry.ENSEMBLE_MODEL}/{version}")
+    log.info("registered %s version %s (weights %s)", registry.ENSEMBLE_MODEL, version, np.round(weights, 3))
     return EnsembleResult(
-        f"models:/{tracking.ENSEMBLE_MODEL}/{version}", version, run.info.run_id,
+        f"models:/{registry.ENSEMBLE_MODEL}/{version}", version, run.info.run_id,
         dict(zip(names, weights.tolist(), strict=True)), tuned.as_dict(), metrics,
     )  # fmt: skip
 

@@ -57,19 +57,13 @@ from components.monitoring.referral import (
     refer,
     referral_table,
 )
-from steps.support import cli, tracking
+from steps.support import cli, registry, tracking
 from steps.support.base import StepConfig, run_step
-from steps.support.contracts import (
-    LABELLED_SPLITS,
-    Manifest,
-    evaluate_key,
-    load_cam_model,
-    load_manifest,
-    predict_split,
-    predictions_frame,
-    read_thresholds,
-    record_score,
-)
+from steps.support.manifest import LABELLED_SPLITS, Manifest, load_manifest
+from steps.support.predict import load_cam_model, predict_split
+from steps.support.predictions import predictions_frame
+from steps.support.tags import evaluate_key, record_score
+from steps.support.thresholds import read_thresholds
 
 log = logging.getLogger(__name__)
 
@@ -150,14 +144,14 @@ def _log_figures(labels: np.ndarray, probs: np.ndarray, thresholds: np.ndarray, 
 def run(config: EvaluateConfig) -> EvaluateResult:
     """Predicts, logs predictions, metrics, table and figures; enforces the gate. See the module docstring."""
     manifest = load_manifest(config.manifest_uri)
-    name, version = tracking.split_model_uri(config.model_uri)
+    name, version = registry.split_model_uri(config.model_uri)
     views = config.views if config.tta else ("identity",)
     model_uri = f"models:/{name}/{version}"  # an alias resolved: the reuse key names the version
     if config.gradcam_gallery < 0:
         raise OdirError(f"gradcam_gallery must be 0 (no gallery) or more, got {config.gradcam_gallery}")
     key = evaluate_key(model_uri, config.split, views, config.thresholds_uri, config.exclude_shared_with,
-                       config.gradcam_gallery)  # fmt: skip
-    model = name.removeprefix(tracking.MODEL_PREFIX)
+                       gradcam_gallery=config.gradcam_gallery)  # fmt: skip
+    model = name.removeprefix(registry.MODEL_PREFIX)
     tags = {"odir.model": model, "model_version": model_uri, "split": config.split, "data_digest": manifest.digest,
             "evaluate_key": key}  # fmt: skip
 

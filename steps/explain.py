@@ -1,7 +1,7 @@
 """Explain: Grad-CAM overlays per image and class for a registered model, a member (``models:/odir-<name>/<v>``) or
 the ensemble (``models:/odir-ensemble@champion``).
 
-The probabilities and thresholds are the model's own answer (:func:`steps.support.contracts.predict_paths`: the ensemble
+The probabilities and thresholds are the model's own answer (:func:`steps.support.predict.predict_paths`: the ensemble
 with its TTA views, temperatures and thresholds; a member with the five study views and threshold 0.5). The maps are
 Grad-CAM on the identity view (:mod:`components.monitoring.explain`): a member's over its fold models averaged, the
 ensemble's the weighted mean of its members' with its weights. Model files are checked by :mod:`steps.support.integrity`
@@ -24,7 +24,7 @@ import pandas as pd
 from components import LABELS
 from components.errors import OdirError
 from components.monitoring.explain import caption, explain_images, write_overlay_png
-from steps.support.contracts import load_cam_model, predict_paths
+from steps.support.predict import load_cam_model, predict_paths
 
 log = logging.getLogger(__name__)
 

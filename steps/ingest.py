@@ -19,11 +19,11 @@ from pathlib import Path
 import pandas as pd
 
 from components import LABELS
-from components.data.dataset import DatasetReport, Split, patient_of, validate_dataset
+from components.data.splits import DatasetReport, Split, patient_of, validate_dataset
 from components.errors import DataError
 from steps.support import cli, storage, tracking
 from steps.support.base import StepConfig, run_step
-from steps.support.contracts import LABELLED_SPLITS, Manifest, log_dataset, log_manifest
+from steps.support.manifest import LABELLED_SPLITS, Manifest, log_dataset, log_manifest
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ def _counts(frame: pd.DataFrame) -> dict[str, int]:
 
 def _reused(run) -> IngestResult:
     """The result of an earlier ingest of the same root and data."""
-    from steps.support.contracts import load_manifest
+    from steps.support.manifest import load_manifest
 
     manifest = load_manifest(run.data.tags["manifest_uri"])
     frame = manifest.frame

@@ -30,20 +30,12 @@ import pandas as pd
 
 from components.errors import OdirError
 from components.evaluation.bootstrap import PairedResult, paired_bootstrap, pick, report_metrics
-from steps.support import cli, integrity, locks, tracking
+from steps.support import cli, integrity, locks, registry, tracking
 from steps.support.base import StepConfig
-from steps.support.contracts import (
-    CV_POOL,
-    Manifest,
-    labels_of,
-    load_manifest,
-    predict_paths,
-    predict_split,
-    probabilities_of,
-    read_predictions,
-    record_score,
-    recorded_score,
-)
+from steps.support.manifest import CV_POOL, Manifest, load_manifest
+from steps.support.predict import predict_paths, predict_split
+from steps.support.predictions import labels_of, probabilities_of, read_predictions
+from steps.support.tags import record_score, recorded_score
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +127,7 @@ def cv_predictions(model_uri: str, experiment: str) -> pd.DataFrame | None:
 def scored_on(model_uri: str, manifest: Manifest, split: str, experiment: str, images: Images) -> Scored:
     """A version's predictions on the compared images: its cross-fitted ones (``cv``) or the evaluate step's on
     this split of this data, else predicted now."""
-    name, version = tracking.split_model_uri(model_uri)
+    name, version = registry.split_model_uri(model_uri)
     if split == "cv":
         frame = cv_predictions(f"models:/{name}/{version}", experiment)
         if frame is not None and list(frame["id"]) == images.ids:  # shifted: each fold's thresholds sit at 0.5
@@ -161,7 +153,7 @@ def trained_on(model_uri: str, manifest: Manifest, split: str) -> bool:
     from mlflow import MlflowClient
 
     client = MlflowClient()
-    name, version = tracking.split_model_uri(model_uri)
+    name, version = registry.split_model_uri(model_uri)
     model_version = client.get_model_version(name, version)
     if model_version.tags.get("data_digest") != manifest.digest:
         return False
@@ -218,7 +210,7 @@ def run(config: PromoteConfig) -> PromoteResult:
     """Compares and moves the aliases; see the module docstring."""
     tracking.setup(config.experiment)  # the registry is read before the promote run opens
     manifest = load_manifest(config.manifest_uri)
-    name, version = tracking.split_model_uri(config.model_uri)
+    name, version = registry.split_model_uri(config.model_uri)
     if (unchanged := _already_decided(name, version, config.split, manifest.digest)) is not None:
         return unchanged
     cv_frame = cv_predictions(f"models:/{name}/{version}", config.experiment) if config.split == "cv" else None

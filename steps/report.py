@@ -39,14 +39,9 @@ from components.evaluation.report import (
 )
 from steps.support import cli, tracking
 from steps.support.base import StepConfig
-from steps.support.contracts import (
-    Manifest,
-    evaluate_key,
-    load_manifest,
-    probabilities_of,
-    read_predictions,
-    train_tags,
-)
+from steps.support.manifest import Manifest, load_manifest
+from steps.support.predictions import probabilities_of, read_predictions
+from steps.support.tags import evaluate_key, train_tags
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,10 @@ import pandas as pd
 
 from components import LABELS
 from components.outputs import check_output
-from steps.support import cli, tracking
+from steps.support import cli, registry, tracking
 from steps.support.base import StepConfig, run_step
-from steps.support.contracts import Manifest, load_manifest, predict_paths
+from steps.support.manifest import Manifest, load_manifest
+from steps.support.predict import predict_paths
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,7 +48,7 @@ def run(config: SubmitConfig) -> SubmitResult:
     """Predicts and writes the submission (or copies the one of an earlier run); see the module docstring."""
     out_path = check_output(config.out_path).resolve()  # before the predictions, not after
     manifest = load_manifest(config.manifest_uri)
-    name, version = tracking.split_model_uri(config.model_uri)
+    name, version = registry.split_model_uri(config.model_uri)
     model_uri = f"models:/{name}/{version}"
     tags = {"split": config.split, "data_digest": manifest.digest, "model_uri": model_uri}
 

@@ -1,6 +1,6 @@
 """Train: one model spec -> one MLflow run -> one registered model version ``odir-<name>``.
 
-The spec arrives as data (a :class:`~components.config.ModelSpec`, JSON on the command line), never as a profile
+The spec arrives as data (a :class:`~components.training.spec.ModelSpec`, JSON on the command line), never as a profile
 path, so a worker on another host needs nothing of the flow's files: only the tracking server and the data.
 
 With ``cv`` (patient-grouped k-fold cross-validation), the labelled pool (train + val) is split into folds and one
@@ -12,7 +12,8 @@ predictions** (``predictions/oof.csv``, with the fold), which later steps fit th
 weights on. Their scores at 0.5 are logged as ``cv_*`` with intervals. The registered version averages the fold
 models' probabilities (``checkpoints/fold_<k>.pt``).
 
-The run holds every spec field as a param, per-epoch ``train_loss``, ``val_loss`` and validation metrics (both
+The run holds every spec field as a param, the hardware it ran on (``hardware_*``: CPU model and flags, GPU, torch
+version and threads), per-epoch ``train_loss``, ``val_loss`` and validation metrics (both
 F1s, per-class F1, AUROC; with ``validate_every``, the validated epochs' only), system metrics, the dataset input,
 the best checkpoint (``checkpoints/best.pt``, tensors only) and the best model logged with ``mlflow.pytorch``. The
 version is tagged with the dataset digest and the profile. An interrupted run resumes from its local checkpoint
@@ -34,26 +35,22 @@ import torch
 import yaml
 
 from components import LABELS
-from components.config import ModelSpec
-from components.data.dataset import patient_of
 from components.data.folds import CVSpec
+from components.data.splits import patient_of
 from components.evaluation.scoring import scored_report
 from components.models.backbones import FoldAverage, parameter_count, preprocessing_config
 from components.models.inference import predict_images
 from components.models.tta import STUDY_VIEWS
-from components.training.loop import Callback, TrainResult, speed_settings, train
-from steps.support import cli, integrity, tracking
+from components.training.hardware import hardware_record
+from components.training.loop import Callback, TrainResult, train
+from components.training.runtime import speed_settings
+from components.training.spec import ModelSpec
+from steps.support import cli, integrity, registry, tracking
 from steps.support.base import StepConfig, run_step
-from steps.support.contracts import (
-    CHECKPOINT_ARTIFACT,
-    CHECKPOINT_DIR,
-    Manifest,
-    load_manifest,
-    log_dataset,
-    predictions_frame,
-    registered_name,
-    train_tags,
-)
+from steps.support.manifest import Manifest, load_manifest, log_dataset
+from steps.support.members import CHECKPOINT_ARTIFACT, CHECKPOINT_DIR
+from steps.support.predictions import predictions_frame
+from steps.support.tags import registered_name, train_tags
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +155,7 @@ def _reused(run) -> TrainStepResult:
         key.removeprefix("best_"): v for key, v in metrics.items()
         if key.startswith(prefix) and key != "best_epoch" and not key.endswith(("_ci_low", "_ci_high"))
     }  # fmt: skip
-    name, version = tracking.split_model_uri(tags["registered_model_uri"])
+    name, version = registry.split_model_uri(tags["registered_model_uri"])
     return TrainStepResult(
         tags["registered_model_uri"], name, version, run.info.run_id, int(metrics["best_epoch"]),
         tags["checkpoint_uri"], scores, oof,
@@ -189,6 +186,7 @@ def _train(
     mlflow.log_params(tracking.flat_params({**spec.model_dump(), **in_effect, "profile": config.profile}))
     mlflow.log_params({"data_digest": manifest.digest, "manifest_uri": config.manifest_uri,
                        "split_mode": "cv" if config.cv else "given"})  # fmt: skip
+    mlflow.log_params(hardware_record())  # the same commit trains to other numbers on another CPU
     mlflow.log_text(yaml.safe_dump(spec.model_dump(), sort_keys=False), "config/spec.yaml")
     preprocessing = preprocessing_config(spec.backbone)  # applied by the model itself, recorded in best.pt too
     mlflow.log_params({"preprocessing_mean": preprocessing["mean"], "preprocessing_std": preprocessing["std"]})

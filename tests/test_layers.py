@@ -1,4 +1,5 @@
-"""The layer rule of ARCHITECTURE.md: components/ imports neither Prefect nor MLflow, nor steps/ or flows/."""
+"""The layer rule of docs/architecture.md: components/ imports neither Prefect nor MLflow, nor steps/ or flows/;
+steps/ imports neither Prefect nor flows/; flows/ talks to MLflow only through steps/ (steps.support.pipeline_run)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN = {
     "components": {"prefect", "mlflow", "steps", "flows"},
     "steps": {"prefect", "flows"},
+    "flows": {"mlflow"},
 }
 
 
@@ -32,4 +34,23 @@ def test_imports_only_point_downwards(package: str) -> None:
         for path in (ROOT / package).rglob("*.py")
         if _imports(path) & FORBIDDEN[package]
     }
+    assert not offenders
+
+
+def test_no_step_imports_another() -> None:
+    """Steps hand each other URIs through steps.support's formats, never Python objects of another step."""
+    steps = {path.stem for path in (ROOT / "steps").glob("*.py") if path.stem != "__init__"}
+    offenders = {}
+    for path in (ROOT / "steps").glob("*.py"):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        imported = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module == "steps":
+                imported.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("steps."):
+                imported.add(node.module.split(".")[1])
+            elif isinstance(node, ast.Import):
+                imported.update(a.name.split(".")[1] for a in node.names if a.name.startswith("steps."))
+        if others := (imported & steps) - {path.stem}:
+            offenders[path.name] = sorted(others)
     assert not offenders

@@ -1,7 +1,7 @@
 """Patient-grouped, label-stratified k-fold assignment for cross-validation on the labelled pool.
 
 Both eyes of a patient (ODIR ids ``<patient>_left`` / ``<patient>_right``, with or without ``.jpg``; see
-:func:`components.data.dataset.patient_of`) always land in the same fold, and the labels D, G, A are spread across the
+:func:`components.data.splits.patient_of`) always land in the same fold, and the labels D, G, A are spread across the
 folds as evenly as whole patients allow. The profile asks for it with::
 
     cv: {folds: 5, group: patient, seed: 42}
@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sklearn.model_selection import StratifiedGroupKFold
 
 from components import LABELS
-from components.data.dataset import patient_of
+from components.data.splits import patient_of
 from components.errors import OdirError
 
 
@@ -57,7 +57,7 @@ def assign_folds(ids: Sequence[str], labels: np.ndarray, folds: int, seed: int) 
 
     Args:
         ids: image ids, ODIR style (``'913_right.jpg'``, ``'913_left'``); the patient is
-            :func:`components.data.dataset.patient_of` of the id.
+            :func:`components.data.splits.patient_of` of the id.
         labels: ``(len(ids), 3)`` array of 0/1, columns in :data:`components.LABELS` order.
         folds: number of folds, at least 2 and at most the number of patients.
         seed: seed of the assignment; any int (taken modulo 2**32). Same inputs and seed, same folds.

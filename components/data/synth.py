@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from components import LABELS
-from components.data.dataset import SPLITS
+from components.data.splits import SPLITS
 
 PRIMARY_LABEL_PROBS = (0.63, 0.20, 0.17)
 """Probability that an image's (first) label is D, G, A: the real train split's single-label shares."""

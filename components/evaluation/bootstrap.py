@@ -160,7 +160,7 @@ def patient_bootstrap(
         metrics: ``metrics(labels, probs) -> {name: value}``; pass :func:`report_metrics` (or another
             :class:`Resampled`) for the vectorised path.
         labels, probs: ``(N, 3)`` labels and probabilities of the images.
-        patients: ``(N,)`` each image's patient (``components.data.dataset.patient_of`` of its id).
+        patients: ``(N,)`` each image's patient (``components.data.splits.patient_of`` of its id).
         resamples, seed: how many resamples, and the seed that makes them reproducible.
         level: coverage of the interval.
 
@@ -400,8 +400,8 @@ def _scalar_samples(
 def paired_bootstrap(
     metric: Callable[[np.ndarray, np.ndarray], float],
     labels: np.ndarray,
-    probs_a: np.ndarray,
-    probs_b: np.ndarray,
+    probs_a: np.ndarray | Sequence[np.ndarray],
+    probs_b: np.ndarray | Sequence[np.ndarray],
     patients: Sequence[str],
     resamples: int = 1000,
     seed: int = 0,
@@ -413,22 +413,27 @@ def paired_bootstrap(
     Both models are scored on the same patient resamples, so what the patients have in common (hard cases,
     prevalence) cancels out of the difference. ``metric_b`` scores b when it differs from ``metric`` (e.g. b's
     own tuned thresholds); by default ``metric`` scores both.
+
+    ``probs_a`` (and ``probs_b``) may also be a sequence of predictions of the same images by repeats of one recipe
+    (training seeds): a recipe's score, on all images and in each resample, is then the mean over its repeats, so
+    the interval and P(b better) cover both the patients drawn and the seeds, and two recipes trained on the same
+    seeds are compared pair by pair.
     """
-    labels, probs_a, probs_b = np.asarray(labels), np.asarray(probs_a), np.asarray(probs_b)
-    if not len(labels) == len(probs_a) == len(probs_b):
-        raise ValueError(f"labels, probs_a and probs_b differ in length: {len(labels)}, {len(probs_a)}, {len(probs_b)}")
+    labels = np.asarray(labels)
+    runs_a, runs_b = _repeats(probs_a, labels), _repeats(probs_b, labels)
     metric_b = metric if metric_b is None else metric_b
     codes, count = patient_codes(patients, len(labels))
     counts = resample_counts(count, resamples, seed)
-    a = _scalar_samples(metric, labels, probs_a, codes, counts)
-    b = _scalar_samples(metric_b, labels, probs_b, codes, counts)
+    a = np.mean([_scalar_samples(metric, labels, probs, codes, counts) for probs in runs_a], axis=0)
+    b = np.mean([_scalar_samples(metric_b, labels, probs, codes, counts) for probs in runs_b], axis=0)
     both = ~(np.isnan(a) | np.isnan(b))
     difference = np.where(both, b - a, np.nan)
     if 2 * both.sum() < len(both):
         prob = float("nan")
     else:
         prob = float(np.mean(b[both] > a[both]) + 0.5 * np.mean(b[both] == a[both]))
-    score_a, score_b = float(metric(labels, probs_a)), float(metric_b(labels, probs_b))
+    score_a = float(np.mean([metric(labels, probs) for probs in runs_a]))
+    score_b = float(np.mean([metric_b(labels, probs) for probs in runs_b]))
     return PairedResult(
         score_a=score_a,
         score_b=score_b,
@@ -438,3 +443,13 @@ def paired_bootstrap(
         interval_b=percentile_interval(b, level),
         prob_b_better=prob,
     )
+
+
+def _repeats(probs: np.ndarray | Sequence[np.ndarray], labels: np.ndarray) -> list[np.ndarray]:
+    """One model's predictions as a list of repeats, each checked against the labels' length."""
+    array = np.asarray(probs)
+    repeats = list(array) if array.ndim == labels.ndim + 1 else [array]
+    for repeat in repeats:
+        if len(repeat) != len(labels):
+            raise ValueError(f"{len(labels)} labels but {len(repeat)} predictions")
+    return repeats

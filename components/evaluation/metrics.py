@@ -1,4 +1,4 @@
-"""Per-class and macro metrics of multi-label predictions, named as ARCHITECTURE.md names them.
+"""Per-class and macro metrics of multi-label predictions, named as docs/architecture.md names them.
 
 - ``f1_macro``: mean over D, G, A of the positive-class F1.
 - ``f1_course``: mean over D, G, A of scikit-learn ``f1_score(average="macro")`` on each binary column (F1 averaged

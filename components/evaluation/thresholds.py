@@ -20,6 +20,12 @@ For the two constrained objectives, equal sensitivity (resp. specificity) goes t
 other rate (it costs nothing), then the usual tie rule; when no threshold of the grid meets the floor, a warning
 says so and the threshold closest to meeting it is taken. A rate a class cannot have in the tuning set (sensitivity
 without positives) counts as 0.
+
+Thresholds tuned on one set of predictions do not always transfer to new patients (on ODIR, F1-tuned thresholds
+fit on the training pool's out-of-fold predictions scored below 0.5 on a held-back split), so how the tuned value
+is used is a **strategy** (:data:`STRATEGIES`, :func:`fit_thresholds`): ``tuned`` as is, ``shrunk`` halfway back
+towards 0.5, ``fixed`` at 0.5, or ``prevalence``: per class the threshold that predicts as many positives as the
+fitting set has (no objective at all). docs/results.md compares them under nested patient-grouped CV.
 """
 
 from __future__ import annotations
@@ -271,3 +277,50 @@ def tune_thresholds(
         default_f1.append(f1_per_threshold(truth, score, np.array([DEFAULT_THRESHOLD]))[0])
     names = tuple(str(objective) for objective in per_class)
     return ThresholdResult(np.array(chosen), np.array(best_f1), np.array(default_f1), names)
+
+
+# --- strategies ------------------------------------------------------------------------------------------------------
+
+STRATEGIES = ("tuned", "shrunk", "fixed", "prevalence")
+"""How thresholds are fit; see the module docstring."""
+SHRINKAGE = 0.5  # ``shrunk`` keeps this share of the tuned threshold's distance from 0.5
+
+
+def fit_thresholds(
+    y_true: np.ndarray, probs: np.ndarray, grid: tuple[float, ...] = STUDY_GRID, objectives: PerClass = None,
+    strategy: str = "tuned",
+) -> ThresholdResult:  # fmt: skip
+    """Per-class thresholds by ``strategy`` (:data:`STRATEGIES`) on these predictions; ``grid`` and ``objectives``
+    are those of :func:`tune_thresholds`, which ``tuned`` and ``shrunk`` start from.
+
+    Raises:
+        ValueError: for an unknown strategy, or what :func:`tune_thresholds` refuses.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown threshold strategy {strategy!r}; valid: {', '.join(STRATEGIES)}")
+    if strategy == "tuned":
+        return tune_thresholds(y_true, probs, grid, objectives)
+    y_true, probs = check_labels_and_scores(y_true, probs)
+    if strategy == "shrunk":
+        tuned = tune_thresholds(y_true, probs, grid, objectives)
+        thresholds = DEFAULT_THRESHOLD + SHRINKAGE * (tuned.thresholds - DEFAULT_THRESHOLD)
+        names = tuple(f"shrunk {name}" for name in tuned.objectives)
+    elif strategy == "fixed":
+        thresholds, names = np.full(len(LABELS), DEFAULT_THRESHOLD), ("fixed",) * len(LABELS)
+    else:
+        thresholds, names = prevalence_thresholds(y_true, probs), ("prevalence",) * len(LABELS)
+    f1 = [f1_per_threshold(y_true[:, c], probs[:, c], thresholds[c : c + 1])[0] for c in range(len(LABELS))]
+    at_default = [f1_per_threshold(y_true[:, c], probs[:, c], np.array([DEFAULT_THRESHOLD]))[0]
+                  for c in range(len(LABELS))]  # fmt: skip
+    return ThresholdResult(np.asarray(thresholds, dtype=np.float64), np.array(f1), np.array(at_default), names)
+
+
+def prevalence_thresholds(y_true: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Per class the threshold that predicts as many positives as there are: the k-th highest probability for k
+    positives (ties may add more); above every probability (nothing predicted) for a class without positives."""
+    thresholds = []
+    for column in range(y_true.shape[1]):
+        positives = int(y_true[:, column].sum())
+        ranked = np.sort(probs[:, column])[::-1]
+        thresholds.append(float(ranked[positives - 1]) if positives else float(np.nextafter(ranked[0], np.inf)))
+    return np.array(thresholds)

@@ -12,7 +12,7 @@ with its own weights (members of weight 0 are not run). Each network's map is no
 Grad-CAM magnitudes of different networks are not on one scale, and a network must not count more because its
 activations are larger. The means are not normalised again, so where the members disagree the map is fainter. The
 ensemble's temperatures act on probabilities, not on these maps. Every map is computed on the identity view (no
-TTA) and placed in the frame of the whole photo padded to a square (:func:`components.data.dataset.square_resize`), so
+TTA) and placed in the frame of the whole photo padded to a square (:func:`components.data.images.square_resize`), so
 that members that crop to the field of view (``preprocess: fov_crop``) and members that do not line up.
 
 Written here (some 40 lines for the map itself) rather than taken from a library, after trying the two maintained
@@ -45,16 +45,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from components import LABELS
-from components.data.dataset import (
-    IMAGE_CACHE,
-    FundusDataset,
-    ImageCache,
-    ImageSource,
-    decode_image,
-    square_resize,
-    to_model_input,
-)
+from components.data.dataset import IMAGE_CACHE, FundusDataset, ImageCache, to_model_input
 from components.data.fundus import NO_PREPROCESS, FundusPreprocess, fov_box
+from components.data.images import ImageSource, decode_image, square_resize
 from components.evaluation.ensemble import normalise_weights
 from components.registry import Registry
 
@@ -189,7 +182,7 @@ def input_square(shape: tuple[int, int], box: tuple[int, int, int, int] | None) 
         shape: the photo's ``(height, width)``.
         box: ``(top, bottom, left, right)`` of the crop the network's preprocessing took (:func:`fov_box`), or
             None for the whole photo. The crop is padded to its own square, centred, as
-            :func:`components.data.dataset.square_resize` pads.
+            :func:`components.data.images.square_resize` pads.
     """
     height, width = shape
     side = max(height, width)

@@ -1,1 +1,2 @@
-"""The training loop and what it uses: losses, learning-rate schedules, checkpoints, the CPU heap setting."""
+"""The training loop and what it uses: the model spec, where batches come from, the device and precision it runs
+under, losses, learning-rate schedules, checkpoints (and loading a trained model), the CPU heap setting."""

@@ -1,9 +1,11 @@
-"""The training loop: one :class:`~components.config.ModelSpec` -> trained weights, best and last checkpoints.
+"""The training loop: one :class:`~components.training.spec.ModelSpec` -> trained weights, best and last checkpoints.
 
-What lives here is the loop and the helpers other modules share with it (device choice, seeding, fine-tuning
-modes, augmentation, batched prediction, :func:`load_trained`); what goes to disk, and how, is
-:mod:`components.training.checkpoints`. One run's moving parts (spec, model, batches, loss, optimiser, state, checkpoint
-writer, callbacks) travel together as a :class:`_Run`, whose methods are the epochs.
+What lives here is the loop, its epoch seeding and the fine-tuning modes. Elsewhere: what goes to disk, and how,
+and :func:`~components.training.checkpoints.load_trained` (a trained model ready to predict) in
+:mod:`components.training.checkpoints`; where the batches come from in :mod:`components.training.batches`; the
+device, memory format and precision in :mod:`components.training.runtime`. One run's moving parts (spec, model,
+batches, loss, optimiser, state, checkpoint writer, callbacks) travel together as a :class:`_Run`, whose methods are
+the epochs.
 
 - Adam (or AdamW) on the parameters the fine-tuning mode leaves trainable; frozen parts stay in eval mode
   (BatchNorm statistics untouched). The spec's optimisation options (:mod:`components.training.schedule`: per-step
@@ -17,42 +19,40 @@ writer, callbacks) travel together as a :class:`_Run`, whose methods are the epo
   are written in a background thread while the next epoch computes, and only what a resume needs: ``last.pt``
   (weights and optimiser) after every epoch but the final one, which leaves only the run's state; ``best.pt``
   once the best weights are about to leave ``last.pt`` (an epoch that did not improve, or the end).
-- ``head`` mode without augmentation computes the frozen backbone's features once and trains the head on them:
-  the same batches and the same result as running the backbone every step, at a fraction of the cost.
+- ``head`` mode without augmentation computes the frozen backbone's features once and trains the head on them
+  (:func:`components.training.batches.feature_source`).
 - The best checkpoint is chosen on validation ``f1_macro`` (or loss); early stopping after ``patience`` epochs
   without improvement. ``monitor: last`` chooses none: every epoch runs and the last is kept. Callbacks receive
   each epoch's metrics and each saved checkpoint (tracking plugs in here).
 - CUDA, then Apple MPS, then CPU; channels-last on CUDA and the CPU, mixed precision on CUDA (and on a CPU with
-  native bfloat16 when the spec asks, ``cpu_bf16``).
+  native bfloat16 when the spec asks, ``cpu_bf16``): :mod:`components.training.runtime`.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader
 
-from components.config import ModelSpec
-from components.data.augment import Flips
-from components.data.dataset import FundusDataset, to_model_input
+from components.data.dataset import FundusDataset
 from components.errors import OdirError
 from components.evaluation.metrics import multilabel_report
-from components.models.backbones import IMAGENET, Classifier, Normalisation, build_model
+from components.models.backbones import Classifier, build_model
+from components.training.batches import BatchSource, feature_source, image_source, predict_logits
 from components.training.checkpoints import (
     BEST_CHECKPOINT,
     LAST_CHECKPOINT,
     CheckpointWriter,
     RunState,
     best_payload,
+    changing_weights,
     frozen_payload,
     last_payload,
     load_checkpoint,
@@ -61,6 +61,7 @@ from components.training.checkpoints import (
 )
 from components.training.heap import freed_memory_kept
 from components.training.losses import build_loss
+from components.training.runtime import Runtime, place, seed_everything, select_device
 from components.training.schedule import (
     WeightEMA,
     build_optimiser,
@@ -70,6 +71,7 @@ from components.training.schedule import (
     set_lr,
     smooth_targets,
 )
+from components.training.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -111,23 +113,6 @@ class TrainResult:
     model: Classifier = field(repr=False)
 
 
-def select_device(preferred: str | None = None) -> torch.device:
-    """``preferred`` if given, else CUDA, then Apple MPS, then CPU."""
-    if preferred:
-        return torch.device(preferred)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def seed_everything(seed: int) -> None:
-    """Seeds torch (all devices) and NumPy."""
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-
-
 def epoch_seed(seed: int, epoch: int) -> int:
     """The seed of epoch ``epoch`` of a run seeded ``seed``: its shuffle order, augmentation and dropout."""
     return seed * 100_003 + epoch
@@ -146,128 +131,6 @@ def set_train_mode(model: Classifier, mode: str) -> None:
     model.train(mode != "frozen")
     if mode != "full":
         model.features.eval()
-
-
-def augment_batch(images: torch.Tensor) -> torch.Tensor:
-    """Random horizontal and vertical flips, each with probability 1/2 per image (global RNG): ``augment: true``."""
-    return Flips()(images)
-
-
-@functools.cache
-def _cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bfloat16 natively (avx512_bf16 or AMX): elsewhere it is emulated, slower than
-    float32 and still changes the numbers, so ``cpu_bf16`` is ignored there, with a warning."""
-    try:
-        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())  # oneDNN's own check; no public API for it
-    except (AttributeError, RuntimeError):
-        native = False
-    if not native:
-        log.warning("cpu_bf16 is ignored: this CPU has no native bfloat16 (avx512_bf16 or AMX); training in float32")
-    return native
-
-
-def _uses_channels_last(spec: ModelSpec, device: torch.device) -> bool:
-    # measured on CUDA and the CPU; MPS's channels-last backward had bugs in torch releases this project accepts
-    return spec.channels_last and device.type in ("cuda", "cpu")
-
-
-def _place(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
-    """``model`` on ``device``, in channels-last memory format if asked (its convolutions then run in it whatever the
-    input's layout)."""
-    return model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-
-
-class _Runtime:
-    """Device placement, autocast and gradient scaling for one run."""
-
-    def __init__(self, spec: ModelSpec, device: torch.device) -> None:
-        self.device = device
-        cuda = device.type == "cuda"
-        self.channels_last = _uses_channels_last(spec, device)
-        self.amp_dtype = None
-        if cuda and spec.amp:
-            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        elif device.type == "cpu" and spec.cpu_bf16 and _cpu_has_native_bf16():
-            self.amp_dtype = torch.bfloat16
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-
-    def in_effect(self) -> dict[str, bool]:
-        """The spec's speed settings as this device applies them (what a run's params record)."""
-        return {"amp": self.amp_dtype is not None, "channels_last": self.channels_last}
-
-    def autocast(self) -> AbstractContextManager:
-        if self.amp_dtype is None:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
-
-    def images(self, batch: torch.Tensor) -> torch.Tensor:
-        return self.layout(to_model_input(batch.to(self.device, non_blocking=True)))
-
-    def layout(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-
-
-def speed_settings(spec: ModelSpec, device: str | None = None) -> dict[str, bool]:
-    """Whether mixed precision (``amp``: CUDA's, or ``cpu_bf16``) and channels-last are in effect for ``spec``
-    on ``device`` (None: the one training would pick)."""
-    return _Runtime(spec, select_device(device)).in_effect()
-
-
-@dataclass
-class _Source:
-    """Where batches come from and how they become logits: images through the whole model, or cached features
-    through the head (``head_only``)."""
-
-    train: Dataset
-    val: Dataset
-    head_only: bool
-    prepare: Callable[[torch.Tensor], torch.Tensor]
-    augment: Callable[[torch.Tensor], torch.Tensor] | None
-
-    def forward(self, model: Classifier) -> Callable[[torch.Tensor], torch.Tensor]:
-        """How ``model`` turns this source's batches into logits."""
-        return model.forward_head if self.head_only else model
-
-
-def _image_source(
-    train: FundusDataset, val: FundusDataset, rt: _Runtime, augment: Callable[[torch.Tensor], torch.Tensor] | None
-) -> _Source:
-    return _Source(train, val, False, rt.images, augment)
-
-
-@torch.no_grad()
-def extract_features(model: Classifier, dataset: FundusDataset, batch_size: int, rt: _Runtime) -> torch.Tensor:
-    """Pooled backbone features of every image of ``dataset``, in order, with the backbone in eval mode."""
-    model.features.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    chunks = []
-    for images, _ in loader:
-        with rt.autocast():
-            chunks.append(model.forward_features(rt.images(images)).float())
-    return torch.cat(chunks)
-
-
-def _feature_source(model: Classifier, train: FundusDataset, val: FundusDataset, batch: int, rt: _Runtime) -> _Source:
-    train_features = TensorDataset(extract_features(model, train, batch, rt), train.labels)
-    val_features = TensorDataset(extract_features(model, val, batch, rt), val.labels)
-    return _Source(train_features, val_features, True, lambda f: f.to(rt.device), augment=None)
-
-
-@torch.no_grad()
-def predict_logits(
-    forward: Callable[[torch.Tensor], torch.Tensor],
-    dataset: Dataset,
-    prepare: Callable[[torch.Tensor], torch.Tensor],
-    batch_size: int,
-    rt: _Runtime,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and labels of every item of ``dataset``, in order."""
-    logits, labels = [], []
-    for inputs, batch_labels in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        with rt.autocast():
-            logits.append(forward(prepare(inputs)).float().cpu())
-        labels.append(batch_labels)
-    return torch.cat(logits), torch.cat(labels)
 
 
 def _score(metrics: dict[str, float], monitor: str, epoch: int) -> float:
@@ -290,11 +153,11 @@ class _Run:
     model: Classifier
     loss_fn: nn.Module
     optimiser: torch.optim.Optimizer | None
-    rt: _Runtime
+    rt: Runtime
     state: RunState
     workdir: Path
     callbacks: Sequence[Callback]
-    source: _Source | None = None
+    source: BatchSource | None = None
     writer: CheckpointWriter = field(default_factory=CheckpointWriter)
     ema: WeightEMA | None = None
     base_lrs: list[float] = field(default_factory=list)
@@ -316,11 +179,11 @@ class _Run:
         device: str | None, resume: bool,
     ) -> _Run:  # fmt: skip
         """The model, loss and optimiser of ``spec`` on the chosen device, resumed from ``workdir`` if asked."""
-        rt = _Runtime(spec, select_device(device))
+        rt = Runtime(spec, select_device(device))
         seed_everything(spec.seed)
         model = build_model(spec.backbone, spec.weights)
         set_trainable(model, spec.mode)
-        _place(model, rt.device, rt.channels_last)
+        place(model, rt.device, rt.channels_last)
         loss_fn = build_loss(spec.loss, train_data.labels.numpy(), **spec.loss_params).to(rt.device)
         optimiser = build_optimiser(model, spec.optimizer, spec.lr, spec.weight_decay, spec.backbone_lr_scale)
         base_lrs = [group["lr"] for group in optimiser.param_groups] if optimiser is not None else []
@@ -458,7 +321,7 @@ class _Run:
             state.best_on_disk = True
         last = last_payload(self.model, self.optimiser, self.spec, state)
         if self.ema is not None and not state.finished:
-            last["ema"] = _changing_weights(self.ema.model, self.spec.mode)
+            last["ema"] = changing_weights(self.ema.model, self.spec.mode)
         writes.append((self.workdir / LAST_CHECKPOINT, last))
         return writes
 
@@ -472,7 +335,7 @@ class _Run:
 
     def evaluate_frozen(self, train_data: FundusDataset, val_data: FundusDataset, started: float) -> TrainResult:
         """``frozen`` mode: the loaded weights are the model; validate once and save them as the best checkpoint."""
-        self.source = _image_source(train_data, val_data, self.rt, augment=None)
+        self.source = image_source(train_data, val_data, self.rt, augment=None)
         metrics = self.validate()
         best = self.workdir / BEST_CHECKPOINT
         save_checkpoint(best, frozen_payload(self.model, self.spec, metrics))
@@ -544,31 +407,10 @@ def train(
         return run.evaluate_frozen(train_data, val_data, started)
     if not run.state.finished:  # a resumed run that had finished trains nothing
         run.source = (
-            _feature_source(run.model, train_data, val_data, spec.batch_size, run.rt)
+            feature_source(run.model, train_data, val_data, spec.batch_size, run.rt)
             if use_features
-            else _image_source(train_data, val_data, run.rt, augment)
+            else image_source(train_data, val_data, run.rt, augment)
         )
         with freed_memory_kept() if run.rt.device.type == "cpu" else nullcontext():
             run.run_epochs()
     return run.result(resumed_from, started)
-
-
-def _changing_weights(model: Classifier, mode: str) -> dict[str, torch.Tensor]:
-    """A CPU copy of the weights training changes: all in ``full`` mode, the head's otherwise (as ``last.pt``)."""
-    state = model.state_dict() if mode == "full" else {f"head.{k}": v for k, v in model.head.state_dict().items()}
-    return {key: value.detach().to("cpu", copy=True) for key, value in state.items()}
-
-
-def load_trained(checkpoint: Path | str, device: str | None = None) -> tuple[Classifier, ModelSpec]:
-    """The model and spec of a ``best.pt`` written by :func:`train` (tensors only: ``weights_only=True``), normalising
-    its input as it was trained to, in the memory format it was trained in (channels-last: 1.5x faster 5-view
-    prediction of Lite0 on 2 CPU cores, ``make bench``)."""
-    saved = load_checkpoint(checkpoint)
-    spec = ModelSpec.model_validate(saved["spec"])
-    # the normalisation the weights were trained under: recorded since it became part of the backbone's
-    # registration; every checkpoint written before that was trained on ImageNet statistics
-    recorded = saved.get("preprocessing")
-    model = build_model(spec.backbone, "none", Normalisation.from_config(recorded) if recorded else IMAGENET)
-    model.load_state_dict(saved["model"])
-    target = select_device(device)
-    return _place(model, target, _uses_channels_last(spec, target)).eval(), spec

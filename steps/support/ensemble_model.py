@@ -27,7 +27,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from components import LABELS
-from components.data.dataset import ImageSource
+from components.data.images import ImageSource
 from components.errors import OdirError
 from components.evaluation.ensemble import PROB_COLUMNS
 from components.models.inference import predict_image_views
@@ -38,7 +38,7 @@ from components.monitoring.referral import (
     ensemble_uncertainty,
     prediction_frame,
 )
-from components.training.loop import load_trained
+from components.training.checkpoints import load_trained
 
 CONFIG_ARTIFACT = "ensemble_config"
 

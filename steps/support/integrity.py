@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from components.errors import OdirError
-from steps.support import tracking
+from steps.support import registry, tracking
 
 SHAPES_RESULTS = False  # moves data, computes none of a step's results: steps.support.fingerprint
 
@@ -139,13 +139,13 @@ def _verified(name: str, version: str, part: str) -> Check:
 
 def verified_model_dir(model_uri: str) -> Path:
     """The local folder of a registered version's model, its files checked (:class:`IntegrityError` if not)."""
-    name, version = tracking.split_model_uri(model_uri)
+    name, version = registry.split_model_uri(model_uri)
     return _verified(name, version, MODEL_PART).model_dir
 
 
 def verified_checkpoints(model_uri: str) -> Path | None:
     """The local ``checkpoints/`` folder of a registered version's run, its files checked."""
-    name, version = tracking.split_model_uri(model_uri)
+    name, version = registry.split_model_uri(model_uri)
     return _verified(name, version, CHECKPOINT_PART).checkpoint_dir
 
 
@@ -159,7 +159,7 @@ def sound_reuse(run) -> bool:
         return True
     from mlflow.exceptions import MlflowException
 
-    name, version = tracking.split_model_uri(uri)
+    name, version = registry.split_model_uri(uri)
     client = MlflowClient()
     try:
         found = check(name, version)
@@ -216,7 +216,7 @@ def verify_registry(fix: bool = False) -> list[VersionReport]:
     client = MlflowClient()
     pending = [
         (model.name, str(version))
-        for model in client.search_registered_models(f"name LIKE '{tracking.MODEL_PREFIX}%'")
+        for model in client.search_registered_models(f"name LIKE '{registry.MODEL_PREFIX}%'")
         if not model.name.startswith("odir-lock-")
         for version in sorted(set(model.aliases.values()), key=int)
     ]
@@ -227,7 +227,7 @@ def verify_registry(fix: bool = False) -> list[VersionReport]:
             continue
         seen.add((name, version))
         found = check(name, version)
-        pending += [tracking.split_model_uri(uri) for uri in _members(found.model_dir)]
+        pending += [registry.split_model_uri(uri) for uri in _members(found.model_dir)]
         aliases = tuple(client.get_model_version(name, version).aliases)
         if found.problems and fix:
             set_aside(name, version, found.problems)

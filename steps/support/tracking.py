@@ -1,4 +1,5 @@
-"""MLflow setup, the one place that knows where the tracking store is, and the registry helpers the steps share.
+"""MLflow setup, the one place that knows where the tracking store is, and the run and artifact helpers the steps
+share (the registry's names and model URIs: :mod:`steps.support.registry`).
 
 The embedded default is ``sqlite:///<project root>/mlruns/mlflow.db`` with artifacts in ``<project root>/mlruns/
 artifacts``, whatever the current directory; each store owns its files (:class:`StoreFiles`).
@@ -30,8 +31,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_EXPERIMENT = "odir"
 STEP_TAG = "odir.step"
-MODEL_PREFIX = "odir-"
-ENSEMBLE_MODEL = "odir-ensemble"
 
 
 # A model-training experiment (MLflow 3's UI opens it on its runs and models, not the GenAI views) with a description
@@ -51,7 +50,7 @@ def project_root() -> Path:
     current directory (an installed wheel in a container)."""
     if os.environ.get("ODIR_HOME"):
         return Path(os.environ["ODIR_HOME"]).resolve()
-    checkout = Path(__file__).resolve().parents[1]
+    checkout = Path(__file__).resolve().parents[2]  # steps/support/tracking.py -> the checkout
     return checkout if (checkout / "pyproject.toml").exists() else Path.cwd().resolve()
 
 
@@ -478,65 +477,6 @@ def scratch() -> str:
     with _scratch_lock:  # the pipeline's tasks run in threads: one root for all of them
         root = _scratch_root()
     return tempfile.mkdtemp(dir=root.name)
-
-
-def split_model_uri(model_uri: str) -> tuple[str, str]:
-    """``models:/NAME/VERSION`` or ``models:/NAME@ALIAS`` -> (name, version), resolving the alias.
-
-    Raises:
-        ValueError: for any other form of URI.
-    """
-    from mlflow import MlflowClient
-
-    if not model_uri.startswith("models:/"):
-        raise ValueError(
-            f"expected a registered model URI models:/NAME/VERSION or models:/NAME@ALIAS, got {model_uri!r}"
-        )
-    rest = model_uri.removeprefix("models:/")
-    if "@" in rest:
-        name, alias = rest.split("@", 1)
-        return name, str(MlflowClient().get_model_version_by_alias(name, alias).version)
-    name, _, version = rest.partition("/")
-    if not version:
-        raise ValueError(f"model URI {model_uri!r} names no version or alias")
-    return name, version
-
-
-def registered_version(model_uri: str) -> tuple[str, str]:
-    """(name, version) of a registered model URI that exists in the store.
-
-    Raises:
-        OdirError: a malformed URI, or a model, version or alias the registry does not have (naming the store and
-            the odir models it has).
-    """
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    from components.errors import OdirError
-
-    try:
-        name, version = split_model_uri(model_uri)
-        MlflowClient().get_model_version(name, version)
-        return name, version
-    except ValueError as error:
-        raise OdirError(str(error)) from None
-    except MlflowException as error:
-        missing_alias = error.error_code == "INVALID_PARAMETER_VALUE" and "alias" in error.message  # MLflow's code
-        if error.error_code != "RESOURCE_DOES_NOT_EXIST" and not missing_alias:
-            raise
-    known = sorted(
-        m.name for m in MlflowClient().search_registered_models(f"name LIKE '{MODEL_PREFIX}%'")
-        if not m.name.startswith("odir-lock-")
-    )  # fmt: skip
-    raise OdirError(f"{model_uri}: not found in {tracking_uri()} (registered: {', '.join(known) or 'none'})")
-
-
-def model_version_run(model_uri: str) -> tuple[str, str, str]:
-    """(name, version, run id of the run that logged it) of a registered model URI."""
-    from mlflow import MlflowClient
-
-    name, version = split_model_uri(model_uri)
-    return name, version, MlflowClient().get_model_version(name, version).run_id
 
 
 def flat_params(data: dict[str, Any]) -> dict[str, str]:

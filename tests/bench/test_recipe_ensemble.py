@@ -15,7 +15,7 @@ from components.config import parse_model_spec
 from components.data.folds import CVSpec
 from components.models.tta import STUDY_VIEWS
 from steps import ensemble, ingest, train
-from steps.support import contracts
+from steps.support.predictions import read_predictions
 
 CV = CVSpec(folds=3, seed=5)
 VIEWS = STUDY_VIEWS  # the views bench.recipe_ensemble combines with
@@ -54,8 +54,8 @@ def test_it_combines_the_rows_members_and_prints_their_cross_fitted_row(
     tags, metrics = combined.data.tags, combined.data.metrics
     version = client.get_model_version(*tags["registered_model_uri"].removeprefix("models:/").split("/"))
     assert version.tags["members"] == f"{rows['row-a'].model_uri},{rows['row-b'].model_uri}"
-    cross_fitted = contracts.read_predictions(tags["cv_predictions_uri"])
-    oof = contracts.read_predictions(rows["row-a"].oof_predictions_uri)
+    cross_fitted = read_predictions(tags["cv_predictions_uri"])
+    oof = read_predictions(rows["row-a"].oof_predictions_uri)
     assert sorted(cross_fitted["id"]) == sorted(oof["id"])  # every pool image once, scored out of fold
     assert f"| row-a+row-b | - | - | - | {metrics['cv_f1_macro']:.3f} [" in printed
     assert "vs row-a alone (paired): " in printed and "vs row-b alone (paired): " in printed

@@ -59,7 +59,9 @@ def prefect_server(home: Path) -> Iterator[Stack]:
     try:
         wait_for(f"{api}/health", server)
         # the store's schema is created once, before flow runs in several processes open it
-        subprocess.run([sys.executable, "-c", "from steps.support import tracking; tracking.setup()"], env=env, check=True)
+        subprocess.run(
+            [sys.executable, "-c", "from steps.support import tracking; tracking.setup()"], env=env, check=True
+        )
         yield Stack(api, home, env)
     finally:
         stop(server)

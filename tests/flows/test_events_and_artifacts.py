@@ -8,11 +8,13 @@ import shutil
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from flows.artifacts import model_link, per_class_rows, run_link, summary_markdown
+from flows.summary import BuiltEnsemble, PipelineSummary, Referral, Score
 from tests.flows.conftest import BIN, CHECKOUT, Stack, prefect_server
 
 pytestmark = pytest.mark.slow
@@ -104,18 +106,20 @@ def test_changed_data_starts_one_retrain_run_and_unchanged_data_none(
 
 
 def test_summary_markdown_and_links_by_hand(monkeypatch: pytest.MonkeyPatch) -> None:
-    summary = {
-        "profile": "p", "decision": "champion", "ensemble": "models:/odir-ensemble/3", "scored_split": "offsite_test",
-        "split_mode": "given splits", "scores": {"f1_macro": [0.8, 0.7, 0.9], "f1_G": [0.5, None, None]},
-        "prob_better": 0.95, "champion_version": "3", "member_f1_macro": {"odir-a": 0.75},
-        "pipeline_run_id": "p1", "ensemble_run": "e1", "member_runs": ["m1"],
-        "referral": {"n_referred": 4, "n": 20, "error_rate_referred": 0.5, "error_rate_kept": 0.125},
-    }  # fmt: skip
+    built = BuiltEnsemble(
+        model_uri="models:/odir-ensemble/3", run_id="e1", weights={}, thresholds={}, members=("models:/odir-a/1",),
+        member_runs=("m1",), member_f1_macro={"odir-a": 0.75}, split_mode="given splits", scored_split="offsite_test",
+        scores={"f1_macro": Score(0.8, 0.7, 0.9), "f1_G": Score(0.5)}, per_class=(),
+        referral=Referral(n_referred=4, n=20, error_rate_referred=0.5, error_rate_kept=0.125), gallery=None,
+        submission=None,
+    )  # fmt: skip
+    summary = PipelineSummary(profile="p", data_digest="d", pipeline_run_id="p1", decision="champion",
+                              champion_version="3", prob_better=0.95, built=built)  # fmt: skip
     monkeypatch.delenv("ODIR_MLFLOW_UI_URL", raising=False)
     text = summary_markdown(summary)
     assert "| f1_macro | 0.800 [0.700, 0.900] |" in text and "| f1_G | 0.500 |" in text
     assert "(P(better than champion) 0.95); champion is version 3" in text
-    unfair = {**summary, "decision": "challenger", "prob_better": None, "promotion_note": "no comparison: why"}
+    unfair = replace(summary, decision="challenger", prob_better=None, promotion_note="no comparison: why")
     assert "**Decision:** challenger (no comparison: why); champion is version 3." in summary_markdown(unfair)
     assert "4 of 20 images on offsite_test (error rate 0.50 referred vs 0.12 kept)" in text
     assert "`models:/odir-ensemble/3`" in text and "member run 1 (run `m1`)" in text

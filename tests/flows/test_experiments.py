@@ -10,8 +10,9 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from steps.evaluate import evaluate_key
+from components.monitoring.explain import GALLERY_PER_KIND
 from steps.support import tracking
+from steps.support.tags import evaluate_key
 from tests.flows.conftest import BIN, Stack
 
 pytestmark = pytest.mark.slow
@@ -71,7 +72,11 @@ def test_grid_report_matches_mlflow_and_reruns_reuse(stack: Stack, tiny_data: Pa
     trains = {r.data.tags["odir.model"]: r for r in _runs(client, "train", profile="twogrid")}
     assert set(trains) == {"x-a", "x-b"}
     model_a = trains["x-a"].data.tags["registered_model_uri"]
-    [evaluation] = _runs(client, "evaluate", evaluate_key=evaluate_key(model_a, "offsite_test", ("identity",)))
+    [evaluation] = _runs(
+        client,
+        "evaluate",
+        evaluate_key=evaluate_key(model_a, "offsite_test", ("identity",), gradcam_gallery=GALLERY_PER_KIND),
+    )
     assert f"- x-a on offsite_test: `{evaluation.data.tags['gradcam_uri']}/gallery.html`" in markdown  # Grad-CAM
     alone = table.iloc[0]
     assert alone["offsite_f1_macro"] == pytest.approx(evaluation.data.metrics["offsite_f1_macro"], abs=1e-12)

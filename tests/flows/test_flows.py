@@ -13,7 +13,7 @@ import pytest
 from mlflow import MlflowClient
 
 from components.data.synth import SynthSizes, write_synthetic_dataset
-from steps.support import tracking
+from steps.support import registry, tracking
 from tests.flows.conftest import BIN, Stack
 from tests.servers import stop
 
@@ -32,7 +32,7 @@ def _runs(stack: Stack, step: str, **tags: str) -> list:
 
 
 def _champion(stack: Stack) -> str:
-    return str(_client(stack).get_model_version_by_alias(tracking.ENSEMBLE_MODEL, "champion").version)
+    return str(_client(stack).get_model_version_by_alias(registry.ENSEMBLE_MODEL, "champion").version)
 
 
 def _deployment_run(stack: Stack, name: str, **params: str) -> subprocess.CompletedProcess:
@@ -62,7 +62,7 @@ def test_deployment_run_odir_full(stack: Stack, served, tiny_data: Path, tiny_pr
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Completed" in done.stdout
     client = _client(stack)
-    for name in ("odir-tiny-a", "odir-tiny-b", tracking.ENSEMBLE_MODEL):
+    for name in ("odir-tiny-a", "odir-tiny-b", registry.ENSEMBLE_MODEL):
         assert client.search_model_versions(f"name = '{name}'"), name
     assert _champion(stack) == "1"
     assert out.read_text().startswith("id,D,G,A\n")
@@ -184,5 +184,5 @@ def test_a_cv_profile_runs_end_to_end_and_is_not_compared_with_a_champion_that_t
     note = "no comparison: champion version 1 trained or was tuned on these images (cv) of the same data"
     assert f"decision: challenger ({note}, so its score there is not a fair one); champion is version 1" in done.stdout
     assert "Models > odir-ensemble > Version 2 > Aliases: champion" in done.stderr
-    assert _client(own).get_model_version(tracking.ENSEMBLE_MODEL, "2").tags["promotion.evidence"].startswith(note)
+    assert _client(own).get_model_version(registry.ENSEMBLE_MODEL, "2").tags["promotion.evidence"].startswith(note)
     assert _champion(own) == "1"

@@ -76,15 +76,15 @@ def _text(page, url: str, expected: str | tuple[str, ...], shots: Path) -> str:
 
 def test_mlflow_ui_shows_the_headline_the_champion_and_the_learning_curves(filled: dict, page,
                                                                            tmp_path: Path) -> None:  # fmt: skip
-    from flows.cli import _runs_page
+    from flows.cli.common import runs_page
 
     client = MlflowClient(tracking_uri=filled["store"])
     experiment = client.get_experiment_by_name("odir")
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", filled["store"])
-        runs_page = _runs_page(filled["mlflow"])
-    runs = _text(page, runs_page, "pipeline tiny · f1_macro", tmp_path)
+        pipeline_runs = runs_page(filled["mlflow"])
+    runs = _text(page, pipeline_runs, "pipeline tiny · f1_macro", tmp_path)
     assert "odir: multi-label classifiers for fundus photographs" in runs  # the experiment's description
     models = _text(page, f"{filled['mlflow']}/#/models/odir-ensemble", "odir ensemble", tmp_path)
     assert "@champion" in models or "champion" in models

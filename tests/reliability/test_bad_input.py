@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from components.config import ConfigError, load_profile
-from components.data.dataset import load_split, read_labels_csv
+from components.data.splits import load_split, read_labels_csv
 from components.errors import DataError, OdirError
 from steps.support.ensemble_model import image_sources
 
@@ -129,7 +129,7 @@ def test_a_row_with_both_a_path_and_bytes_is_refused() -> None:
 
 
 def test_served_bytes_that_are_no_image_are_named(tmp_path: Path) -> None:
-    from components.data.dataset import load_image
+    from components.data.images import load_image
 
     with pytest.raises(DataError, match=r"<12 bytes of image data>: cannot be decoded as an image"):
         load_image(base64.b64decode(base64.b64encode(b"not an image")), 32)

@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from components.config import parse_model_spec
-from components.data.dataset import FundusDataset, ImageCache, load_split
+from components.data.dataset import FundusDataset, ImageCache
+from components.data.splits import load_split
 from components.models.backbones import WeightsError, build_model
-from components.training.checkpoints import load_checkpoint, save_checkpoint
-from components.training.loop import load_trained, train
+from components.training.checkpoints import load_checkpoint, load_trained, save_checkpoint
+from components.training.loop import train
 
 
 class _Payload:

@@ -15,7 +15,8 @@ from mlflow import MlflowClient
 
 from components.config import load_profile
 from steps import ingest, train
-from steps.support import contracts, integrity, tracking
+from steps.support import integrity, tracking
+from steps.support.members import member_checkpoints
 from tests.store import odir_env
 
 ODIR = str(Path(sys.executable).parent / "odir")
@@ -56,7 +57,7 @@ def test_a_corrupted_checkpoint_is_named_never_reused_and_set_aside(member, odir
     stored.write_bytes(stored.read_bytes()[: stored.stat().st_size // 2])  # truncated, as a full disk leaves it
 
     with pytest.raises(integrity.IntegrityError) as error:
-        contracts.member_checkpoints(result.model_uri)
+        member_checkpoints(result.model_uri)
     assert f"{result.model_uri}: checkpoints/best.pt fails its SHA-256 check" in str(error.value)
     assert "odir verify --fix" in str(error.value)
 
@@ -72,7 +73,7 @@ def test_a_corrupted_checkpoint_is_named_never_reused_and_set_aside(member, odir
 
     retrained = train.run(config)  # the same spec, data and code: not the broken run again
     assert retrained.run_id != result.run_id and retrained.version != result.version
-    assert contracts.member_checkpoints(retrained.model_uri)  # sound
+    assert member_checkpoints(retrained.model_uri)  # sound
 
 
 def test_reuse_checks_the_files_without_verify(member) -> None:

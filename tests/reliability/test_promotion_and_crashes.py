@@ -15,7 +15,8 @@ from mlflow import MlflowClient
 
 from components.config import load_profile
 from steps import ensemble, evaluate, ingest, promote, train
-from steps.support import contracts, locks, tracking
+from steps.support import locks, registry, tracking
+from steps.support.manifest import load_manifest
 from tests.store import odir_env
 
 WEIGHTS = ((1.0, 0.0), (0.0, 1.0), (0.5, 0.5))
@@ -41,14 +42,14 @@ def versions(odir_home: Path, tiny_data: Path, tiny_profile: Path) -> dict:
         uris.append(uri)
     client = MlflowClient()
     scores = {
-        u: float(client.get_model_version(*tracking.split_model_uri(u)).tags["score.offsite_test.f1_macro"])
+        u: float(client.get_model_version(*registry.split_model_uri(u)).tags["score.offsite_test.f1_macro"])
         for u in uris
     }
     return {"manifest_uri": ing.manifest_uri, "uris": uris, "scores": scores}
 
 
 def _champion() -> str | None:
-    return promote.current_champion(tracking.ENSEMBLE_MODEL)
+    return promote.current_champion(registry.ENSEMBLE_MODEL)
 
 
 def test_a_crash_before_the_alias_moves_keeps_the_champion(versions: dict, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -88,9 +89,9 @@ def test_concurrent_promotions_leave_the_best_champion(versions: dict, odir_home
         assert racer.returncode == 0, err[-2000:]
     scores = versions["scores"]
     champion = _champion()
-    assert scores[f"models:/{tracking.ENSEMBLE_MODEL}/{champion}"] >= scores[first]  # never a worse one
+    assert scores[f"models:/{registry.ENSEMBLE_MODEL}/{champion}"] >= scores[first]  # never a worse one
     for uri in versions["uris"][1:]:  # whoever lost is challenger, with the evidence on its version
-        tags = MlflowClient().get_model_version(*tracking.split_model_uri(uri)).tags
+        tags = MlflowClient().get_model_version(*registry.split_model_uri(uri)).tags
         assert (tags["promotion.decision"] == "champion") == (float(tags["promotion.prob_better"]) >= 0.9)
 
 
@@ -139,7 +140,7 @@ def test_runs_never_hold_secret_values(versions: dict, monkeypatch: pytest.Monke
     secrets = {"AWS_SECRET_ACCESS_KEY": "s3cr3t-value-1234", "POSTGRES_PASSWORD": "pg-pass-98765"}
     for key, value in secrets.items():
         monkeypatch.setenv(key, value)
-    root = str(Path(contracts.load_manifest(versions["manifest_uri"]).data_root))
+    root = str(Path(load_manifest(versions["manifest_uri"]).data_root))
     ingest.run(ingest.IngestConfig(data_root=root, reuse=False))
     client = MlflowClient()
     experiment = client.get_experiment_by_name("odir")

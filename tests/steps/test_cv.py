@@ -11,10 +11,14 @@ import pytest
 from mlflow import MlflowClient
 
 from components.config import parse_model_spec
-from components.data.dataset import patient_of
 from components.data.folds import CVSpec
+from components.data.splits import patient_of
 from steps import ensemble, ingest, promote, train
-from steps.support import contracts, tracking
+from steps.support import registry
+from steps.support.manifest import load_manifest
+from steps.support.members import member_checkpoints, member_view_probs
+from steps.support.predict import predict_paths
+from steps.support.predictions import read_predictions
 
 CV = CVSpec(folds=3, seed=5)
 VIEWS = ("identity", "hflip")
@@ -39,13 +43,13 @@ def cv_run(odir_home: Path, tiny_data: Path, tmp_path_factory: pytest.TempPathFa
 
 
 def test_every_pool_image_is_predicted_by_the_model_of_its_own_fold(cv_run: dict) -> None:
-    manifest = contracts.load_manifest(cv_run["manifest_uri"])
+    manifest = load_manifest(cv_run["manifest_uri"])
     pool = manifest.cv_pool(CV)
     for member in cv_run["members"]:
-        oof = contracts.read_predictions(member.oof_predictions_uri)
+        oof = read_predictions(member.oof_predictions_uri)
         assert list(oof["id"]) == list(pool["id"]) and list(oof["fold"]) == list(pool["fold"])
         assert oof.groupby(oof["id"].map(patient_of))["fold"].nunique().max() == 1  # a patient is in one fold
-        assert [p.name for p in contracts.member_checkpoints(member.model_uri)] == [
+        assert [p.name for p in member_checkpoints(member.model_uri)] == [
             "fold_0.pt",
             "fold_1.pt",
             "fold_2.pt",
@@ -64,12 +68,12 @@ def test_fold_models_train_on_all_folds_but_two_or_with_no_epoch_picked_all_but_
 
 
 def test_the_registered_member_averages_its_fold_models(cv_run: dict) -> None:
-    manifest = contracts.load_manifest(cv_run["manifest_uri"])
+    manifest = load_manifest(cv_run["manifest_uri"])
     paths = [str(p) for p in manifest.paths("onsite_test")]
     member = cv_run["members"][0]
-    checkpoints = contracts.member_checkpoints(member.model_uri)
-    each = [contracts.member_view_probs([c], paths, VIEWS).mean(axis=(0, 1)) for c in checkpoints]
-    averaged = contracts.predict_paths(member.model_uri, paths, VIEWS).probs
+    checkpoints = member_checkpoints(member.model_uri)
+    each = [member_view_probs([c], paths, VIEWS).mean(axis=(0, 1)) for c in checkpoints]
+    averaged = predict_paths(member.model_uri, paths, VIEWS).probs
     np.testing.assert_allclose(averaged, np.mean(each, axis=0), atol=1e-6)
 
 
@@ -87,12 +91,12 @@ def test_the_ensemble_reports_a_cross_fitted_score_and_promotion_compares_it(cv_
     second = promote.run(promote.PromoteConfig(model_uri=again.model_uri, manifest_uri=cv_run["manifest_uri"],
                                                split="cv"))  # fmt: skip
     assert second.decision == "challenger" and second.prob_better == pytest.approx(0.5)  # the same fit: a tie
-    assert promote.current_champion(tracking.ENSEMBLE_MODEL) == ens.version
+    assert promote.current_champion(registry.ENSEMBLE_MODEL) == ens.version
 
 
 def test_too_many_folds_name_the_profile_field(cv_run: dict) -> None:
     from components.errors import OdirError
 
-    manifest = contracts.load_manifest(cv_run["manifest_uri"])
+    manifest = load_manifest(cv_run["manifest_uri"])
     with pytest.raises(OdirError, match=r"profile field cv\.folds: 500 folds need at least 500 patients"):
         manifest.cv_pool(CVSpec(folds=500))

@@ -13,8 +13,10 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from components.config import load_profile
+from components.monitoring.image_stats import FEATURES
 from steps import drift, ensemble, evaluate, ingest, train
-from steps.support import cli, contracts, tracking
+from steps.support import cli, registry, tracking
+from steps.support.drift_reference import DRIFT_REFERENCE_DIR, DRIFT_REFERENCE_TAG, load_drift_reference
 
 
 @pytest.fixture(scope="module")
@@ -38,12 +40,12 @@ def _check_drift(*args: str) -> int:
 
 
 def test_the_ensemble_version_carries_its_reference(ensemble_uri: str) -> None:
-    name, version = tracking.split_model_uri(ensemble_uri)
+    name, version = registry.split_model_uri(ensemble_uri)
     model_version = MlflowClient().get_model_version(name, version)
-    assert model_version.tags[contracts.DRIFT_REFERENCE_TAG].endswith("/drift_reference")
-    files = {f.path for f in MlflowClient().list_artifacts(model_version.run_id, contracts.DRIFT_REFERENCE_DIR)}
+    assert model_version.tags[DRIFT_REFERENCE_TAG].endswith("/drift_reference")
+    files = {f.path for f in MlflowClient().list_artifacts(model_version.run_id, DRIFT_REFERENCE_DIR)}
     assert files == {"drift_reference/reference.json", "drift_reference/reference.npz"}
-    reference = contracts.load_drift_reference(ensemble_uri)
+    reference = load_drift_reference(ensemble_uri)
     assert reference.size == 12 and reference.source["member_model_uri"] == "models:/odir-tiny-a/1"
     assert reference.source["split"] == "val"
     assert reference.source["checkpoint"] == "best.pt" and reference.source["image_size"] == 32
@@ -75,7 +77,7 @@ def test_darker_images_are_drift_and_the_feature_is_named(ensemble_uri: str, tin
 
 def test_a_version_without_a_reference_is_one_line_and_exit_2(ensemble_uri: str, tiny_data: Path, capsys) -> None:
     client = MlflowClient()
-    name, version = tracking.split_model_uri(ensemble_uri)
+    name, version = registry.split_model_uri(ensemble_uri)
     registered = client.get_model_version(name, version)
     older = client.create_model_version(name, registered.source, registered.run_id)  # no tags: as before references
     try:
@@ -94,4 +96,4 @@ def test_the_step_entry_prints_the_report_as_json(ensemble_uri: str, tiny_data: 
     assert cli.main(drift.DriftConfig, drift.run, argv) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["alpha"] == 0.01 and result["images_checked"] == 12 and result["model_uri"] == ensemble_uri
-    assert [shift["feature"] for shift in result["features"]] == list(drift.FEATURES)
+    assert [shift["feature"] for shift in result["features"]] == list(FEATURES)

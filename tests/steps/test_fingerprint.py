@@ -63,10 +63,26 @@ def test_docstrings_comments_and_unreached_modules_do_not(source: Path) -> None:
     assert {step: _fingerprint(step) for step in STEPS} == before
 
 
+def test_a_drift_change_re_runs_none_of_the_reused_steps(source: Path) -> None:
+    """The drift comparison shapes only the drift check, which is never reused: before the formats steps hand each
+    other were split by format, every step imported all of them and a change here retrained every model."""
+    before = {step: _fingerprint(step) for step in STEPS}
+    _edit(source / "components" / "monitoring" / "drift.py", "def ", "def _added_helper():\n    return 1\n\n\ndef ")
+    assert {step: _fingerprint(step) for step in STEPS} == before
+
+
+def test_grad_cam_changes_the_evaluate_fingerprint_not_the_train_one(source: Path) -> None:
+    before = {step: _fingerprint(step) for step in ("train", "evaluate")}
+    _edit(source / "components" / "monitoring" / "explain.py", "def ", "def _added_helper():\n    return 1\n\n\ndef ")
+    assert _fingerprint("train") == before["train"]
+    assert _fingerprint("evaluate") != before["evaluate"]
+
+
 def test_modules_that_only_move_data_are_followed_but_not_hashed(source: Path) -> None:
     """steps.support.tracking says ``SHAPES_RESULTS = False``: a change there re-runs nothing."""
     modules = fingerprint.code_modules("steps.train", source)
-    assert "steps.support.tracking" not in modules and "steps.train" in modules
+    assert "steps.support.tracking" not in modules and "steps.support.registry" not in modules
+    assert "steps.train" in modules
     before = _fingerprint("train")
     _edit(source / "steps" / "support" / "tracking.py", "def ", "def _added_helper():\n    return 1\n\n\ndef ")
     assert _fingerprint("train") == before

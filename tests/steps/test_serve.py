@@ -16,7 +16,7 @@ import pytest
 
 from components.config import load_profile
 from steps import ensemble, evaluate, ingest, promote, train
-from steps.support import tracking
+from steps.support import registry, tracking
 from tests.servers import free_port, port_closed, wait_for
 from tests.store import odir_env
 
@@ -33,7 +33,7 @@ def champion(odir_home: Path, tiny_data: Path, tiny_profile: Path) -> str:
         )
     )
     promote.run(promote.PromoteConfig(model_uri=ens.model_uri, manifest_uri=manifest))
-    return f"models:/{tracking.ENSEMBLE_MODEL}@champion"
+    return f"models:/{registry.ENSEMBLE_MODEL}@champion"
 
 
 def _post(port: int, body: dict) -> tuple[int, dict]:

@@ -18,8 +18,12 @@ from components import LABELS
 from components.config import load_profile
 from components.evaluation.metrics import multilabel_report
 from components.monitoring.referral import MEMBER_STD_COLUMNS, TTA_STD_COLUMNS, UNCERTAINTY_COLUMNS
+from components.training.hardware import hardware_record
 from steps import ensemble, evaluate, ingest, promote, submit, train, tune_thresholds
-from steps.support import contracts, tracking
+from steps.support import registry, tracking
+from steps.support.manifest import load_manifest
+from steps.support.predict import predict_paths
+from steps.support.predictions import labels_of, probabilities_of, read_predictions
 from tests.store import odir_env
 
 MEMBERS = ("tiny-a", "tiny-b")
@@ -94,10 +98,10 @@ def test_train_runs_log_params_epochs_dataset_and_checkpoints(pipeline: dict) ->
 def test_registry_versions_tags_and_champion(pipeline: dict) -> None:
     client = MlflowClient()
     digest = pipeline["ingest"].data_digest
-    for name in ("odir-tiny-a", "odir-tiny-b", tracking.ENSEMBLE_MODEL):
+    for name in ("odir-tiny-a", "odir-tiny-b", registry.ENSEMBLE_MODEL):
         [version] = client.search_model_versions(f"name = '{name}'")
         assert version.tags["data_digest"] == digest
-    champion = client.get_model_version_by_alias(tracking.ENSEMBLE_MODEL, "champion")
+    champion = client.get_model_version_by_alias(registry.ENSEMBLE_MODEL, "champion")
     assert str(champion.version) == pipeline["ensemble"].version and champion.tags["profile"] == "tiny"
     assert pipeline["promote"].decision == "champion" and pipeline["promote"].champion_version is None
 
@@ -113,9 +117,9 @@ def test_logged_models_pin_the_installed_torch_without_its_build_tag(pipeline: d
 
 
 def test_champion_reproduces_the_logged_offsite_metrics(pipeline: dict, monkeypatch: pytest.MonkeyPatch) -> None:
-    manifest = contracts.load_manifest(pipeline["ingest"].manifest_uri)
+    manifest = load_manifest(pipeline["ingest"].manifest_uri)
     monkeypatch.setenv("ODIR_SERVE_IMAGE_ROOT", str(manifest.local_root))  # the pyfunc reads paths only under it
-    model = mlflow.pyfunc.load_model(f"models:/{tracking.ENSEMBLE_MODEL}@champion")
+    model = mlflow.pyfunc.load_model(f"models:/{registry.ENSEMBLE_MODEL}@champion")
     output = model.predict(pd.DataFrame({"image_path": [str(p) for p in manifest.paths("offsite_test")]}))
     probs = output[["p_D", "p_G", "p_A"]].to_numpy()
     thresholds = [pipeline["ensemble"].thresholds[label] for label in LABELS]
@@ -143,11 +147,11 @@ def test_evaluate_logs_predictions_table_and_figures(pipeline: dict) -> None:
         tracking.download(client.get_run(run_id).info.artifact_uri + "/tables/offsite_test_per_class.csv"), index_col=0
     )
     assert list(table.index) == list(LABELS) and "auroc" in table.columns
-    predictions = contracts.read_predictions(pipeline["offsite"].predictions_uri)
+    predictions = read_predictions(pipeline["offsite"].predictions_uri)
     assert list(predictions.columns) == ["id", *LABELS, "p_D", "p_G", "p_A", *UNCERTAINTY_COLUMNS, "refer"]
     assert len(predictions) == 12
     # referral metrics from the logged flags and errors, by hand
-    probs, labels = contracts.probabilities_of(predictions), contracts.labels_of(predictions)
+    probs, labels = probabilities_of(predictions), labels_of(predictions)
     thresholds = np.asarray([float(t) for t in client.get_run(run_id).data.params["thresholds"].split(",")])
     wrong = ((probs >= thresholds) != labels).any(axis=1)
     referred = predictions["refer"].to_numpy() == 1
@@ -194,9 +198,9 @@ def test_an_equal_challenger_stays_challenger_with_the_evidence_logged(pipeline:
     assert result.decision == "challenger" and result.prob_better == pytest.approx(0.5)
     assert result.score == pytest.approx(result.champion_score)
     client = MlflowClient()
-    champion = client.get_model_version_by_alias(tracking.ENSEMBLE_MODEL, "champion")
+    champion = client.get_model_version_by_alias(registry.ENSEMBLE_MODEL, "champion")
     assert str(champion.version) == pipeline["ensemble"].version
-    tags = client.get_model_version(tracking.ENSEMBLE_MODEL, same.version).tags
+    tags = client.get_model_version(registry.ENSEMBLE_MODEL, same.version).tags
     assert tags["promotion.decision"] == "challenger" and tags["promotion.prob_better"] == "0.500"
     logged = client.get_run(result.run_id).data
     assert logged.metrics["prob_better"] == pytest.approx(0.5) and logged.params["min_probability"] == "0.9"
@@ -282,7 +286,7 @@ def test_explain_command_writes_an_overlay_per_image_and_class(pipeline: dict, t
     assert list(index.columns) == ["id", "class", "probability", "threshold", "png"] and len(index) == 12 * 3
     assert index["png"].tolist() == [f"{Path(name).stem}_{label}.png" for name in names for label in LABELS]
     assert sorted(path.name for path in out.glob("*.png")) == sorted(index["png"])
-    champion = contracts.predict_paths(f"models:/{tracking.ENSEMBLE_MODEL}@champion", [str(images / n) for n in names])
+    champion = predict_paths(f"models:/{registry.ENSEMBLE_MODEL}@champion", [str(images / n) for n in names])
     assert index["probability"].to_numpy() == pytest.approx(champion.probs.ravel(), abs=1e-6)  # the model's TTA answer
     assert index["threshold"].tolist() == pytest.approx([pipeline["ensemble"].thresholds[c] for c in index["class"]])
 
@@ -309,8 +313,8 @@ def test_evaluate_logs_a_gradcam_gallery_of_true_and_false_positives_and_misses(
     client = MlflowClient()
     run = client.get_run(result.run_id)
     thresholds = np.asarray([float(t) for t in run.data.params["thresholds"].split(",")])
-    frame = contracts.read_predictions(result.predictions_uri)
-    cases = gallery_cases(contracts.labels_of(frame), contracts.probabilities_of(frame), thresholds, per_kind=4)
+    frame = read_predictions(result.predictions_uri)
+    cases = gallery_cases(labels_of(frame), probabilities_of(frame), thresholds, per_kind=4)
     folder = f"gradcam/{result.split}"
     expected = {f"{folder}/{label}/{kind}_{Path(frame['id'][row]).stem}.png"
                 for (label, kind), rows in cases.items() for row in rows}  # fmt: skip
@@ -447,3 +451,4 @@ def test_train_params_say_what_was_in_effect(pipeline: dict) -> None:
     ``cpu_bf16``); channels_last applies on every device."""
     params = MlflowClient().get_run(pipeline["members"][0].run_id).data.params
     assert (params["amp"], params["channels_last"]) == ("False", "True")
+    assert params["hardware_cpu"] == hardware_record()["hardware_cpu"] and "hardware_cpu_flags" in params

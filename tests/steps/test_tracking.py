@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.store import odir_env
 
 DOWNLOAD = """
@@ -38,3 +40,14 @@ def test_downloads_are_gone_when_their_process_exits_or_was_killed(tmp_path: Pat
     assert content == "{'a': 1}"
     # each check of a version used to leave its copy (tens of MB) here for good
     assert [path.name for path in system_tmp.iterdir()] == [alive.name]
+
+
+def test_without_odir_home_the_project_root_is_the_checkout_whatever_the_current_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from steps.support import tracking
+
+    monkeypatch.delenv("ODIR_HOME", raising=False)
+    monkeypatch.chdir(tmp_path)
+    root = tracking.project_root()
+    assert root != tmp_path and (root / "pyproject.toml").is_file() and (root / "steps" / "support").is_dir()

@@ -45,7 +45,7 @@ def _rotate(images: torch.Tensor, degrees: float) -> torch.Tensor:
 
 
 def test_flips_draw_exactly_as_augment_true_always_did() -> None:
-    def before(images: torch.Tensor) -> torch.Tensor:  # components.training.loop.augment_batch as it was
+    def before(images: torch.Tensor) -> torch.Tensor:  # the training loop's flips (augment: true) as they were
         flip_h = torch.rand(images.shape[0], device=images.device) < 0.5
         flip_v = torch.rand(images.shape[0], device=images.device) < 0.5
         images = torch.where(flip_h.view(-1, 1, 1, 1), images.flip(-1), images)

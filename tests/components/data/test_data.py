@@ -11,16 +11,10 @@ import torch
 from PIL import Image
 
 from components.data import dataset as data
-from components.data.dataset import (
-    FundusDataset,
-    ImageCache,
-    decode_image,
-    load_split,
-    patient_of,
-    square_resize,
-    to_model_input,
-    validate_dataset,
-)
+from components.data import images
+from components.data.dataset import FundusDataset, ImageCache, to_model_input
+from components.data.images import decode_image, square_resize
+from components.data.splits import load_split, patient_of, validate_dataset
 from components.errors import DataError
 
 
@@ -155,7 +149,7 @@ def test_image_modes_decode_to_rgb(tmp_path: Path, mode: str, pixel: object, exp
 
 
 def test_oversized_image_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(data, "MAX_IMAGE_PIXELS", 100)
+    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 100)
     Image.new("RGB", (20, 20)).save(tmp_path / "big.png")
     with pytest.raises(DataError, match=r"big.png: 20x20 pixels is over the 100-pixel limit"):
         decode_image(tmp_path / "big.png")

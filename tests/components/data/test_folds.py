@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from components import LABELS
-from components.data.dataset import patient_of
+from components.data.splits import patient_of
 from components.errors import OdirError
 from components.data.folds import CVSpec, _fill_empty_folds, assign_folds, fold_table
 

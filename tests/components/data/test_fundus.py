@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from components.data.dataset import FundusDataset, ImageCache, load_image
+from components.data.dataset import FundusDataset, ImageCache
+from components.data.images import load_image
 from components.data.fundus import (
     FovCrop,
     FundusPreprocess,

@@ -9,7 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from components.data.dataset import FundusDataset, ImageCache, decode_image, load_split, patient_of, to_model_input
+from components.data.dataset import FundusDataset, ImageCache, to_model_input
+from components.data.images import decode_image
+from components.data.splits import load_split, patient_of
 from components.evaluation.metrics import f1_macro
 from components.models.backbones import build_model
 from components.data.synth import SynthSizes, render_fundus, sample_labels, write_synthetic_dataset

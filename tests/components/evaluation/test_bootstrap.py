@@ -168,3 +168,26 @@ def test_paired_bootstrap() -> None:
 
     own = paired_bootstrap(f1, labels, probs, probs, patients, 100, metric_b=pick(report_metrics(0.3), "f1_macro"))
     assert own.score_b == pytest.approx(f1_macro(labels, probs, 0.3))
+
+
+def test_paired_bootstrap_over_seed_repeats_scores_each_recipe_by_its_mean() -> None:
+    """Repeats of a recipe (seeds) count by their mean: on all images and in every resample, so the difference of
+    two recipes is the mean of the per-seed differences, resample by resample."""
+    labels, probs, patients = _dataset(60)
+    rng = np.random.default_rng(7)
+    a_runs = [rng.random(probs.shape) for _ in range(3)]
+    b_runs = [np.clip(probs + rng.normal(0, 0.2, probs.shape), 0, 1) for _ in range(3)]
+    f1 = pick(report_metrics(), "f1_macro")
+
+    pooled = paired_bootstrap(f1, labels, a_runs, b_runs, patients, resamples=200, seed=4)
+    per_seed = [
+        paired_bootstrap(f1, labels, a, b, patients, resamples=200, seed=4) for a, b in zip(a_runs, b_runs, strict=True)
+    ]
+    assert pooled.score_a == pytest.approx(np.mean([f1_macro(labels, a) for a in a_runs]))
+    assert pooled.score_b == pytest.approx(np.mean([r.score_b for r in per_seed]))
+    assert pooled.difference == pytest.approx(np.mean([r.difference for r in per_seed]))
+
+    one = paired_bootstrap(f1, labels, [a_runs[0]], [b_runs[0]], patients, resamples=200, seed=4)
+    assert one == per_seed[0]  # a list of one repeat is that run
+    with pytest.raises(ValueError, match="60 labels but 59 predictions"):
+        paired_bootstrap(f1, labels, [a_runs[0][:59]], b_runs, patients)

@@ -11,6 +11,7 @@ from components.evaluation.thresholds import (
     Objective,
     f1_per_threshold,
     fine_grid,
+    fit_thresholds,
     parse_objective,
     tune_thresholds,
 )
@@ -170,3 +171,42 @@ def test_bad_objective_lists_raise() -> None:
         tune_thresholds(labels, probs, OBJ_GRID, ["f1", "youden"])
     with pytest.raises(ValueError, match="unknown classes \\['X'\\]"):
         tune_thresholds(labels, probs, OBJ_GRID, {"X": "f1"})
+
+
+# --- strategies ---------------------------------------------------------------------------------------------------
+
+
+def _three_classes(labels: list[int], scores: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    """The same column for D, G and A."""
+    return np.repeat(np.array(labels)[:, None], 3, axis=1), np.repeat(np.array(scores)[:, None], 3, axis=1)
+
+
+def test_prevalence_predicts_as_many_positives_as_the_fitting_set_has() -> None:
+    y, p = _three_classes([1, 0, 1, 0, 0], [0.9, 0.7, 0.4, 0.2, 0.1])  # 2 positives: the 2nd highest, 0.7
+    result = fit_thresholds(y, p, strategy="prevalence")
+    assert result.thresholds.tolist() == [0.7, 0.7, 0.7]
+    assert result.f1 == pytest.approx([0.5] * 3)  # predicts 0.9 and 0.7: tp 1, fp 1, fn 1 -> 2/4
+    assert result.objectives == ("prevalence",) * 3
+
+
+def test_prevalence_without_positives_predicts_none() -> None:
+    y, p = _three_classes([0, 0], [0.9, 0.2])
+    threshold = fit_thresholds(y, p, strategy="prevalence").thresholds[0]
+    assert threshold > 0.9 and not (np.array([0.9, 0.2]) >= threshold).any()
+
+
+def test_shrunk_keeps_half_the_tuned_distance_from_one_half() -> None:
+    y, p = _three_classes([1, 1, 0, 0], [0.42, 0.38, 0.31, 0.1])  # F1 1.0 at 0.35 (the study grid's best, ties none)
+    tuned = fit_thresholds(y, p, strategy="tuned")
+    assert tuned.thresholds.tolist() == [0.35] * 3
+    shrunk = fit_thresholds(y, p, strategy="shrunk")
+    assert shrunk.thresholds == pytest.approx([0.425] * 3)  # 0.5 + 0.5 * (0.35 - 0.5)
+    assert shrunk.f1 == pytest.approx([0.0] * 3)  # no probability reaches 0.425: nothing predicted, F1 0
+    assert shrunk.objectives == ("shrunk f1",) * 3
+
+
+def test_fixed_is_one_half_and_an_unknown_strategy_is_refused() -> None:
+    y, p = _three_classes([1, 0], [0.6, 0.4])
+    assert fit_thresholds(y, p, strategy="fixed").thresholds.tolist() == [0.5] * 3
+    with pytest.raises(ValueError, match="unknown threshold strategy 'best'; valid: tuned, shrunk, fixed, prevalence"):
+        fit_thresholds(y, p, strategy="best")

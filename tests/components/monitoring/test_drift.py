@@ -14,15 +14,9 @@ from PIL import Image, ImageDraw, ImageFilter
 from components.data.synth import render_fundus, sample_labels
 from components.models.backbones import build_model
 from components.monitoring import drift
-from components.monitoring.drift import (
-    FEATURES,
-    Reference,
-    build_reference,
-    compare,
-    embed_images,
-    image_stats,
-    stats_row,
-)
+from components.monitoring.drift import compare
+from components.monitoring.image_stats import FEATURES, LUMA, image_stats, stats_row
+from components.monitoring.reference import EMBEDDING_DIMS, Reference, build_reference, embed_images
 
 SIZE = 64
 
@@ -117,7 +111,7 @@ def test_the_reference_survives_a_round_trip(reference: Reference, tmp_path: Pat
     for name in Reference.ARRAYS:
         np.testing.assert_array_equal(getattr(loaded, name), getattr(reference, name))
     assert loaded.embedding_threshold == reference.embedding_threshold and loaded.source == reference.source
-    assert reference.embedding_sample.shape == (120, drift.EMBEDDING_DIMS)  # all of them: fewer than 200
+    assert reference.embedding_sample.shape == (120, EMBEDDING_DIMS)  # all of them: fewer than 200
 
 
 def test_holm_adjusts_step_down() -> None:
@@ -199,7 +193,7 @@ def test_non_fundus_images_are_flagged(reference: Reference, network) -> None:
 
 
 def test_a_grey_fundus_is_flagged_for_its_colour(reference: Reference, network, same) -> None:
-    grey = np.repeat((same[0].astype(float) @ drift.LUMA).astype(np.uint8)[..., None], 3, axis=2)
+    grey = np.repeat((same[0].astype(float) @ LUMA).astype(np.uint8)[..., None], 3, axis=2)
     assert any("colour far outside the reference" in r for r in _reasons(reference, network, grey))
 
 

@@ -131,7 +131,7 @@ def test_progressive_sizes_per_epoch() -> None:
 
 
 def test_resize_batch_shrinks_as_the_decoded_image_resize_does() -> None:
-    # the decoded-image cache resizes with PIL's bilinear filter (components.data.dataset.square_resize); a batch
+    # the decoded-image cache resizes with PIL's bilinear filter (components.data.images.square_resize); a batch
     # resized for an early epoch gets the same pixels, to within a grey level
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)

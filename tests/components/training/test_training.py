@@ -9,12 +9,16 @@ import pytest
 import torch
 
 from components.config import parse_model_spec
-from components.data.dataset import FundusDataset, ImageCache, load_split
+from components.data.dataset import FundusDataset, ImageCache
+from components.data.splits import load_split
 from components.errors import OdirError
 from components.models.backbones import IMAGENET, build_model, preprocessing_config
 from components.models.inference import predict_images
+from components.training import batches, runtime
 from components.training import loop as training
-from components.training.loop import Callback, epoch_seed, load_trained, select_device, speed_settings, train
+from components.training.checkpoints import load_trained
+from components.training.loop import Callback, epoch_seed, train
+from components.training.runtime import select_device, speed_settings
 
 SIZE = 32
 
@@ -314,7 +318,7 @@ def test_training_runs_in_the_memory_format_and_precision_the_spec_asks_for(
     assert speed_settings(_spec(), "cpu") == {"amp": False, "channels_last": True}  # amp is CUDA's
     assert speed_settings(_spec(cpu_bf16=True, channels_last=False), "cpu") == {"amp": True, "channels_last": False}
     with monkeypatch.context() as patched:  # a CPU without native bfloat16 ignores cpu_bf16 (emulated: slower)
-        patched.setattr(training, "_cpu_has_native_bf16", lambda: False)
+        patched.setattr(runtime, "_cpu_has_native_bf16", lambda: False)
         assert speed_settings(_spec(cpu_bf16=True), "cpu") == {"amp": False, "channels_last": True}
     seen: list[tuple[bool, torch.dtype]] = []
 
@@ -367,11 +371,9 @@ def test_the_specs_preprocessing_is_applied_to_the_datasets_it_is_given(
 def test_head_mode_with_augment_none_trains_on_cached_features(
     datasets, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import components.training.loop as training
-
     calls = []
-    real = training.extract_features
-    monkeypatch.setattr(training, "extract_features", lambda *args: calls.append(1) or real(*args))
+    real = batches.extract_features
+    monkeypatch.setattr(batches, "extract_features", lambda *args: calls.append(1) or real(*args))
     train(_spec(epochs=1, mode="head", augment="none"), *datasets, tmp_path / "none")
     assert len(calls) == 2  # train and val features, once
     train(_spec(epochs=1, mode="head", augment=["brightness"]), *datasets, tmp_path / "jitter")

@@ -1,0 +1,164 @@
+"""The commands of ``odir`` that use registered models: ``predict``, ``explain``, ``check-drift`` and ``verify``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from components import LABELS
+from components.outputs import check_output
+from steps.support import registry, tracking
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from steps.support.manifest import image_files
+    from steps.support.predict import predict_paths
+
+    images = image_files(args.images)
+    check_output(args.out)
+    tracking.setup()
+    registry.registered_version(args.model)  # a wrong URI or a model that is not there: one line, before the work
+    if args.check_drift:
+        from steps.support.drift_reference import load_drift_reference
+
+        load_drift_reference(args.model)  # a version without one: one line before the work, not after it
+    prediction = predict_paths(args.model, [str(p) for p in images])
+    frame = prediction.frame.round(6)
+    frame.insert(0, "id", [p.name for p in images])
+    if args.check_drift:
+        frame = frame.assign(**_drift_columns(images, args.model))
+    frame.to_csv(args.out, index=False)
+    referred = int(frame["refer"].sum())
+    print(f"{len(frame)} predictions from {args.model} written to {Path(args.out).resolve()}")
+    print(f"{referred} of {len(frame)} referred to a grader (refer = 1: near a threshold, or views or members "
+          "disagree)")  # fmt: skip
+    return 0
+
+
+def _drift_columns(images: list[Path], model_uri: str) -> dict[str, list]:
+    """``odir predict --check-drift``: the images against the model's drift reference, the report printed and
+    logged; returns the per-image columns ``ood`` (0/1) and ``ood_reasons``."""
+    from steps.drift import check_images, format_report
+
+    report = check_images(images, model_uri)
+    print(format_report(report))
+    return {"ood": [int(c.out_of_distribution) for c in report.images],
+            "ood_reasons": ["; ".join(c.reasons) for c in report.images]}  # fmt: skip
+
+
+def add_predict(commands: argparse._SubParsersAction) -> None:
+    predict = commands.add_parser("predict", help="label new images with a registered model (the champion by default)")
+    predict.add_argument("--model", default="models:/odir-ensemble@champion",
+                         help="registered model URI (default models:/odir-ensemble@champion)")  # fmt: skip
+    predict.add_argument("--images", required=True, help="folder of images")
+    predict.add_argument("--out", default="predictions.csv", help="output CSV (default predictions.csv)")
+    predict.add_argument(
+        "--check-drift", action="store_true",
+        help="also compare the images with the model's training reference (as odir check-drift): the report is "
+        "printed and logged, and the CSV gets the columns ood and ood_reasons",
+    )  # fmt: skip
+    predict.set_defaults(handler=_cmd_predict)
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from steps.explain import INDEX_FILE, explain
+    from steps.support.manifest import image_files
+
+    images = image_files(args.images)
+    check_output(args.out, folder=True)
+    tracking.setup()
+    registry.registered_version(args.model)  # a wrong URI or a model that is not there: one line, before the work
+    overlays = explain(args.model, images, args.out)
+    out = Path(args.out).resolve()
+    print(f"{len(overlays)} Grad-CAM overlays ({len(images)} images x {len(LABELS)} classes) from {args.model} "
+          f"written to {out}; index: {out / INDEX_FILE}")  # fmt: skip
+    return 0
+
+
+def add_explain(commands: argparse._SubParsersAction) -> None:
+    explain = commands.add_parser("explain", help="Grad-CAM overlays per image and class for a registered model")
+    explain.add_argument("--model", default="models:/odir-ensemble@champion",
+                         help="registered model URI, a member or the ensemble "
+                         "(default models:/odir-ensemble@champion)")  # fmt: skip
+    explain.add_argument("--images", required=True, help="folder of images")
+    explain.add_argument("--out", default="gradcam",
+                         help="output folder for <image stem>_<class>.png and index.csv (default gradcam)")  # fmt: skip
+    explain.set_defaults(handler=_cmd_explain)
+
+
+def _cmd_check_drift(args: argparse.Namespace) -> int:
+    from steps.drift import check_images, format_report
+    from steps.support.manifest import image_files
+
+    report = check_images(image_files(args.images), args.model, alpha=args.alpha)
+    print(format_report(report))
+    failed = report.drift or (args.fail_on_ood and report.ood_count > 0)
+    hint = "" if args.fail_on_ood else " (listed above; --fail-on-ood fails on them)"
+    print(f"{'FAIL' if failed else 'PASS'}: {'drift' if report.drift else 'no drift'}, {report.ood_count} image(s) "
+          f"out of distribution{hint}")  # fmt: skip
+    return 1 if failed else 0
+
+
+def add_check_drift(commands: argparse._SubParsersAction) -> None:
+    check_drift = commands.add_parser(
+        "check-drift", help="compare new images with the reference images of a registered ensemble (drift, outliers)",
+        description="Compares a folder of new images with the drift reference stored with a registered ensemble "
+        "version (statistics and embeddings of images like its training data that its model never trained on: val, "
+        "or a held-out fold): a KS test per image statistic and an MMD test on the embeddings, Holm-corrected at "
+        "--alpha, and per image whether it is out of distribution (black frame, tiny, not a fundus, turned, "
+        "embedding far from the reference). Logs an MLflow run (step drift) with the per-image flags.",
+        epilog="Exit status: 0 no drift, 1 drift detected (or, with --fail-on-ood, any image out of distribution), "
+        "2 bad input (no images, an unknown model, a version registered without a reference), 3 tracking server or "
+        "object store unreachable.",
+    )  # fmt: skip
+    check_drift.add_argument("--images", required=True, help="folder of new images")
+    check_drift.add_argument("--model", default="models:/odir-ensemble@champion",
+                             help="registered ensemble URI (default models:/odir-ensemble@champion)")  # fmt: skip
+    check_drift.add_argument("--alpha", type=float, default=0.05,
+                             help="chance of a false drift alarm on images like the training ones (default "
+                             "0.05)")  # fmt: skip
+    check_drift.add_argument("--fail-on-ood", action="store_true",
+                             help="exit 1 also when any single image is out of distribution (a few are in any "
+                             "large folder of real photos: the flag's threshold is the reference's 99th percentile "
+                             "x 1.25)")  # fmt: skip
+    check_drift.set_defaults(handler=_cmd_check_drift)
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from steps.support import integrity
+
+    tracking.setup()
+    reports = integrity.verify_registry(fix=args.fix)
+    if not reports:
+        print("no champion or challenger in the registry: nothing to verify")
+        return 0
+    for report in reports:
+        aliases = f" @{', @'.join(report.aliases)}" if report.aliases else ""
+        state = "ok" if report.recorded else "ok (registered before digests were recorded: not checked)"
+        if report.problems:
+            state = "BROKEN: " + "; ".join(report.problems) + (" -> set aside" if report.set_aside else "")
+        print(f"{report.uri}{aliases}: {state}")
+    broken = [r for r in reports if r.problems]
+    if not broken:
+        return 0
+    if args.fix:
+        print("the broken versions no longer hold aliases and their runs are FAILED: `odir full` (same profile and "
+              "data) retrains or rebuilds them and promotes a sound version")  # fmt: skip
+    else:
+        print("run `odir verify --fix` to set them aside, then `odir full` to rebuild them")
+    return 1
+
+
+def add_verify(commands: argparse._SubParsersAction) -> None:
+    verify = commands.add_parser(
+        "verify", help="check the SHA-256 of the champion's, challengers' and their members' files",
+        description="Downloads every version holding an alias (champion, challenger) and the members of aliased "
+        "ensembles, and compares their files with the SHA-256 digests recorded when they were registered. Exit 1 "
+        "when something is broken.",
+    )  # fmt: skip
+    verify.add_argument(
+        "--fix",
+        action="store_true",
+        help="set broken versions aside (aliases removed, runs FAILED) so `odir full` rebuilds them",
+    )
+    verify.set_defaults(handler=_cmd_verify)

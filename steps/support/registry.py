@@ -1,0 +1,65 @@
+"""The model registry as the steps name it: odir's registered models and the URIs of their versions.
+
+Members register as ``odir-<member name>``, the ensemble as :data:`ENSEMBLE_MODEL`; a version is addressed as
+``models:/NAME/VERSION`` or through an alias, ``models:/NAME@ALIAS`` (``@champion`` is what ``odir predict`` uses).
+"""
+
+from __future__ import annotations
+
+from steps.support import tracking
+
+SHAPES_RESULTS = False  # moves data, computes none of a step's results: steps.support.fingerprint
+
+MODEL_PREFIX = "odir-"
+ENSEMBLE_MODEL = "odir-ensemble"
+
+
+def split_model_uri(model_uri: str) -> tuple[str, str]:
+    """``models:/NAME/VERSION`` or ``models:/NAME@ALIAS`` -> (name, version), resolving the alias.
+
+    Raises:
+        ValueError: for any other form of URI.
+    """
+    from mlflow import MlflowClient
+
+    if not model_uri.startswith("models:/"):
+        raise ValueError(
+            f"expected a registered model URI models:/NAME/VERSION or models:/NAME@ALIAS, got {model_uri!r}"
+        )
+    rest = model_uri.removeprefix("models:/")
+    if "@" in rest:
+        name, alias = rest.split("@", 1)
+        return name, str(MlflowClient().get_model_version_by_alias(name, alias).version)
+    name, _, version = rest.partition("/")
+    if not version:
+        raise ValueError(f"model URI {model_uri!r} names no version or alias")
+    return name, version
+
+
+def registered_version(model_uri: str) -> tuple[str, str]:
+    """(name, version) of a registered model URI that exists in the store.
+
+    Raises:
+        OdirError: a malformed URI, or a model, version or alias the registry does not have (naming the store and
+            the odir models it has).
+    """
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from components.errors import OdirError
+
+    try:
+        name, version = split_model_uri(model_uri)
+        MlflowClient().get_model_version(name, version)
+        return name, version
+    except ValueError as error:
+        raise OdirError(str(error)) from None
+    except MlflowException as error:
+        missing_alias = error.error_code == "INVALID_PARAMETER_VALUE" and "alias" in error.message  # MLflow's code
+        if error.error_code != "RESOURCE_DOES_NOT_EXIST" and not missing_alias:
+            raise
+    known = sorted(
+        m.name for m in MlflowClient().search_registered_models(f"name LIKE '{MODEL_PREFIX}%'")
+        if not m.name.startswith("odir-lock-")
+    )  # fmt: skip
+    raise OdirError(f"{model_uri}: not found in {tracking.tracking_uri()} (registered: {', '.join(known) or 'none'})")

@@ -50,15 +50,15 @@ DEMO_DATA = Path("data") / "demo"
 
 
 def _transient(task_: Any, task_run: Any, state: Any) -> bool:
-    """Retry a failed task unless its error is bad input or a bad setting (``OdirError``, ``ValueError``), or a
-    store that stayed unreachable: the steps' requests already retried it under the one policy
-    (:class:`steps.support.tracking.RetryPolicy`), and a second round would only multiply the wait."""
+    """Retry a failed task unless its error is bad input or a bad setting (``OdirError``, ``ValueError``, credentials
+    the tracking server refuses), or a store that stayed unreachable: the steps' requests already retried it under
+    the one policy (:class:`steps.support.tracking.RetryPolicy`), and a second round would only multiply the wait."""
     try:
         state.result()
     except (ValueError, TypeError):  # OdirError is a ValueError
         return False
     except Exception as error:  # anything else (a dropped connection, a file race) may pass on a retry
-        return not tracking.store_unreachable(error)
+        return not (tracking.store_unreachable(error) or tracking.access_refused(error))
     return True
 
 

@@ -5,9 +5,10 @@ The commands live by group: :mod:`flows.cli.data` (validate, demo-data, bucket, 
 verify) and :mod:`flows.cli.service` (serve, up, down); each module adds its commands' parsers next to their
 handlers, and :func:`build_parser` lists them in the order ``odir --help`` shows.
 
-Bad input (``OdirError``) ends with its message on stderr and exit status 2, never a traceback; a tracking server
-or object store that does not answer under the retry policy (:class:`steps.support.tracking.RetryPolicy`) ends with one
-line naming it and exit status 3. Outputs are checked before the work starts.
+Bad input (``OdirError``) ends with its message on stderr and exit status 2, never a traceback, and so do credentials
+the tracking server or the Prefect server refuses (:func:`flows.access.refused`); a tracking server or object store
+that does not answer under the retry policy (:class:`steps.support.tracking.RetryPolicy`) ends with one line naming
+it and exit status 3. Outputs are checked before the work starts.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ STORE_COMMANDS = ("full", "experiments", "predict", "explain", "check-drift", "v
 COMMANDS = (
     data.add_validate, data.add_demo_data, pipeline.add_train, models.add_predict, models.add_explain,
     models.add_check_drift, pipeline.add_full, pipeline.add_experiments, models.add_verify, service.add_serve,
-    service.add_up, service.add_down, data.add_bucket, data.add_ingest, data.add_upload,
+    service.add_up, service.add_down, data.add_bucket, data.add_ingest, service.add_mlflow_users, data.add_upload,
 )  # fmt: skip
 
 
@@ -85,6 +86,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"odir {args.command}: {error}", file=sys.stderr)
         return EXIT_INVALID
     except Exception as error:
+        from flows.access import refused
+
+        if (line := refused(error)) is not None:
+            print(f"odir {args.command}: {line}", file=sys.stderr)
+            return EXIT_INVALID
         if not tracking.store_unreachable(error):
             raise
         print(f"odir {args.command}: {tracking.unreachable_message(error)}", file=sys.stderr)

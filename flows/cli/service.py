@@ -68,3 +68,21 @@ def _cmd_down(args: argparse.Namespace) -> int:
 def add_down(commands: argparse._SubParsersAction) -> None:
     down = commands.add_parser("down", help="stop what odir up started")
     down.set_defaults(handler=_cmd_down)
+
+
+def _cmd_mlflow_users(args: argparse.Namespace) -> int:
+    from steps.support.users import ensure_users
+
+    print("\n".join(ensure_users()))
+    return 0
+
+
+def add_mlflow_users(commands: argparse._SubParsersAction) -> None:
+    users = commands.add_parser(
+        "mlflow-users",
+        help="create the pipeline and reader users of a tracking server with basic-auth (as its admin)",
+        description="Creates the pipeline and reader users (ODIR_PIPELINE_USERNAME / _PASSWORD, ODIR_READER_USERNAME "
+        "/ _PASSWORD) on the MLFLOW_TRACKING_URI server, or sets the password of one that exists; run with the "
+        "admin's MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (docs/security.md).",
+    )
+    users.set_defaults(handler=_cmd_mlflow_users)

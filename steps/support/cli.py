@@ -2,8 +2,9 @@
 
 Each step's options are its config dataclass's fields (``--manifest-uri``, ``--split`` ...); a field holding a
 pydantic model (the train step's ``--spec``) takes its JSON, or the path of a YAML or JSON file with it. The step's
-typed result is printed as one JSON object on stdout, so the next step can read its URIs. Bad input exits 2 with
-the message on stderr; a tracking server still unreachable after MLflow's retries exits 3; any other failure exits 1.
+typed result is printed as one JSON object on stdout, so the next step can read its URIs. Bad input, and credentials
+the tracking server refuses, exit 2 with one line on stderr; a tracking server still unreachable after MLflow's
+retries exits 3; any other failure exits 1.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from components.errors import OdirError
-from steps.support.tracking import store_unreachable, unreachable_message
+from steps.support.tracking import access_refused, store_unreachable, unreachable_message
 
 SHAPES_RESULTS = False  # moves data, computes none of a step's results: steps.support.fingerprint
 
@@ -91,6 +92,9 @@ def main(config_cls: type, run: Callable[[Any], Any], argv: Sequence[str] | None
         print(f"{prog}: {error}", file=sys.stderr)
         return 2
     except Exception as error:
+        if (refused := access_refused(error)) is not None:
+            print(f"{prog}: {refused}", file=sys.stderr)
+            return 2
         if not store_unreachable(error):
             raise
         print(f"{prog}: {unreachable_message(error)}", file=sys.stderr)

@@ -166,10 +166,11 @@ def _s3_endpoint() -> str | None:
 
 def check_store(policy: RetryPolicy | None = None) -> None:
     """Before any work: the tracking server (and the S3 endpoint, when one is set) accepts connections, tried
-    under the retry policy.
+    under the retry policy, and a tracking server accepts the credentials (one read request).
 
     Raises:
         StoreUnreachable: one line naming the URI and what was tried.
+        mlflow.exceptions.MlflowException: the server refused the credentials (:func:`access_refused` words it).
     """
     import time
 
@@ -192,6 +193,11 @@ def check_store(policy: RetryPolicy | None = None) -> None:
                 f"({error.strerror or error}); retry policy: {policy.describe()} (ODIR_STORE_ATTEMPTS, "
                 "ODIR_STORE_TIMEOUT_S, ODIR_STORE_BACKOFF_S)"
             )
+    if tracking_uri().startswith(("http:", "https:")):  # a server with authentication refuses here, not mid-run
+        from mlflow import MlflowClient
+
+        policy.apply()
+        MlflowClient(tracking_uri()).search_experiments(max_results=1)
 
 
 def causes(error: BaseException | None) -> Iterator[BaseException]:
@@ -216,6 +222,45 @@ def store_unreachable(error: BaseException | None) -> bool:
         if isinstance(cause, MlflowException) and "Max retries exceeded" in str(cause):
             return True
     return False
+
+
+def access_refused(error: BaseException | None) -> str | None:
+    """One line when ``error`` (or what caused it) is the tracking server refusing the credentials (HTTP 401) or
+    the user's permission (HTTP 403), naming the server and what to set; None for any other error. Retrying cannot
+    fix either: callers report it as a bad setting."""
+    import re
+    from urllib.parse import urlsplit
+
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    for cause in causes(error):
+        if isinstance(cause, MlflowException):  # the REST API
+            status = cause.get_http_status_code()
+            endpoint = re.search(r"endpoint (\S+)", cause.message)
+            endpoint = endpoint.group(1) if endpoint else "the request"
+        elif (  # artifacts through the server
+            isinstance(cause, requests.HTTPError)
+            and cause.response is not None
+            and cause.response.url.startswith(tracking_uri())
+        ):
+            status, endpoint = cause.response.status_code, urlsplit(cause.response.url).path
+        else:
+            continue
+        if status not in (401, 403):
+            continue
+        user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+        if status == 401:
+            given = f"user {user!r} with this password was not accepted" if user else "no credentials were sent"
+            return (
+                f"tracking server {tracking_uri()} refused the credentials (HTTP 401: {given}); set "
+                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to a user of the server"
+            )
+        return (
+            f"tracking server {tracking_uri()} denied user {user!r} {endpoint} (HTTP 403: this user may read but not "
+            "change it); set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to the pipeline's identity"
+        )
+    return None
 
 
 def unreachable_message(error: BaseException) -> str:

@@ -36,7 +36,7 @@ def test_kubernetes_manifests_match_the_schemas() -> None:
     manifests = sorted(str(p) for p in (ROOT / "infra" / "k8s").glob("*.yaml"))
     done = _run(str(BIN / "kubernetes-validate"), "--strict", *manifests)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.count("passed") == 8
+    assert done.stdout.count("passed") == 11
 
 
 def _render(template: object, values: dict) -> object:
@@ -69,7 +69,9 @@ def test_gpu_job_template_renders_a_valid_job_with_a_gpu() -> None:
 
 def test_compose_services_are_healthy_pinned_local_and_secret_free() -> None:
     services = COMPOSE["services"]
-    assert set(services) == {"postgres", "s3", "create-bucket", "mlflow", "prefect", "worker-cpu", "worker-gpu"}
+    assert set(services) == {
+        "postgres", "s3", "create-bucket", "mlflow", "mlflow-users", "prefect", "worker-cpu", "worker-gpu"
+    }  # fmt: skip
     for name in LONG_RUNNING:
         assert "healthcheck" in services[name], name
     for name, service in services.items():
@@ -87,7 +89,72 @@ def test_compose_services_are_healthy_pinned_local_and_secret_free() -> None:
     assert COMPOSE["volumes"].keys() == {"pgdata", "s3data"}
 
 
-@pytest.mark.parametrize("service", ["create-bucket", "mlflow", "prefect", "worker-cpu", "worker-gpu"])
+# names of settings that hold a credential: their values must come from the environment or a Secret
+CREDENTIAL = re.compile(r"(PASSWORD|SECRET|SECRET_KEY|AUTH_STRING|ACCESS_KEY|ACCESS_KEY_ID)$")
+
+
+def test_compose_runs_both_servers_with_authentication_and_no_literal_credential() -> None:
+    services = COMPOSE["services"]
+    assert services["mlflow"]["command"][:4] == ["mlflow", "server", "--app-name", "basic-auth"]
+    assert services["mlflow"]["environment"]["MLFLOW_AUTH_CONFIG_PATH"] == "/etc/mlflow/basic_auth.ini"
+    assert services["prefect"]["environment"]["PREFECT_SERVER_API_AUTH_STRING"] == "${PREFECT_AUTH_STRING}"
+    for name, service in services.items():
+        environment = service.get("environment", {})
+        for key, value in environment.items():
+            if CREDENTIAL.search(key) or key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_AUTH_ADMIN_USERNAME"):
+                assert re.fullmatch(r"\$\{\w+\}", value), (name, key)
+        assert not any(re.search(r"://[^/@\s$]+:[^/@\s$]+@", str(word)) for word in service.get("command", [])), name
+    workers = [services[name]["environment"] for name in ("worker-cpu", "worker-gpu")]
+    for environment in workers:  # the pipeline's identity, never the admin's
+        assert environment["MLFLOW_TRACKING_USERNAME"] == "${MLFLOW_PIPELINE_USERNAME}"
+        assert environment["PREFECT_API_AUTH_STRING"] == "${PREFECT_AUTH_STRING}"
+        assert not any("ADMIN" in value for value in environment.values())
+    for secrets_file in ("infra/.env", ".env", "mlflow-server.env"):
+        assert _run("git", "check-ignore", "-q", secrets_file).returncode == 0, f"{secrets_file} is not git-ignored"
+    assert _run("git", "check-ignore", "-q", "infra/.env.example").returncode == 1
+
+
+def _env_entries(node: object) -> list[dict]:
+    """Every container ``env`` entry in a manifest."""
+    if isinstance(node, list):
+        return [entry for item in node for entry in _env_entries(item)]
+    if not isinstance(node, dict):
+        return []
+    own = node["env"] if isinstance(node.get("env"), list) else []
+    return own + [entry for key, value in node.items() if key != "env" for entry in _env_entries(value)]
+
+
+def test_kubernetes_runs_mlflow_with_basic_auth_and_keeps_credentials_in_secrets() -> None:
+    documents = [d for p in sorted((ROOT / "infra" / "k8s").glob("*.yaml")) for d in yaml.safe_load_all(p.read_text())]
+    by_name = {(d["kind"], d["metadata"]["name"]): d for d in documents}
+    ini = (ROOT / "infra" / "mlflow" / "basic_auth.ini").read_text()
+    assert by_name["ConfigMap", "mlflow-auth"]["data"]["basic_auth.ini"] == ini
+    assert "admin_password" not in ini.replace("# admin_password", "") and "@" not in ini
+    server = by_name["Deployment", "mlflow"]["spec"]["template"]["spec"]["containers"][0]
+    assert server["args"][:4] == ["mlflow", "server", "--app-name", "basic-auth"]
+    secrets = {d["metadata"]["name"] for d in documents if d["kind"] == "Secret"}
+    assert secrets == {"odir-mlflow-server", "odir-pipeline"}  # only in secrets.example.yaml, with placeholders
+    for document in documents:
+        if document["kind"] == "Secret":
+            assert all(v.startswith(("change-me", "odir", "admin", "http")) for v in document["stringData"].values())
+            continue
+        for env in _env_entries(document):
+            if CREDENTIAL.search(env["name"]) or env["name"].endswith("USERNAME"):
+                assert "value" not in env and "secretKeyRef" in env["valueFrom"], env["name"]
+        assert not re.search(r"://[^/@\s\"]+:[^/@\s\"]+@", json.dumps(document)), document["metadata"]["name"]
+    users_job = by_name["Job", "mlflow-users"]["spec"]["template"]["spec"]["containers"][0]
+    assert {e["name"] for e in users_job["env"] if "valueFrom" in e} == {
+        "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "ODIR_PIPELINE_USERNAME", "ODIR_PIPELINE_PASSWORD",
+        "ODIR_READER_USERNAME", "ODIR_READER_PASSWORD",
+    }  # fmt: skip
+    worker = by_name["Deployment", "prefect-worker-gpu"]["spec"]["template"]["spec"]["containers"][0]
+    assert worker["envFrom"] == [{"secretRef": {"name": "odir-pipeline"}}]
+    template = json.loads((ROOT / "infra" / "k8s" / "gpu-job-template.json").read_text())
+    job = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]["containers"][0]
+    assert job["envFrom"] == [{"secretRef": {"name": "odir-pipeline"}}]
+
+
+@pytest.mark.parametrize("service", ["create-bucket", "mlflow", "mlflow-users", "prefect", "worker-cpu", "worker-gpu"])
 def test_compose_commands_of_our_image_run_as_plain_processes(service: str) -> None:
     command = COMPOSE["services"][service]["command"]
     program = command[0]

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from components.evaluation.scoring import COMPARED_METRICS
 from steps.support import tracking
-
-HEADLINE = ("f1_macro", "f1_course", "f1_D", "f1_G", "f1_A", "auroc_D", "auroc_G", "auroc_A")
 
 
 @dataclass(frozen=True)
@@ -115,12 +114,13 @@ class PipelineSummary:
 
 
 def headline_scores(metrics: dict[str, float], split: str) -> dict[str, Score]:
-    """The :data:`HEADLINE` scores from an evaluate run's metrics (prefixed by ``split``)."""
+    """The compared scores (:data:`~components.evaluation.scoring.COMPARED_METRICS`) from an evaluate run's metrics
+    (prefixed by ``split``)."""
     prefix = tracking.split_prefix(split)
     return {
         name: Score(metrics.get(f"{prefix}{name}"), metrics.get(f"{prefix}{name}_ci_low"),
                     metrics.get(f"{prefix}{name}_ci_high"))
-        for name in HEADLINE
+        for name in COMPARED_METRICS
     }  # fmt: skip
 
 

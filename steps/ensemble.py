@@ -42,7 +42,7 @@ from components.data.splits import patient_of
 from components.evaluation.calibration import apply_temperature, calibration_errors, fit_temperatures
 from components.evaluation.ensemble import align_members, normalise_weights, weighted_mean, weights_from_scores
 from components.evaluation.metrics import DEFAULT_THRESHOLD, f1_macro, multilabel_report
-from components.evaluation.scoring import scored_report
+from components.evaluation.scoring import compared_metrics, scored_report
 from components.evaluation.thresholds import ThresholdResult, fit_thresholds
 from components.models.tta import STUDY_VIEWS, check_views
 from components.monitoring.reference import MIN_REFERENCE_IMAGES
@@ -123,6 +123,7 @@ def _register(
             warnings.filterwarnings("ignore", message=".*input example was not provided")
             info = mlflow.pyfunc.log_model(
                 name="ensemble",
+                step=tracking.MODEL_STEP,
                 python_model=OdirEnsemble(),
                 artifacts=artifacts,
                 code_paths=[str(code / "components"), str(code / "steps")],
@@ -289,10 +290,13 @@ def _combine(
     version_tags = {**tags, "kind": "ensemble", "members": ",".join(config.member_model_uris),
                     **_drift_reference(config, frame)}  # fmt: skip
     version = _register(config, names, weights, tuned.as_dict(), temperatures, version_tags)
-    mlflow.set_tag("registered_model_uri", f"models:/{registry.ENSEMBLE_MODEL}/{version}")
+    model_uri = f"models:/{registry.ENSEMBLE_MODEL}/{version}"
+    mlflow.set_tag("registered_model_uri", model_uri)
+    # the cross-fitted CV scores compare it with its members' out-of-fold ones; val_* were fit on val: not linked
+    tracking.link_metrics(registry.logged_model_id(model_uri), compared_metrics(metrics, "cv_"))
     log.info("registered %s version %s (weights %s)", registry.ENSEMBLE_MODEL, version, np.round(weights, 3))
     return EnsembleResult(
-        f"models:/{registry.ENSEMBLE_MODEL}/{version}", version, run.info.run_id,
+        model_uri, version, run.info.run_id,
         dict(zip(names, weights.tolist(), strict=True)), tuned.as_dict(), metrics,
     )  # fmt: skip
 

@@ -8,8 +8,8 @@ import math
 import pytest
 from prefect.serializers import JSONSerializer, PickleSerializer
 
+from components.evaluation.scoring import COMPARED_METRICS
 from flows.summary import (
-    HEADLINE,
     BuiltEnsemble,
     Gallery,
     PipelineSummary,
@@ -44,7 +44,7 @@ def _summary(**scores: Score) -> PipelineSummary:
 
 def test_headline_scores_and_referral_counts_from_an_evaluations_metrics() -> None:
     scores = headline_scores(METRICS, "offsite_test")
-    assert tuple(scores) == HEADLINE
+    assert tuple(scores) == COMPARED_METRICS
     assert scores["f1_macro"] == Score(0.8, 0.7, 0.9) and scores["f1_macro"].has_interval
     assert scores["f1_G"] == Score(0.5, None, None) and not scores["f1_G"].has_interval
     assert scores["auroc_A"].value == 0.6 and math.isnan(scores["auroc_A"].low) and not scores["auroc_A"].has_interval

@@ -17,6 +17,7 @@ from mlflow import MlflowClient
 from components import LABELS
 from components.config import load_profile
 from components.evaluation.metrics import multilabel_report
+from components.evaluation.scoring import compared_metrics
 from components.monitoring.referral import MEMBER_STD_COLUMNS, TTA_STD_COLUMNS, UNCERTAINTY_COLUMNS
 from components.training.hardware import hardware_record
 from steps import ensemble, evaluate, ingest, promote, submit, train, tune_thresholds
@@ -452,3 +453,18 @@ def test_train_params_say_what_was_in_effect(pipeline: dict) -> None:
     params = MlflowClient().get_run(pipeline["members"][0].run_id).data.params
     assert (params["amp"], params["channels_last"]) == ("False", "True")
     assert params["hardware_cpu"] == hardware_record()["hardware_cpu"] and "hardware_cpu_flags" in params
+
+
+def test_logged_models_are_named_and_carry_their_evaluations_compared_scores(pipeline: dict) -> None:
+    """The Models tab compares models: each logged model is named after what it is and carries the scores of the
+    evaluations that scored it (one vocabulary with intervals), and no other metric of its run."""
+    experiment = tracking.setup()
+    models = {m.name: m for m in mlflow.search_logged_models(experiment_ids=[experiment], output_format="list")}
+    assert {"tiny-a", "tiny-b", "ensemble"} <= set(models)
+    for member, evaluation in zip(MEMBERS, pipeline["val"], strict=True):
+        linked = {metric.key: metric.value for metric in models[member].metrics}
+        assert linked == compared_metrics(evaluation.metrics, "val_")
+        assert {"val_f1_macro", "val_f1_macro_ci_low", "val_f1_macro_ci_high", "val_auroc_A"} <= set(linked)
+    ensemble_linked = {metric.key: metric.value for metric in models["ensemble"].metrics}
+    assert ensemble_linked == compared_metrics(pipeline["offsite"].metrics, "offsite_")
+    assert len(ensemble_linked) == 24  # 8 scores and their intervals; no system, fold or temperature metric

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from components import LABELS
 from components.data.folds import CVSpec
 from components.errors import OdirError
-from components.evaluation.thresholds import parse_objective
+from components.evaluation.thresholds import STRATEGIES, parse_objective
 from components.models.tta import STUDY_VIEWS, check_views
 from components.monitoring.explain import GALLERY_PER_KIND
 from components.monitoring.referral import ReferralSpec
@@ -68,6 +68,13 @@ class Profile(BaseModel):
         gradcam_gallery: per class, the evaluate step logs Grad-CAM overlays of at most this many true positives,
             false positives and false negatives of the evaluated split (``gradcam/<split>/<class>/``); 0 logs none
             (tiny test profiles: faster).
+        threshold_strategy: how the per-class thresholds are fit (:data:`components.evaluation.thresholds.
+            STRATEGIES`): ``tuned`` on the fitting predictions (default), ``shrunk`` halfway back to 0.5, ``fixed``
+            at 0.5, or ``prevalence`` (as many positives predicted as there are).
+        seeds: repeats of the whole recipe with these training seeds (each model's ``seed`` replaced): the first is
+            the pipeline's own run (registered, promoted, submitted), each other one trains and scores a repeat
+            (profile ``<name>-seed<s>``, models ``<model>-seed<s>``), and the summary gives the mean and spread of
+            the scores over the seeds beside their intervals. Empty: one run with the models' own seeds.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -85,6 +92,8 @@ class Profile(BaseModel):
     promotion: PromotionSpec = Field(default_factory=PromotionSpec)
     referral: ReferralSpec = Field(default_factory=ReferralSpec)
     gradcam_gallery: int = Field(default=GALLERY_PER_KIND, ge=0, le=50)
+    threshold_strategy: Literal[STRATEGIES] = "tuned"
+    seeds: tuple[int, ...] = ()
 
     @field_validator("threshold_objectives")
     @classmethod
@@ -129,6 +138,15 @@ class Profile(BaseModel):
             if any(w < 0 for w in self.ensemble_weights.values()) or sum(self.ensemble_weights.values()) <= 0:
                 raise ValueError("ensemble_weights must be >= 0 and not all zero")
         return self
+
+    def seeded(self, seed: int, repeat: bool) -> Profile:
+        """This profile with every model trained under ``seed``; a ``repeat`` is renamed ``<name>-seed<seed>`` (and
+        its models ``<model>-seed<seed>``), so its runs and versions stand apart from the profile's own."""
+        suffix = f"-seed{seed}" if repeat else ""
+        models = [m.model_copy(update={"seed": seed, "name": f"{m.name}{suffix}"}) for m in self.models]
+        weights = {f"{n}{suffix}": w for n, w in self.ensemble_weights.items()} if self.ensemble_weights else None
+        return self.model_copy(update={"name": f"{self.name}{suffix}", "models": models, "ensemble_weights": weights,
+                                       "seeds": ()})  # fmt: skip
 
     def model(self, name: str) -> ModelSpec:
         """The model spec called ``name``."""

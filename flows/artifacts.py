@@ -11,10 +11,11 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from components import LABELS
+from components.evaluation.comparison import Comparison
 from flows.summary import PipelineSummary
 from steps.support import registry, tracking
 
@@ -119,8 +120,26 @@ def per_class_rows(metrics: dict[str, float], split: str) -> list[dict[str, Any]
     return rows
 
 
+def comparison_rows(rows: Sequence[Comparison]) -> list[dict[str, str]]:
+    """The comparison of members and ensemble (:mod:`steps.compare`) as table rows of formatted cells."""
+    table = []
+    for row in rows:
+        cells = {"model": row.name}
+        for metric, score in row.scores.items():
+            cells[metric] = str(score)
+            cells[f"{metric} vs reference"] = (
+                "reference" if row.differences is None else row.differences[metric].signed()
+            )
+            cells[f"P(reference better), {metric}"] = (
+                "-" if row.prob_reference_better is None else f"{row.prob_reference_better[metric]:.2f}"
+            )
+        table.append({**cells, "note": row.note or ""})
+    return table
+
+
 def publish_summary(summary: PipelineSummary) -> None:
-    """Publishes the Markdown summary and (when there are scores) the per-class table of a pipeline run."""
+    """Publishes the Markdown summary and (when there are scores) the per-class and comparison tables of a pipeline
+    run."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     profile, built = summary.profile, summary.built
@@ -129,6 +148,10 @@ def publish_summary(summary: PipelineSummary) -> None:
     if built and built.per_class:
         create_table_artifact(list(built.per_class), key=artifact_key("odir", profile, "per-class"),
                               description=f"Per-class scores on {built.scored_split} (95% intervals)")  # fmt: skip
+    if built and built.comparison:
+        create_table_artifact(list(built.comparison), key=artifact_key("odir", profile, "comparison"),
+                              description=f"Members and ensemble on {built.scored_split}, paired over patients against "
+                              "the best member (95% intervals)")  # fmt: skip
 
 
 def training_progress(model: str) -> Callable[[float], None]:

@@ -28,20 +28,21 @@ from components.models.tta import STUDY_VIEWS
 from components.monitoring.referral import ReferralSpec
 from components.training.spec import ModelSpec
 from flows import freeze_startup_objects, without_heartbeats
-from flows.artifacts import per_class_rows, publish_summary, training_progress
+from flows.artifacts import comparison_rows, per_class_rows, publish_summary, training_progress
 from flows.summary import (
     BuiltEnsemble,
     Gallery,
     PipelineSummary,
+    SeedScore,
     headline_metrics,
     headline_scores,
     headline_tags,
     referral_counts,
 )
-from steps import ensemble, evaluate, ingest, model_card, promote, submit, train, tune_thresholds
+from steps import compare, ensemble, evaluate, ingest, model_card, promote, submit, train, tune_thresholds
 from steps.support import pipeline_run, registry, tracking
 from steps.support.base import StepConfig
-from steps.support.manifest import load_manifest
+from steps.support.manifest import Manifest, load_manifest
 
 Result = TypeVar("Result")
 
@@ -168,12 +169,15 @@ def _start_pipeline_run(experiment: str, profile: Profile, data_root: str) -> st
 def profile_key(profile: Profile) -> str:
     """Identifies a profile's content (a renamed file with the same settings keeps its key).
 
-    Left out: ``gradcam_gallery`` (it shapes no model), and ``referral`` while it holds its defaults, so a profile
-    keeps the key it had before the field existed and its champion is not taken for out of date.
+    Left out: ``gradcam_gallery`` (it shapes no model), and ``referral``, ``threshold_strategy`` and ``seeds`` while
+    they hold their defaults, so a profile keeps the key it had before those fields existed and its champion is not
+    taken for out of date.
     """
     data = profile.model_dump(exclude={"gradcam_gallery"})
-    if profile.referral == ReferralSpec():
-        del data["referral"]
+    defaults = {"referral": ReferralSpec().model_dump(), "threshold_strategy": "tuned", "seeds": ()}
+    for field, default in defaults.items():
+        if data[field] == default:
+            del data[field]
     return tracking.content_key(data)
 
 
@@ -214,7 +218,8 @@ def odir(
     run = PipelineRun(config, {"experiment": experiment, "parent_run_id": pid, "reuse": not force}, dispatch)
     with pipeline_run.ended(pid):
         summary = _pipeline(run, data_root, out, only_if_changed)
-        pipeline_run.record(pid, headline_metrics(summary), headline_tags(summary))
+        texts = {"comparison.md": summary.built.comparison_markdown} if summary.built else {}
+        pipeline_run.record(pid, headline_metrics(summary), headline_tags(summary, tracking.setup(experiment)), texts)
         try:
             publish_summary(summary)
         except Exception as error:  # the work is done and recorded in MLflow: a missing artifact is no failure
@@ -251,16 +256,78 @@ class PipelineRun:
             manifest_uri=manifest_uri,
             weights=tuple(weights.get(m.name, 0.0) for m in self.profile.models) if weights else None,
             views=self.profile.tta_views, grid=self.profile.threshold_grid, objectives=self.profile.objectives(),
-            calibrate=self.profile.calibrate, referral=self.profile.referral, profile=self.profile.name,
+            calibrate=self.profile.calibrate, threshold_strategy=self.profile.threshold_strategy,
+            referral=self.profile.referral, profile=self.profile.name,
             profile_key=profile_key(self.profile),
             **self.common,
         )  # fmt: skip
         return step_task("ensemble", ensemble.run, config)
 
+    def with_profile(self, profile: Profile) -> PipelineRun:
+        """The same run for another profile (a seed of this one)."""
+        return dataclasses.replace(self, profile=profile)
+
     def train(self, manifest_uri: str) -> list[train.TrainStepResult]:
         plan = TrainPlan(manifest_uri, self.profile.name, self.common["parent_run_id"], self.common["experiment"],
                          not self.common["reuse"], self.dispatch, self.profile.cv, self.profile.tta_views)  # fmt: skip
         return train_all(plan, self.profile.models)
+
+
+@dataclasses.dataclass(frozen=True)
+class Built:
+    """What one training of the recipe built: its members, its ensemble, and where both were scored."""
+
+    members: list[train.TrainStepResult]
+    test_split: str
+    ensemble: ensemble.EnsembleResult
+    evaluated: evaluate.EvaluateResult | None  # the ensemble on the test split (None: its cross-fitted CV scores)
+    member_scores: dict[str, float | None]  # each member's f1_macro on the test split, by model URI
+    member_evaluations: tuple[str, ...]  # the members' evaluate runs on the test split (none in CV mode)
+
+    @property
+    def scored(self) -> dict[str, float]:
+        return self.ensemble.metrics if self.evaluated is None else self.evaluated.metrics
+
+
+def _build(run: PipelineRun, manifest_uri: str, manifest: Manifest) -> Built:
+    """Trains the members, fits thresholds, builds the ensemble and scores them all on the test split."""
+    config, common = run.profile, run.common
+    members = run.train(manifest_uri)
+    # what the thresholds, temperatures and weights are fit on: out-of-fold predictions in CV mode, else val's
+    on_val = [] if config.cv else [run.evaluate(m.model_uri, manifest_uri, "val") for m in members]
+    fitted_on = [m.oof_predictions_uri for m in members] if config.cv else [e.predictions_uri for e in on_val]
+    test_split = "offsite_test" if manifest.has_split("offsite_test") else "cv" if config.cv else "val"
+    for member, predictions in zip(members, fitted_on, strict=True):
+        tune = tune_thresholds.TuneConfig(predictions_uri=predictions, grid=config.threshold_grid,
+                                          objectives=config.objectives(), strategy=config.threshold_strategy,
+                                          name=member.registered_model, **common)  # fmt: skip
+        step_task(f"tune thresholds {member.registered_model}", tune_thresholds.run, tune)
+    if test_split == "cv":
+        tested = []
+        scores = {m.model_uri: m.metrics.get("cv_f1_macro") for m in members}
+    else:
+        tested = (
+            on_val if test_split == "val" else [run.evaluate(m.model_uri, manifest_uri, test_split) for m in members]
+        )
+        prefix = tracking.split_prefix(test_split)
+        scores = {m.model_uri: e.metrics.get(f"{prefix}f1_macro") for m, e in zip(members, tested, strict=True)}
+    ens = run.ensemble(members, fitted_on, manifest_uri)
+    # in CV mode without a test split, the ensemble's cross-fitted out-of-fold scores are the honest ones
+    evaluated = None if test_split == "cv" else run.evaluate(ens.model_uri, manifest_uri, test_split)
+    return Built(members, test_split, ens, evaluated, scores, tuple(e.run_id for e in tested))
+
+
+def _seed_score(seed: int, built: Built) -> SeedScore:
+    scores = headline_scores(built.scored, built.test_split)
+    return SeedScore(seed, built.ensemble.model_uri, scores["f1_macro"], scores["f1_course"])
+
+
+def _compare(run: PipelineRun, built: Built, manifest_uri: str) -> compare.CompareResult:
+    """The members and the ensemble on the test split, the best member the reference."""
+    ranked = sorted(built.members, key=lambda m: -(built.member_scores.get(m.model_uri) or 0.0))
+    uris = (*(m.model_uri for m in ranked), built.ensemble.model_uri)
+    config = compare.CompareConfig(model_uris=uris, manifest_uri=manifest_uri, split=built.test_split, **run.common)
+    return step_task("compare", compare.run, config)
 
 
 def _pipeline(run: PipelineRun, data_root: str, out: str | None, only_if_changed: bool) -> PipelineSummary:
@@ -273,23 +340,12 @@ def _pipeline(run: PipelineRun, data_root: str, out: str | None, only_if_changed
                                pipeline_run_id=common["parent_run_id"], decision="up to date",
                                champion_version=champion)  # fmt: skip
     manifest = load_manifest(ing.manifest_uri)
-    members = run.train(ing.manifest_uri)
-    # what the thresholds, temperatures and weights are fit on: out-of-fold predictions in CV mode, else val's
-    fitted_on = [m.oof_predictions_uri for m in members] if config.cv else [
-        run.evaluate(m.model_uri, ing.manifest_uri, "val").predictions_uri for m in members
-    ]  # fmt: skip
-    test_split = "offsite_test" if manifest.has_split("offsite_test") else "cv" if config.cv else "val"
-    for member, predictions in zip(members, fitted_on, strict=True):
-        tune = tune_thresholds.TuneConfig(predictions_uri=predictions, grid=config.threshold_grid,
-                                          objectives=config.objectives(), name=member.registered_model,
-                                          **common)  # fmt: skip
-        step_task(f"tune thresholds {member.registered_model}", tune_thresholds.run, tune)
-        if test_split not in ("val", "cv"):
-            run.evaluate(member.model_uri, ing.manifest_uri, test_split)
-    ens = run.ensemble(members, fitted_on, ing.manifest_uri)
-    # in CV mode without a test split, the ensemble's cross-fitted out-of-fold scores are the honest ones
-    evaluated = None if test_split == "cv" else run.evaluate(ens.model_uri, ing.manifest_uri, test_split)
-    scored = ens.metrics if evaluated is None else evaluated.metrics
+    seeds = config.seeds
+    built = _build(run.with_profile(config.seeded(seeds[0], repeat=False)) if seeds else run, ing.manifest_uri,
+                   manifest)  # fmt: skip
+    repeats = [(seed, _build(run.with_profile(config.seeded(seed, repeat=True)), ing.manifest_uri, manifest))
+               for seed in seeds[1:]]  # fmt: skip
+    ens, test_split = built.ensemble, built.test_split
     submission = None
     if manifest.has_split("onsite_test"):
         target = out or str(tracking.project_root() / "outputs" / f"submission-{config.name}.csv")
@@ -300,28 +356,32 @@ def _pipeline(run: PipelineRun, data_root: str, out: str | None, only_if_changed
                                            metric=config.promotion.metric,
                                            min_probability=config.promotion.min_probability, **common)  # fmt: skip
     decision = step_task("promote", promote.run, promote_config)
+    compared = _compare(run, built, ing.manifest_uri)
     replaced = decision.champion_version if decision.decision == "champion" else None
     cards = (
-        *(m.model_uri for m in members),
+        *(m.model_uri for m in built.members),
         ens.model_uri,
         *([f"models:/{registry.ENSEMBLE_MODEL}/{replaced}"] if replaced and replaced != ens.version else []),
     )
     step_task("model cards", model_card.publish_model_cards, cards)
-    member_metric = "cv_f1_macro" if config.cv else "val_f1_macro"
-    built = BuiltEnsemble(
+    scored = built.scored
+    summary_built = BuiltEnsemble(
         model_uri=ens.model_uri, run_id=ens.run_id, weights=ens.weights, thresholds=ens.thresholds,
-        members=tuple(m.model_uri for m in members), member_runs=tuple(m.run_id for m in members),
-        member_f1_macro={m.registered_model: m.metrics.get(member_metric) for m in members},
+        members=tuple(m.model_uri for m in built.members), member_runs=tuple(m.run_id for m in built.members),
+        member_f1_macro={m.registered_model: built.member_scores[m.model_uri] for m in built.members},
         split_mode=f"cv ({config.cv.folds} folds)" if config.cv else "given splits", scored_split=test_split,
         scores=headline_scores(scored, test_split), per_class=tuple(per_class_rows(scored, test_split)),
-        referral=referral_counts(scored, test_split), gallery=_gallery(evaluated.run_id if evaluated else None),
-        submission=submission,
+        referral=referral_counts(scored, test_split),
+        gallery=_gallery(built.evaluated.run_id if built.evaluated else None), submission=submission,
+        member_evaluations=built.member_evaluations, comparison=tuple(comparison_rows(compared.rows)),
+        comparison_run=compared.run_id, comparison_markdown=compared.markdown,
+        seeds=tuple(_seed_score(seed, b) for seed, b in ([(seeds[0], built)] if seeds else []) + repeats),
     )  # fmt: skip
     return PipelineSummary(
         profile=config.name, data_digest=ing.data_digest, pipeline_run_id=common["parent_run_id"],
         decision=decision.decision,
         champion_version=decision.version if decision.decision == "champion" else decision.champion_version,
-        prob_better=decision.prob_better, promotion_note=decision.note, built=built,
+        prob_better=decision.prob_better, promotion_note=decision.note, built=summary_built,
     )  # fmt: skip
 
 

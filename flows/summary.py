@@ -7,11 +7,11 @@ plain types and frozen dataclasses of them, so Prefect stores it as the flow run
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
 
+from components.evaluation.scoring import COMPARED_METRICS
 from steps.support import tracking
-
-HEADLINE = ("f1_macro", "f1_course", "f1_D", "f1_G", "f1_A", "auroc_D", "auroc_G", "auroc_A")
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,16 @@ class Gallery:
 
 
 @dataclass(frozen=True)
+class SeedScore:
+    """The recipe trained under one seed: its ensemble and how it scored on the scored split."""
+
+    seed: int
+    model_uri: str
+    f1_macro: Score
+    f1_course: Score
+
+
+@dataclass(frozen=True)
 class BuiltEnsemble:
     """The ensemble a pipeline run built (or found built) and how it scored.
 
@@ -66,6 +76,11 @@ class BuiltEnsemble:
         referral: None where the scored split's evaluation logged none (the cross-fitted CV scores).
         gallery: None where no evaluation ran on the scored split or it logged no gallery.
         submission: the submission CSV, where the data has an onsite_test split.
+        member_evaluations: the members' evaluate runs on the scored split (none in CV mode: their out-of-fold
+            scores are on their training runs).
+        comparison: the members and the ensemble on the scored split, one formatted row each, the best member the
+            reference (:mod:`steps.compare`); ``comparison_run`` its run, ``comparison_markdown`` its table.
+        seeds: the recipe's score under each of the profile's ``seeds``, this run's first (empty without seeds).
     """
 
     model_uri: str
@@ -82,6 +97,11 @@ class BuiltEnsemble:
     referral: Referral | None
     gallery: Gallery | None
     submission: str | None
+    member_evaluations: tuple[str, ...] = ()
+    comparison: tuple[dict[str, str], ...] = ()
+    comparison_run: str | None = None
+    comparison_markdown: str = ""
+    seeds: tuple[SeedScore, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -115,12 +135,13 @@ class PipelineSummary:
 
 
 def headline_scores(metrics: dict[str, float], split: str) -> dict[str, Score]:
-    """The :data:`HEADLINE` scores from an evaluate run's metrics (prefixed by ``split``)."""
+    """The compared scores (:data:`~components.evaluation.scoring.COMPARED_METRICS`) from an evaluate run's metrics
+    (prefixed by ``split``)."""
     prefix = tracking.split_prefix(split)
     return {
         name: Score(metrics.get(f"{prefix}{name}"), metrics.get(f"{prefix}{name}_ci_low"),
                     metrics.get(f"{prefix}{name}_ci_high"))
-        for name in HEADLINE
+        for name in COMPARED_METRICS
     }  # fmt: skip
 
 
@@ -136,8 +157,18 @@ def referral_counts(metrics: dict[str, float], split: str) -> Referral | None:
                     error_rate_kept=metrics.get(f"{prefix}error_rate_kept", float("nan")))  # fmt: skip
 
 
+def seed_spread(seeds: tuple[SeedScore, ...], metric: str) -> tuple[float, float] | None:
+    """Mean and sample standard deviation of ``metric`` (``f1_macro`` or ``f1_course``) over the seeds; None with
+    fewer than two scored seeds."""
+    values = [getattr(s, metric).value for s in seeds if getattr(s, metric).value is not None]
+    if len(values) < 2:
+        return None
+    return statistics.fmean(values), statistics.stdev(values)
+
+
 def headline_metrics(summary: PipelineSummary) -> dict[str, float]:
-    """The ensemble's scores as metrics of the pipeline run: ``<split>_<metric>`` with ``_ci_low``/``_ci_high``."""
+    """The ensemble's scores as metrics of the pipeline run: ``<split>_<metric>`` with ``_ci_low``/``_ci_high``, and
+    with seeds ``<split>_<metric>_seed_mean`` / ``_seed_sd`` over them."""
     if summary.built is None:
         return {}
     prefix = tracking.split_prefix(summary.built.scored_split)
@@ -147,14 +178,18 @@ def headline_metrics(summary: PipelineSummary) -> dict[str, float]:
             metrics[f"{prefix}{name}"] = score.value
         if score.has_interval:
             metrics.update({f"{prefix}{name}_ci_low": score.low, f"{prefix}{name}_ci_high": score.high})
+    for metric in ("f1_macro", "f1_course"):
+        if (spread := seed_spread(summary.built.seeds, metric)) is not None:
+            metrics.update({f"{prefix}{metric}_seed_mean": spread[0], f"{prefix}{metric}_seed_sd": spread[1]})
     return metrics
 
 
-def headline_tags(summary: PipelineSummary) -> dict[str, str]:
+def headline_tags(summary: PipelineSummary, experiment_id: str) -> dict[str, str]:
     """What a user looks for on the pipeline run besides the scores: the decision, links to the model version and
     to the runs of the steps, reused ones included (a re-run's children are those it ran; these tags point at the
-    runs it reused, so every pipeline run links the whole lineage without copying runs), a note with the scores
-    and a run name with the headline score (the runs list shows names, not metrics, until a user picks columns)."""
+    runs it reused, so every pipeline run links the whole lineage without copying runs), a description with the
+    scores, the comparison and those links (:func:`description`), and a run name short enough for the runs list
+    to show its headline score."""
     built = summary.built
     if built is None:
         return {"decision": summary.decision}
@@ -162,15 +197,51 @@ def headline_tags(summary: PipelineSummary) -> dict[str, str]:
              "member_model_uris": ",".join(built.members), "member_runs": ",".join(built.member_runs),
              "ensemble_run": built.run_id}  # fmt: skip
     tags = {key: value for key, value in links.items() if value}
-    lines = [f"| {name} | {s.value:.3f} [{s.low:.3f}, {s.high:.3f}] |" for name, s in built.scores.items()
-             if s.value is not None and s.has_interval]  # fmt: skip
-    tags["mlflow.note.content"] = (
-        f"**{built.model_uri}** on {built.scored_split} ({built.split_mode}): {summary.decision}"
-        f"{summary.promotion_evidence()}.\n\n| metric | value [95% CI] |\n|---|---|\n" + "\n".join(lines)
-    )
-    f1 = built.scores["f1_macro"]
-    if f1.value is not None:
-        interval = f" [{f1.low:.3f}, {f1.high:.3f}]" if f1.has_interval else ""
-        name = f"pipeline {summary.profile} · f1_macro {f1.value:.3f}{interval} on {built.scored_split}"
-        tags["mlflow.runName"] = name
+    tags["mlflow.note.content"] = description(summary, experiment_id)
+    if (f1 := built.scores["f1_macro"].value) is not None:
+        tags["mlflow.runName"] = f"pipeline {summary.profile} {f1:.3f}"
     return tags
+
+
+def run_href(experiment_id: str, run_id: str, artifact: str | None = None) -> str:
+    """A link the MLflow UI follows from a run's description (relative: the UI's own address)."""
+    return f"#/experiments/{experiment_id}/runs/{run_id}" + (f"/artifactPath/{artifact}" if artifact else "")
+
+
+def description(summary: PipelineSummary, experiment_id: str) -> str:
+    """The pipeline run's description, Markdown the MLflow UI renders: the ensemble's scores with intervals, the
+    decision, the spread over seeds, the comparison of members and ensemble, and links to every run it rests on."""
+    built = summary.built
+    name, version = built.model_uri.removeprefix("models:/").split("/")
+    lines = [f"**[{name} version {version}](#/models/{name}/versions/{version})** on {built.scored_split} "
+             f"({built.split_mode}): {summary.decision}{summary.promotion_evidence()}.", "",
+             "| metric | value [95% CI] |", "|---|---|"]  # fmt: skip
+    lines += [f"| {metric} | {s.value:.3f} [{s.low:.3f}, {s.high:.3f}] |" for metric, s in built.scores.items()
+              if s.value is not None and s.has_interval]  # fmt: skip
+    if built.seeds:
+        lines += ["", f"**Over {len(built.seeds)} seeds** (each a whole training of the recipe):"]
+        for metric in ("f1_macro", "f1_course"):
+            each = ", ".join(f"{getattr(s, metric).value:.3f}" for s in built.seeds
+                             if getattr(s, metric).value is not None)  # fmt: skip
+            spread = seed_spread(built.seeds, metric)
+            lines.append(f"- {metric}: mean {spread[0]:.3f} ± {spread[1]:.3f} (sd; seeds {each})" if spread
+                         else f"- {metric}: {each}")  # fmt: skip
+    if built.comparison_markdown:
+        compared = f" ([compare run]({run_href(experiment_id, built.comparison_run)}))" if built.comparison_run else ""
+        lines += ["", f"**Members and ensemble on {built.scored_split}**, paired over patients{compared}:", "",
+                  built.comparison_markdown]  # fmt: skip
+    lines += ["", "**Runs:** " + " · ".join(_run_links(built, experiment_id))]
+    if built.gallery:
+        gallery = built.gallery.uri.split("/artifacts/", 1)[-1]
+        lines.append(f"\n**Grad-CAM gallery:** [{gallery}]({run_href(experiment_id, built.gallery.run_id, gallery)})")
+    return "\n".join(lines)
+
+
+def _run_links(built: BuiltEnsemble, experiment_id: str) -> list[str]:
+    links = [f"[ensemble]({run_href(experiment_id, built.run_id)})"]
+    for index, (uri, train_run) in enumerate(zip(built.members, built.member_runs, strict=True)):
+        member = uri.removeprefix("models:/").split("/")[0]
+        links.append(f"[train {member}]({run_href(experiment_id, train_run)})")
+        if index < len(built.member_evaluations):
+            links.append(f"[evaluate {member}]({run_href(experiment_id, built.member_evaluations[index])})")
+    return links

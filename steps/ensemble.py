@@ -50,7 +50,7 @@ from components.data.splits import patient_of
 from components.evaluation.calibration import apply_temperature, calibration_errors, fit_temperatures
 from components.evaluation.ensemble import align_members, normalise_weights, weighted_mean, weights_from_scores
 from components.evaluation.metrics import DEFAULT_THRESHOLD, f1_macro, multilabel_report
-from components.evaluation.scoring import scored_report
+from components.evaluation.scoring import compared_metrics, scored_report
 from components.evaluation.thresholds import ThresholdResult, fit_thresholds
 from components.models import DEFAULT_BACKEND
 from components.models.runtime import TOLERANCE, ExportedNetwork, export_onnx, largest_difference
@@ -140,6 +140,7 @@ def _register(
             warnings.filterwarnings("ignore", message=".*input example was not provided")
             info = mlflow.pyfunc.log_model(
                 name="ensemble",
+                step=tracking.MODEL_STEP,
                 python_model=OdirEnsemble(),
                 artifacts=artifacts,
                 code_paths=[str(code / "components"), str(code / "steps")],
@@ -358,10 +359,13 @@ def _combine(
                     **_drift_reference(config, frame)}  # fmt: skip
     check_images = _check_images(config, frame)
     version = _register(config, names, weights, tuned.as_dict(), temperatures, version_tags, check_images)
-    mlflow.set_tag("registered_model_uri", f"models:/{registry.ENSEMBLE_MODEL}/{version}")
+    model_uri = f"models:/{registry.ENSEMBLE_MODEL}/{version}"
+    mlflow.set_tag("registered_model_uri", model_uri)
+    # the cross-fitted CV scores compare it with its members' out-of-fold ones; val_* were fit on val: not linked
+    tracking.link_metrics(registry.logged_model_id(model_uri), compared_metrics(metrics, "cv_"))
     log.info("registered %s version %s (weights %s)", registry.ENSEMBLE_MODEL, version, np.round(weights, 3))
     return EnsembleResult(
-        f"models:/{registry.ENSEMBLE_MODEL}/{version}", version, run.info.run_id,
+        model_uri, version, run.info.run_id,
         dict(zip(names, weights.tolist(), strict=True)), tuned.as_dict(), metrics,
     )  # fmt: skip
 

@@ -37,7 +37,7 @@ from components import LABELS
 from components.errors import OdirError
 from components.evaluation.calibration import reliability_figure
 from components.evaluation.metrics import binarize
-from components.evaluation.scoring import scored_report
+from components.evaluation.scoring import compared_metrics, scored_report
 from components.models.tta import STUDY_VIEWS
 from components.monitoring.explain import (
     CLASS_NAMES,
@@ -196,6 +196,8 @@ def _evaluate(
         metrics = tracking.prefixed(report, tracking.split_prefix(config.split))
         metrics.update(_referral_metrics(config.split, labels, probs, thresholds, referred[kept]))
         mlflow.log_metrics(metrics)
+        model_id = registry.logged_model_id(config.model_uri)  # the Models tab's columns of the model it scored
+        tracking.link_metrics(model_id, compared_metrics(metrics, tracking.split_prefix(config.split)))
         mlflow.log_text(_per_class_table(report).to_csv(), f"tables/{config.split}_per_class.csv")
         _log_figures(labels, probs, thresholds, config.split)
         mlflow.log_figure(reliability_figure(labels, probs), f"figures/{config.split}_reliability.png")

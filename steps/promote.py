@@ -11,11 +11,11 @@ In cross-validation mode without a test split (``split`` ``cv``), the images are
 is represented by its cross-fitted out-of-fold predictions (the ensemble step's ``predictions/cv.csv``). A
 champion without them, built on other data, is run on the pool instead: it may have trained on some of those
 images, so its score is optimistic, and a challenger that beats it anyway is better still. A champion built on
-this same data that trained or was tuned on the compared images (:func:`trained_on`: a given-splits version on the
-pool, a cross-validated one on train or val) has no fair score there: no comparison is made, the challenger stays
-``@challenger``, and the log, the summary and its version's ``promotion.evidence`` tag say why and how to move the
-alias by hand. The decision, the probability and both intervals are logged on the
-promote run and as tags of the challenger's version. Aliases are moved last, after everything else succeeded, and
+this same data that trained or was tuned on the compared images (:func:`steps.support.scored.fitted_on`: a
+given-splits version on the pool, a cross-validated one on train or val) has no fair score there: no comparison is
+made, the challenger stays ``@challenger``, and the log, the summary and its version's ``promotion.evidence`` tag say
+why and how to move the alias by hand. The decision, the probability and both intervals are logged on the promote run
+and as tags of the challenger's version. Aliases are moved last, after everything else succeeded, and
 under a lock held in the registry, so two concurrent promotions compare one after the other.
 """
 
@@ -26,15 +26,12 @@ import sys
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 
-from components.errors import OdirError
 from components.evaluation.bootstrap import PairedResult, paired_bootstrap, pick, report_metrics
 from steps.support import cli, integrity, locks, registry, tracking
 from steps.support.base import StepConfig
-from steps.support.manifest import CV_POOL, Manifest, load_manifest
-from steps.support.predict import predict_paths, predict_split
-from steps.support.predictions import labels_of, probabilities_of, read_predictions
+from steps.support.manifest import Manifest, load_manifest
+from steps.support.scored import Images, Scored, cross_validated, cv_predictions, fitted_on, images_of, scored_on
 from steps.support.tags import record_score, recorded_score
 
 log = logging.getLogger(__name__)
@@ -75,14 +72,6 @@ class PromoteResult:
     note: str | None = None  # why no comparison was made, when none was
 
 
-@dataclass(frozen=True)
-class Scored:
-    """A version's probabilities on a split and the thresholds that make its labels."""
-
-    probs: np.ndarray
-    thresholds: np.ndarray
-
-
 def decide(
     labels: np.ndarray, patients: list[str], champion: Scored, challenger: Scored, metric: str, min_probability: float
 ) -> tuple[bool, PairedResult]:
@@ -94,72 +83,13 @@ def decide(
     return bool(compared.prob_b_better >= min_probability), compared
 
 
-@dataclass(frozen=True)
-class Images:
-    """The images both versions are compared on."""
-
-    ids: list[str]
-    labels: np.ndarray
-    patients: list[str]
-    paths: list[str]
-
-
-def images_of(manifest: Manifest, split: str, cv_frame: pd.DataFrame | None) -> Images:
-    """A split's images, or the pool of a cross-validated ensemble's predictions (``cv``)."""
-    if split != "cv":
-        rows = manifest.split(split)
-        return Images(list(rows["id"]), manifest.labels(split), list(rows["patient"]),
-                      [str(p) for p in manifest.paths(split)])  # fmt: skip
-    if cv_frame is None:
-        raise OdirError("split cv: the version has no cross-fitted predictions (it was not built in CV mode)")
-    pool = manifest.frame[manifest.frame["split"].isin(CV_POOL)].set_index("id").loc[cv_frame["id"]]
-    return Images(list(cv_frame["id"]), labels_of(cv_frame).astype(float), list(pool["patient"]),
-                  [str(manifest.local_root / p) for p in pool["path"]])  # fmt: skip
-
-
-def cv_predictions(model_uri: str, experiment: str) -> pd.DataFrame | None:
-    """The cross-fitted out-of-fold predictions of an ensemble version, or None."""
-    done = tracking.find_finished_run(experiment, "ensemble", {"registered_model_uri": model_uri})
-    uri = done.data.tags.get("cv_predictions_uri") if done else None
-    return read_predictions(uri) if uri else None
-
-
-def scored_on(model_uri: str, manifest: Manifest, split: str, experiment: str, images: Images) -> Scored:
-    """A version's predictions on the compared images: its cross-fitted ones (``cv``) or the evaluate step's on
-    this split of this data, else predicted now."""
-    name, version = registry.split_model_uri(model_uri)
-    if split == "cv":
-        frame = cv_predictions(f"models:/{name}/{version}", experiment)
-        if frame is not None and list(frame["id"]) == images.ids:  # shifted: each fold's thresholds sit at 0.5
-            return Scored(probabilities_of(frame), np.full(3, 0.5))
-        prediction = predict_paths(f"models:/{name}/{version}", images.paths)
-        return Scored(prediction.probs, prediction.thresholds)
-    tags = {"model_version": f"models:/{name}/{version}", "split": split, "data_digest": manifest.digest}
-    done = tracking.find_finished_run(experiment, "evaluate", tags)
-    if done is not None and "thresholds" in done.data.params:
-        frame = read_predictions(done.data.tags["predictions_uri"])
-        thresholds = np.array([float(t) for t in done.data.params["thresholds"].split(",")])
-        return Scored(probabilities_of(frame), thresholds)
-    prediction = predict_split(f"models:/{name}/{version}", manifest, split, views=("identity",))
-    return Scored(prediction.probs, prediction.thresholds)
-
-
-def trained_on(model_uri: str, manifest: Manifest, split: str) -> bool:
-    """Whether a champion built on this same data, under the other protocol than the compared split's, used that
-    split's images to train, pick an epoch or tune a threshold: a cross-validated version used train and val; a
-    given-splits one, all of the CV pool (its train trained, its val picked and tuned). Two given-splits versions
-    compared on val were both tuned there, the protocol's known optimism: False. A version built on other data is
-    not known to have used them: False."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient()
-    name, version = registry.split_model_uri(model_uri)
-    model_version = client.get_model_version(name, version)
-    if model_version.tags.get("data_digest") != manifest.digest:
+def _no_fair_score(champion_uri: str, manifest: Manifest, split: str) -> bool:
+    """Whether the champion trained or was tuned on the compared images (:func:`steps.support.scored.fitted_on`),
+    except where the challenger was too: two given-splits versions on val, both tuned there (the protocol's known
+    optimism, the same for both)."""
+    if fitted_on(champion_uri, manifest, split) is None:
         return False
-    # the version's own run, whatever experiment it was built in
-    cross_validated = "cv_predictions_uri" in client.get_run(model_version.run_id).data.tags
-    return split in CV_POOL if cross_validated else split == "cv"
+    return not (split == "val" and not cross_validated(champion_uri))
 
 
 def current_champion(name: str) -> str | None:
@@ -237,7 +167,7 @@ def _promote(config: PromoteConfig, manifest: Manifest, images: Images, name: st
         decision, evidence, champion_score = CHAMPION, None, None
         if champion_version is None:
             _set_promotion_tags(name, version, {"decision": CHAMPION, "champion_version": "none"})
-    elif trained_on(f"models:/{name}/{champion_version}", manifest, config.split):
+    elif _no_fair_score(f"models:/{name}/{champion_version}", manifest, config.split):
         decision, evidence, champion_score = CHALLENGER, None, None
         note = _no_fair_comparison(name, version, champion_version, config.split)
     else:

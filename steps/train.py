@@ -37,7 +37,7 @@ import yaml
 from components import LABELS
 from components.data.folds import CVSpec
 from components.data.splits import patient_of
-from components.evaluation.scoring import scored_report
+from components.evaluation.scoring import compared_metrics, scored_report
 from components.models.backbones import FoldAverage, parameter_count, preprocessing_config
 from components.models.inference import predict_images
 from components.models.tta import STUDY_VIEWS
@@ -127,15 +127,16 @@ def _signature(spec: ModelSpec):
     return ModelSignature(inputs=inputs, outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3), "logits")]))
 
 
-def _log_model(spec: ModelSpec, model: torch.nn.Module, tags: dict[str, str]) -> tuple[str, str]:
-    """Logs the best checkpoint's model with ``mlflow.pytorch`` and registers it with ``tags``; returns (name,
-    version)."""
+def _log_model(spec: ModelSpec, model: torch.nn.Module, tags: dict[str, str]) -> tuple[str, str, str]:
+    """Logs the best checkpoint's model with ``mlflow.pytorch`` under the member's name and registers it with
+    ``tags``; returns (registered name, version, logged model id)."""
     import mlflow
 
     mlflow.log_metric("parameters", parameter_count(model))
     info = mlflow.pytorch.log_model(
         model,
-        name="model",
+        name=spec.name,
+        step=tracking.MODEL_STEP,
         signature=_signature(spec),
         serialization_format="pickle",  # the pt2 default needs a full-resolution input example (tens of MB)
         code_paths=[str(Path(__file__).resolve().parents[1] / "components")],
@@ -143,7 +144,7 @@ def _log_model(spec: ModelSpec, model: torch.nn.Module, tags: dict[str, str]) ->
         metadata={"odir_spec": spec.model_dump(), "preprocessing": preprocessing_config(spec.backbone)},
     )
     name = registered_name(spec)
-    return name, integrity.register(info.model_uri, name, tags)  # with its tags and its files' SHA-256
+    return name, integrity.register(info.model_uri, name, tags), info.model_id  # with its tags and files' SHA-256
 
 
 def _reused(run) -> TrainStepResult:
@@ -172,7 +173,7 @@ def run(config: TrainStepConfig, progress: Callable[[float], None] | None = None
     return run_step(
         config, "train", tags, f"train {config.spec.name}", lambda run: _train(config, manifest, tags, run, progress),
         _reused,
-        system_metrics=True,
+        system_metrics=None,  # MLflow's switch, MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING
     )  # fmt: skip
 
 
@@ -202,7 +203,10 @@ def _train(
         model, best_epoch, metrics, oof_uri = result.model, result.best_epoch, result.best_metrics, None
         mlflow.log_artifact(str(result.best_checkpoint), CHECKPOINT_DIR)
     version_tags = {**tags, "kind": "member", "image_size": str(spec.image_size)}
-    name, version = _log_model(spec, model, version_tags)
+    name, version, model_id = _log_model(spec, model, version_tags)
+    if oof_uri is not None:  # a given-splits member is compared by its evaluations, which link their own scores
+        tracking.link_metrics(model_id, compared_metrics(metrics, "cv_"))
+        metrics = {k: v for k, v in metrics.items() if not k.endswith(("_ci_low", "_ci_high"))}
     log.info("%s: registered %s version %s (best epoch %d)", spec.name, name, version, best_epoch)
     model_uri = f"models:/{name}/{version}"
     checkpoint_uri = mlflow.get_artifact_uri(CHECKPOINT_ARTIFACT if oof_uri is None else CHECKPOINT_DIR)
@@ -237,7 +241,7 @@ def _train_folds(
     config: TrainStepConfig, manifest: Manifest, workdir: Path, progress: Callable[[float], None] | None = None
 ) -> tuple[FoldAverage, int, dict[str, float], str]:
     """One model per fold (see the module docstring); returns their average, the median best epoch, the
-    out-of-fold scores and the out-of-fold predictions' URI."""
+    out-of-fold scores (``cv_*``, with intervals) and the out-of-fold predictions' URI."""
     import mlflow
 
     spec, pool = config.spec, manifest.cv_pool(config.cv)
@@ -273,8 +277,7 @@ def _train_folds(
     metrics = tracking.prefixed(report, "cv_")
     best_epoch = int(np.median(epochs))
     mlflow.log_metrics({**metrics, "train_seconds": seconds, "best_epoch": best_epoch})
-    scores = {k: v for k, v in metrics.items() if not k.endswith(("_ci_low", "_ci_high"))}
-    return FoldAverage(models).eval(), best_epoch, scores, oof_uri
+    return FoldAverage(models).eval(), best_epoch, metrics, oof_uri
 
 
 if __name__ == "__main__":

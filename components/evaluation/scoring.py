@@ -21,6 +21,8 @@ from components.evaluation.metrics import clinical_report, multilabel_report
 PER_CLASS_INTERVALS = ("f1", "auroc", "ap", "sensitivity", "specificity", "sens_at_spec90", "ece")
 INTERVAL_METRICS = ("f1_macro", "f1_course", *(f"{m}_{c}" for m in PER_CLASS_INTERVALS for c in LABELS))
 BOOTSTRAP_RESAMPLES = 1000
+# what every model is compared on, members and ensembles alike (each with its interval): the logged models carry these
+COMPARED_METRICS = ("f1_macro", "f1_course", *(f"f1_{c}" for c in LABELS), *(f"auroc_{c}" for c in LABELS))
 
 
 def scored_report(
@@ -36,3 +38,9 @@ def scored_report(
     for name in INTERVAL_METRICS:
         report[f"{name}_ci_low"], report[f"{name}_ci_high"] = intervals[name]
     return report
+
+
+def compared_metrics(metrics: dict[str, float], prefix: str) -> dict[str, float]:
+    """The ``prefix``-ed :data:`COMPARED_METRICS` of ``metrics`` with their ``_ci_low`` / ``_ci_high``, as present."""
+    names = (f"{prefix}{name}{suffix}" for name in COMPARED_METRICS for suffix in ("", "_ci_low", "_ci_high"))
+    return {name: metrics[name] for name in names if name in metrics}

@@ -24,13 +24,15 @@ from flows.cli.common import EXIT_INVALID, EXIT_UNREACHABLE
 from steps.support import tracking
 
 # the commands that check the tracking server and object store answer before any work
-STORE_COMMANDS = ("full", "experiments", "predict", "explain", "check-drift", "verify", "bucket", "upload", "ingest")
+STORE_COMMANDS = ("full", "experiments", "predict", "explain", "check-drift", "compare", "verify", "bucket",
+                  "upload", "ingest")  # fmt: skip
 
 # each adds one command's parser; in the order of `odir --help`
 COMMANDS = (
     data.add_validate, data.add_demo_data, pipeline.add_train, models.add_predict, models.add_explain,
-    models.add_check_drift, pipeline.add_full, pipeline.add_experiments, models.add_verify, service.add_serve,
-    service.add_up, service.add_down, data.add_bucket, data.add_ingest, service.add_mlflow_users, data.add_upload,
+    models.add_check_drift, models.add_compare, pipeline.add_full, pipeline.add_experiments, models.add_verify,
+    service.add_serve, service.add_up, service.add_down, data.add_bucket, data.add_ingest, service.add_mlflow_users,
+    data.add_upload,
 )  # fmt: skip
 
 

@@ -1,4 +1,5 @@
-"""The commands of ``odir`` that use registered models: ``predict``, ``explain``, ``check-drift`` and ``verify``."""
+"""The commands of ``odir`` that use registered models: ``predict``, ``explain``, ``check-drift``, ``verify`` and
+``compare``."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from components import LABELS
+from components.errors import OdirError
 from components.outputs import check_output
 from steps.support import registry, tracking
 
@@ -172,3 +174,48 @@ def add_verify(commands: argparse._SubParsersAction) -> None:
         help="set broken versions aside (aliases removed, runs FAILED) so `odir full` rebuilds them",
     )
     verify.set_defaults(handler=_cmd_verify)
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from components.models.tta import STUDY_VIEWS
+    from components.monitoring.explain import GALLERY_PER_KIND
+    from steps import compare, evaluate, ingest
+    from steps.support.manifest import LABELLED_SPLITS, load_manifest
+    from steps.support.scored import fitted_on
+
+    tracking.setup()
+    uris = [f"models:/{'/'.join(registry.registered_version(uri))}" for uri in args.models]  # one line if unknown
+    manifest_uri = ingest.run(ingest.IngestConfig(data_root=args.data)).manifest_uri
+    manifest = load_manifest(manifest_uri)
+    if args.split not in LABELLED_SPLITS or not manifest.has_split(args.split):
+        present = ", ".join(s for s in LABELLED_SPLITS if manifest.has_split(s)) or "none"
+        raise OdirError(f"--split {args.split}: {args.data} has no labelled split of that name (labelled: {present})")
+    for given, uri in zip(args.models, uris, strict=True):  # an unfair pair is refused before any prediction
+        if reason := fitted_on(uri, manifest, args.split):
+            named = given if given == uri else f"{given} ({uri})"
+            raise OdirError(f"{named} has no fair score on {args.split} of this data: {reason}; compare on images no "
+                            "model trained or was tuned on")  # fmt: skip
+    for uri in uris:  # predictions of the split, reused where this data was evaluated before
+        evaluate.run(evaluate.EvaluateConfig(model_uri=uri, manifest_uri=manifest_uri, split=args.split,
+                                             views=STUDY_VIEWS, gradcam_gallery=GALLERY_PER_KIND))  # fmt: skip
+    result = compare.run(compare.CompareConfig(model_uris=tuple(uris), manifest_uri=manifest_uri, split=args.split))
+    print(f"{len(uris)} models on {args.split} of {args.data}, each at its own thresholds; 95% intervals and "
+          f"P({uris[0]} better) from a paired bootstrap over patients:\n")  # fmt: skip
+    print(result.markdown)
+    print(f"\nlogged as the compare run {result.run_id}")
+    return 0
+
+
+def add_compare(commands: argparse._SubParsersAction) -> None:
+    compare = commands.add_parser(
+        "compare", help="score registered models on the same labelled images, each against the first (paired)",
+        description="Scores each registered version (member or ensemble, by URI or alias) on one labelled split of a "
+        "dataset, at its own thresholds, with 95% intervals from a bootstrap over patients, and each one's paired "
+        "difference against the first with P(first better), as promotion compares; logs a compare run. A version "
+        "that trained or was tuned on those images is refused: it has no fair score there.",
+    )  # fmt: skip
+    compare.add_argument("models", nargs="+", metavar="MODEL",
+                         help="models:/NAME/VERSION or models:/NAME@ALIAS; the first is the reference")  # fmt: skip
+    compare.add_argument("--data", required=True, help="dataset root (or s3://) holding the split")
+    compare.add_argument("--split", default="offsite_test", help="a labelled split (default offsite_test)")
+    compare.set_defaults(handler=_cmd_compare)

@@ -39,7 +39,7 @@ class StepConfig:
 
 def run_step(
     config: StepConfig, step: str, tags: dict[str, str], run_name: str, work: Callable[[Any], Result],
-    reused: Callable[[Any], Result], system_metrics: bool = False,
+    reused: Callable[[Any], Result], system_metrics: bool | None = False,
 ) -> Result:  # fmt: skip
     """``reused(run)`` of the newest FINISHED ``step`` run tagged ``tags`` when ``config.reuse`` allows, else
     ``work(run)`` inside a new child run tagged ``tags`` (which ends FAILED, keeping what was logged, if it raises).

@@ -50,8 +50,9 @@ def ended(run_id: str) -> Iterator[None]:
     MlflowClient().set_terminated(run_id, "FINISHED")
 
 
-def record(run_id: str, metrics: dict[str, float], tags: dict[str, str]) -> None:
-    """Logs ``metrics`` and sets ``tags`` on a run, in their order (a later tag of the same key wins)."""
+def record(run_id: str, metrics: dict[str, float], tags: dict[str, str], texts: dict[str, str] | None = None) -> None:
+    """Logs ``metrics``, sets ``tags`` on a run, in their order (a later tag of the same key wins), and logs
+    ``texts`` (``{artifact path: text}``)."""
     from mlflow import MlflowClient
 
     client = MlflowClient()
@@ -59,6 +60,8 @@ def record(run_id: str, metrics: dict[str, float], tags: dict[str, str]) -> None
         client.log_metric(run_id, key, value)
     for key, value in tags.items():
         client.set_tag(run_id, key, value)
+    for path, text in (texts or {}).items():
+        client.log_text(run_id, text, path)
 
 
 def version_tags(name: str, version: str) -> dict[str, str]:

@@ -63,3 +63,14 @@ def registered_version(model_uri: str) -> tuple[str, str]:
         if not m.name.startswith("odir-lock-")
     )  # fmt: skip
     raise OdirError(f"{model_uri}: not found in {tracking.tracking_uri()} (registered: {', '.join(known) or 'none'})")
+
+
+def logged_model_id(model_uri: str) -> str | None:
+    """The logged model (``m-...``) a registered version was made from: its source ``models:/m-...`` (MLflow 3.18
+    leaves the version's ``model_id`` empty); None for a version registered from a run path (before MLflow 3)."""
+    from mlflow import MlflowClient
+
+    name, version = split_model_uri(model_uri)
+    found = MlflowClient().get_model_version(name, version)
+    source = found.source or ""
+    return found.model_id or (source.removeprefix("models:/") if source.startswith("models:/m-") else None)

@@ -376,9 +376,10 @@ def reap_dead_runs(experiment_id: str) -> list[str]:
 @contextmanager
 def step_run(
     step: str, experiment: str, parent_run_id: str | None, run_name: str, tags: dict[str, str] | None = None,
-    system_metrics: bool = False,
+    system_metrics: bool | None = False,
 ) -> Iterator[Any]:  # fmt: skip
-    """A child run of ``parent_run_id`` (or a top-level run) for one step.
+    """A child run of ``parent_run_id`` (or a top-level run) for one step; ``system_metrics`` None leaves MLflow's
+    system metrics to its switch, ``MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING`` (off unless set).
 
     On an exception the run ends FAILED with everything logged so far kept, and the exception propagates.
     """
@@ -393,6 +394,21 @@ def step_run(
         experiment_id=experiment_id, run_name=run_name, tags=all_tags, log_system_metrics=system_metrics
     ) as run:
         yield run
+
+
+MODEL_STEP = -1
+"""The step odir logs models at. MLflow copies every run metric of a model's step onto the new logged model (system
+metrics, per-fold curves, temperatures: dozens of columns in the Models tab); at a step no metric uses it copies none,
+and the steps link the metrics that compare models themselves (:func:`link_metrics`)."""
+
+
+def link_metrics(model_id: str | None, metrics: dict[str, float]) -> None:
+    """Logs ``metrics`` in the active run linked to the logged model ``model_id`` (its Models tab columns); nothing
+    for a model logged before MLflow had logged models (``None``)."""
+    import mlflow
+
+    if model_id and metrics:
+        mlflow.log_metrics(metrics, model_id=model_id)
 
 
 def pinned_requirements(*packages: str) -> list[str]:

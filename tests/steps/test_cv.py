@@ -13,6 +13,7 @@ from mlflow import MlflowClient
 from components.config import parse_model_spec
 from components.data.folds import CVSpec
 from components.data.splits import patient_of
+from components.evaluation.scoring import compared_metrics
 from steps import ensemble, ingest, promote, train
 from steps.support import registry
 from steps.support.manifest import load_manifest
@@ -100,3 +101,14 @@ def test_too_many_folds_name_the_profile_field(cv_run: dict) -> None:
     manifest = load_manifest(cv_run["manifest_uri"])
     with pytest.raises(OdirError, match=r"profile field cv\.folds: 500 folds need at least 500 patients"):
         manifest.cv_pool(CVSpec(folds=500))
+
+
+def test_members_and_the_ensemble_share_the_cv_columns_of_the_models_tab(cv_run: dict) -> None:
+    """In CV mode the members' out-of-fold scores at 0.5 and the ensemble's cross-fitted ones sit under the same
+    ``cv_*`` keys of their logged models, so one column ranks them."""
+    client = MlflowClient()
+    for result in (*cv_run["members"], cv_run["ensemble"]):
+        linked = client.get_logged_model(registry.logged_model_id(result.model_uri)).metrics
+        logged = client.get_run(result.run_id).data.metrics
+        assert {m.key: m.value for m in linked} == compared_metrics(logged, "cv_")
+        assert {"cv_f1_macro", "cv_f1_macro_ci_low", "cv_f1_course_ci_high"} <= {m.key for m in linked}

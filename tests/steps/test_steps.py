@@ -17,6 +17,7 @@ from mlflow import MlflowClient
 from components import LABELS
 from components.config import load_profile
 from components.evaluation.metrics import multilabel_report
+from components.evaluation.scoring import compared_metrics
 from components.monitoring.referral import MEMBER_STD_COLUMNS, TTA_STD_COLUMNS, UNCERTAINTY_COLUMNS
 from components.training.hardware import hardware_record
 from steps import ensemble, evaluate, ingest, promote, submit, train, tune_thresholds
@@ -518,3 +519,73 @@ def test_train_params_say_what_was_in_effect(pipeline: dict) -> None:
     params = MlflowClient().get_run(pipeline["members"][0].run_id).data.params
     assert (params["amp"], params["channels_last"]) == ("False", "True")
     assert params["hardware_cpu"] == hardware_record()["hardware_cpu"] and "hardware_cpu_flags" in params
+
+
+def test_logged_models_are_named_and_carry_their_evaluations_compared_scores(pipeline: dict) -> None:
+    """The Models tab compares models: each logged model is named after what it is and carries the scores of the
+    evaluations that scored it (one vocabulary with intervals), and no other metric of its run."""
+    experiment = tracking.setup()
+    models = {m.name: m for m in mlflow.search_logged_models(experiment_ids=[experiment], output_format="list")}
+    assert {"tiny-a", "tiny-b", "ensemble"} <= set(models)
+    for member, evaluation in zip(MEMBERS, pipeline["val"], strict=True):
+        linked = {metric.key: metric.value for metric in models[member].metrics}
+        assert linked == compared_metrics(evaluation.metrics, "val_")
+        assert {"val_f1_macro", "val_f1_macro_ci_low", "val_f1_macro_ci_high", "val_auroc_A"} <= set(linked)
+    ensemble_linked = {metric.key: metric.value for metric in models["ensemble"].metrics}
+    assert ensemble_linked == compared_metrics(pipeline["offsite"].metrics, "offsite_")
+    assert len(ensemble_linked) == 24  # 8 scores and their intervals; no system, fold or temperature metric
+
+
+def test_compare_scores_each_model_against_the_first_on_the_same_images(pipeline: dict) -> None:
+    from steps import compare
+
+    ensemble_uri, member_uri = pipeline["ensemble"].model_uri, pipeline["members"][0].model_uri
+    manifest = pipeline["ingest"].manifest_uri
+    result = compare.run(compare.CompareConfig(model_uris=(ensemble_uri, member_uri), manifest_uri=manifest,
+                                               split="offsite_test"))  # fmt: skip
+    reference, member = result.rows
+    assert reference.differences is None and reference.note is None and member.note is None  # held-out images
+    offsite = pipeline["offsite"].metrics
+    assert reference.scores["f1_macro"].value == pytest.approx(offsite["offsite_f1_macro"])  # the evaluation's score
+    assert reference.scores["f1_macro"].low == pytest.approx(offsite["offsite_f1_macro_ci_low"])
+    difference = member.scores["f1_macro"].value - reference.scores["f1_macro"].value
+    assert member.differences["f1_macro"].value == pytest.approx(difference)
+    assert 0.0 <= member.prob_reference_better["f1_macro"] <= 1.0
+    run = MlflowClient().get_run(result.run_id)
+    assert run.data.tags["odir.step"] == "compare" and run.data.tags["reference"] == ensemble_uri
+    assert {i.model_id for i in run.inputs.model_inputs} == {
+        registry.logged_model_id(u) for u in (ensemble_uri, member_uri)
+    }
+    on_val = compare.run(compare.CompareConfig(model_uris=(ensemble_uri, member_uri), manifest_uri=manifest,
+                                               split="val"))  # fmt: skip
+    assert on_val.rows[1].note == "optimistic: it picked its epoch (and the ensemble its thresholds) on val"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["models:/odir-ensemble@prod", "models:/odir-tiny-a/1"], "models:/odir-ensemble@prod: not found"),
+        (["models:/odir-ensemble/1", "models:/odir-tiny-a/1", "--split", "onsite_test"],
+         "--split onsite_test: "),
+        (["models:/odir-tiny-a/1", "models:/odir-ensemble/1", "--split", "val"],
+         "models:/odir-tiny-a/1 has no fair score on val of this data: it picked its epoch"),
+    ],
+    ids=["unknown alias", "no labels", "tuned on the images"],
+)  # fmt: skip
+def test_odir_compare_refuses_bad_input_in_one_line(
+    pipeline: dict, tiny_data: Path, args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from flows.cli import main
+
+    assert main(["compare", *args, "--data", str(tiny_data)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"odir compare: {message}") and "\n" not in err and "Traceback" not in err
+
+
+def test_odir_compare_prints_the_paired_table(pipeline: dict, tiny_data: Path, capsys) -> None:
+    from flows.cli import main
+
+    ensemble_uri = pipeline["ensemble"].model_uri
+    assert main(["compare", ensemble_uri, "models:/odir-tiny-b/1", "--data", str(tiny_data)]) == 0
+    out = capsys.readouterr().out
+    assert "| tiny-b v1 | " in out and f"P({ensemble_uri} better)" in out and "logged as the compare run" in out

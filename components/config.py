@@ -56,7 +56,7 @@ class Profile(BaseModel):
 
     Attributes:
         threshold_objectives: per class (``D``, ``G``, ``A``), what its threshold maximises: ``f1`` (default),
-            ``youden``, ``sens_at_spec:<level>`` or ``spec_at_sens:<level>`` with a level in (0, 1).
+            ``f1_course``, ``youden``, ``sens_at_spec:<level>`` or ``spec_at_sens:<level>`` with a level in (0, 1).
         calibrate: fit a temperature per member and class on validation predictions and apply it in the ensemble
             before the weighted mean (focal and class-balanced losses do not give calibrated probabilities).
         cv: patient-grouped k-fold cross-validation on train + val instead of the given splits (None).

@@ -22,6 +22,7 @@ from components.monitoring.referral import MEMBER_STD_COLUMNS, TTA_STD_COLUMNS, 
 from components.training.hardware import hardware_record
 from steps import ensemble, evaluate, ingest, promote, submit, train, tune_thresholds
 from steps.support import cli, registry, tracking
+from steps.support.fingerprint import code_fingerprint
 from steps.support.manifest import load_manifest
 from steps.support.members import member_checkpoints
 from steps.support.predict import load_ensemble, predict_paths
@@ -314,6 +315,8 @@ def test_a_reused_submission_is_copied_not_predicted(pipeline: dict, tmp_path: P
                             out_path=str(tmp_path / "again.csv"))
     )  # fmt: skip
     assert again.run_id == pipeline["submit"].run_id and again.rows == pipeline["submit"].rows
+    for step, run_id in (("submit", again.run_id), ("ingest", pipeline["ingest"].run_id)):  # a code change redoes them
+        assert mlflow.get_run(run_id).data.tags["code_fingerprint"] == code_fingerprint(step)
     assert Path(again.out_path).read_text() == Path(pipeline["submit"].out_path).read_text()
 
 

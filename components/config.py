@@ -125,6 +125,13 @@ class Profile(BaseModel):
     def _known_views(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return check_views(value)
 
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if repeated := sorted({seed for seed in value if value.count(seed) > 1}):
+            raise ValueError(f"each seed once: {repeated} repeated (a repeat would train the same models again)")
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> Profile:
         names = [model.name for model in self.models]

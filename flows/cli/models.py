@@ -185,6 +185,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     tracking.setup()
     uris = [f"models:/{'/'.join(registry.registered_version(uri))}" for uri in args.models]  # one line if unknown
+    if len(set(uris)) < 2:  # before any ingest or prediction
+        raise OdirError(f"compare needs two different versions or more; {' '.join(args.models)} resolve to "
+                        f"{', '.join(dict.fromkeys(uris))}")  # fmt: skip
     manifest_uri = ingest.run(ingest.IngestConfig(data_root=args.data)).manifest_uri
     manifest = load_manifest(manifest_uri)
     if args.split not in LABELLED_SPLITS or not manifest.has_split(args.split):

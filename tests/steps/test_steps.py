@@ -578,8 +578,10 @@ def test_compare_scores_each_model_against_the_first_on_the_same_images(pipeline
          "--split onsite_test: "),
         (["models:/odir-tiny-a/1", "models:/odir-ensemble/1", "--split", "val"],
          "models:/odir-tiny-a/1 has no fair score on val of this data: it picked its epoch"),
+        (["models:/odir-ensemble/1"], "compare needs two different versions or more; models:/odir-ensemble/1"),
+        (["models:/odir-tiny-a/1", "models:/odir-tiny-a/1"], "compare needs two different versions or more"),
     ],
-    ids=["unknown alias", "no labels", "tuned on the images"],
+    ids=["unknown alias", "no labels", "tuned on the images", "one model", "the same version twice"],
 )  # fmt: skip
 def test_odir_compare_refuses_bad_input_in_one_line(
     pipeline: dict, tiny_data: Path, args: list[str], message: str, capsys: pytest.CaptureFixture[str]

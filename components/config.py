@@ -57,7 +57,7 @@ class Profile(BaseModel):
 
     Attributes:
         threshold_objectives: per class (``D``, ``G``, ``A``), what its threshold maximises: ``f1`` (default),
-            ``youden``, ``sens_at_spec:<level>`` or ``spec_at_sens:<level>`` with a level in (0, 1).
+            ``f1_course``, ``youden``, ``sens_at_spec:<level>`` or ``spec_at_sens:<level>`` with a level in (0, 1).
         calibrate: fit a temperature per member and class on validation predictions and apply it in the ensemble
             before the weighted mean (focal and class-balanced losses do not give calibrated probabilities).
         cv: patient-grouped k-fold cross-validation on train + val instead of the given splits (None).
@@ -140,6 +140,13 @@ class Profile(BaseModel):
     @classmethod
     def _known_views(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return check_views(value)
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if repeated := sorted({seed for seed in value if value.count(seed) > 1}):
+            raise ValueError(f"each seed once: {repeated} repeated (a repeat would train the same models again)")
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> Profile:

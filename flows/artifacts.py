@@ -92,7 +92,12 @@ def summary_markdown(summary: PipelineSummary) -> str:
                      f"(error rate {rate(referral.error_rate_referred)} referred vs "
                      f"{rate(referral.error_rate_kept)} kept).")  # fmt: skip
     members = ", ".join(f"{name} {score:.3f}" for name, score in built.member_f1_macro.items() if score is not None)
-    lines += ["", f"Members' f1_macro: {members}.", "", "**MLflow:** " + ", ".join(_run_links(summary)) + "."]
+    lines += [
+        "",
+        f"Members' f1_macro on {split}: {members}.",
+        "",
+        "**MLflow:** " + ", ".join(_run_links(summary)) + ".",
+    ]
     if built.gallery:
         lines.append(f"\n**Grad-CAM gallery:** {run_link(built.gallery.run_id, 'evaluate run')}, Artifacts, "
                      f"`gradcam/` (`{built.gallery.uri}`)")  # fmt: skip

@@ -68,8 +68,8 @@ class BuiltEnsemble:
         model_uri: the registered ensemble version (``models:/odir-ensemble/<n>``).
         run_id: its ensemble run.
         members: the members' registered model URIs, in the profile's order; ``member_runs`` their training runs.
-        member_f1_macro: each member's f1_macro by registered model name: out-of-fold in CV mode, else val's at its
-            best epoch (None where not logged).
+        member_f1_macro: each member's f1_macro on the scored split by registered model name (out-of-fold in CV
+            mode; None where not logged).
         split_mode: ``given splits`` or ``cv (<k> folds)``.
         scored_split: where ``scores`` come from: ``offsite_test``, ``val``, or ``cv`` (cross-fitted out-of-fold).
         per_class: one row per class of formatted scores (:func:`flows.artifacts.per_class_rows`).
@@ -232,7 +232,7 @@ def description(summary: PipelineSummary, experiment_id: str) -> str:
                   built.comparison_markdown]  # fmt: skip
     lines += ["", "**Runs:** " + " · ".join(_run_links(built, experiment_id))]
     if built.gallery:
-        gallery = built.gallery.uri.split("/artifacts/", 1)[-1]
+        gallery = "gradcam/" + built.gallery.uri.split("/gradcam/", 1)[-1]  # its path in the evaluate run
         lines.append(f"\n**Grad-CAM gallery:** [{gallery}]({run_href(experiment_id, built.gallery.run_id, gallery)})")
     return "\n".join(lines)
 

@@ -274,6 +274,15 @@ def _fit(
                                           config.threshold_strategy)  # fmt: skip
 
 
+def fitted(
+    config: EnsembleConfig, labels: np.ndarray, member_probs: list[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, ThresholdResult]:
+    """Temperatures, weights and thresholds fit on these member predictions as the step fits them (without logging)."""
+    temperatures = _temperatures(config, labels, member_probs)
+    weights, _, tuned = _fit(config, labels, member_probs, temperatures)
+    return temperatures, weights, tuned
+
+
 def cross_fit(
     config: EnsembleConfig, labels: np.ndarray, member_probs: list[np.ndarray], folds: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -282,8 +291,7 @@ def cross_fit(
     probs, shifted = np.zeros_like(member_probs[0]), np.zeros_like(member_probs[0])
     for fold in np.unique(folds):
         fit, held_out = folds != fold, folds == fold
-        temperatures = _temperatures(config, labels[fit], [p[fit] for p in member_probs])
-        weights, _, tuned = _fit(config, labels[fit], [p[fit] for p in member_probs], temperatures)
+        temperatures, weights, tuned = fitted(config, labels[fit], [p[fit] for p in member_probs])
         calibrated = [apply_temperature(p[held_out], t) for p, t in zip(member_probs, temperatures, strict=True)]
         probs[held_out] = weighted_mean(calibrated, weights)
         shifted[held_out] = np.clip(probs[held_out] - tuned.thresholds + DEFAULT_THRESHOLD, 0.0, 1.0)

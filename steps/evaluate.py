@@ -17,6 +17,11 @@ thresholds inside). Logs, under the split's prefix (``val_``, ``offsite_``):
   ``gradcam/<split>/<class>/<tp|fp|fn>_<id>.png`` and all of them in one page, ``gradcam/<split>/gallery.html`` (tag
   ``gradcam_uri``). Only those images (36 at most) go through the maps, on the identity view.
 
+The compared scores (:data:`components.evaluation.scoring.COMPARED_METRICS` with their intervals) are also linked to
+the logged model the evaluation scored, as columns of the experiment's Models tab, unless the model was fitted on
+those images (:func:`steps.support.scored.fitted_on`: a given-splits model's val, where it picked its epoch): a
+score there stays on this run and is not put beside fair ones.
+
 With ``min_f1_macro`` set it is a gate: below it the step fails after logging.
 """
 
@@ -62,6 +67,7 @@ from steps.support.base import StepConfig, run_step
 from steps.support.manifest import LABELLED_SPLITS, Manifest, load_manifest
 from steps.support.predict import load_cam_model, predict_split
 from steps.support.predictions import predictions_frame
+from steps.support.scored import fitted_on
 from steps.support.tags import evaluate_key, record_score
 from steps.support.thresholds import read_thresholds
 
@@ -196,8 +202,9 @@ def _evaluate(
         metrics = tracking.prefixed(report, tracking.split_prefix(config.split))
         metrics.update(_referral_metrics(config.split, labels, probs, thresholds, referred[kept]))
         mlflow.log_metrics(metrics)
-        model_id = registry.logged_model_id(config.model_uri)  # the Models tab's columns of the model it scored
-        tracking.link_metrics(model_id, compared_metrics(metrics, tracking.split_prefix(config.split)))
+        if fitted_on(config.model_uri, manifest, config.split) is None:  # a fair score: the Models tab's columns
+            model_id = registry.logged_model_id(config.model_uri)
+            tracking.link_metrics(model_id, compared_metrics(metrics, tracking.split_prefix(config.split)))
         mlflow.log_text(_per_class_table(report).to_csv(), f"tables/{config.split}_per_class.csv")
         _log_figures(labels, probs, thresholds, config.split)
         mlflow.log_figure(reliability_figure(labels, probs), f"figures/{config.split}_reliability.png")

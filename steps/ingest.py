@@ -23,6 +23,7 @@ from components.data.splits import DatasetReport, Split, patient_of, validate_da
 from components.errors import DataError
 from steps.support import cli, storage, tracking
 from steps.support.base import StepConfig, run_step
+from steps.support.fingerprint import code_fingerprint
 from steps.support.manifest import LABELLED_SPLITS, Manifest, log_dataset, log_manifest
 
 log = logging.getLogger(__name__)
@@ -126,7 +127,7 @@ def run(config: IngestConfig) -> IngestResult:
     report = validate_dataset(storage.localize(root))
     frame = build_manifest(report) if report.ok else None
     digest = manifest_digest(frame) if frame is not None else "invalid"
-    tags = {"data_root": root, "data_digest": digest}
+    tags = {"data_root": root, "data_digest": digest, "code_fingerprint": code_fingerprint("ingest")}
     return run_step(config, "ingest", tags, "ingest", lambda run: _log(run, root, report, frame), _reused)
 
 

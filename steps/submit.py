@@ -20,6 +20,7 @@ from components import LABELS
 from components.outputs import check_output
 from steps.support import cli, registry, tracking
 from steps.support.base import StepConfig, run_step
+from steps.support.fingerprint import code_fingerprint
 from steps.support.manifest import Manifest, load_manifest
 from steps.support.predict import predict_paths
 
@@ -50,7 +51,8 @@ def run(config: SubmitConfig) -> SubmitResult:
     manifest = load_manifest(config.manifest_uri)
     name, version = registry.split_model_uri(config.model_uri)
     model_uri = f"models:/{name}/{version}"
-    tags = {"split": config.split, "data_digest": manifest.digest, "model_uri": model_uri}
+    tags = {"split": config.split, "data_digest": manifest.digest, "model_uri": model_uri,
+            "code_fingerprint": code_fingerprint("submit")}  # fmt: skip
 
     def reused(done) -> SubmitResult:
         uri = done.data.tags["submission_uri"]

@@ -14,7 +14,8 @@ models' probabilities (``checkpoints/fold_<k>.pt``).
 
 The run holds every spec field as a param, the hardware it ran on (``hardware_*``: CPU model and flags, GPU, torch
 version and threads), per-epoch ``train_loss``, ``val_loss`` and validation metrics (both
-F1s, per-class F1, AUROC; with ``validate_every``, the validated epochs' only), system metrics, the dataset input,
+F1s, per-class F1, AUROC; with ``validate_every``, the validated epochs' only), system metrics where
+``MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=true`` (off unless set), the dataset input,
 the best checkpoint (``checkpoints/best.pt``, tensors only) and the best model logged with ``mlflow.pytorch``. The
 version is tagged with the dataset digest and the profile. An interrupted run resumes from its local checkpoint
 folder (``last.pt`` stays there: resume state only).

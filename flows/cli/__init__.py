@@ -2,8 +2,8 @@
 
 The commands live by group: :mod:`flows.cli.data` (validate, demo-data, bucket, ingest, upload),
 :mod:`flows.cli.pipeline` (full, experiments, train), :mod:`flows.cli.models` (predict, explain, check-drift,
-verify) and :mod:`flows.cli.service` (serve, up, down); each module adds its commands' parsers next to their
-handlers, and :func:`build_parser` lists them in the order ``odir --help`` shows.
+verify, compare) and :mod:`flows.cli.service` (serve, up, down, mlflow-users); each module adds its commands' parsers
+next to their handlers, and :func:`build_parser` lists them in the order ``odir --help`` shows.
 
 A failure its user can fix ends with one sentence on stderr and never a traceback, wherever it is found, in a flow
 run's tasks included (:mod:`flows.failures`): bad input (``OdirError``) and credentials the tracking server or the

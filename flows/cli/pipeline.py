@@ -128,6 +128,7 @@ def _cmd_full(args: argparse.Namespace) -> int:
 def _print_summary(summary: PipelineSummary) -> None:
     """The pipeline's result as a reader wants it: scores with intervals, the decision, where things are."""
     from flows.artifacts import rate, run_url
+    from flows.summary import seed_spread
 
     print(f"\nodir pipeline finished: profile {summary.profile}, data {summary.data_digest[:12]}")
     built = summary.built
@@ -140,9 +141,13 @@ def _print_summary(summary: PipelineSummary) -> None:
         shown = "  n/a" if score.value is None else f"{score.value:.3f}"
         interval = f"  [{score.low:.3f}, {score.high:.3f}]" if score.has_interval else ""
         print(f"  {name:<10} {shown}{interval}")
-    members = ", ".join(f"{name} {score:.3f}" for name, score in built.member_f1_macro.items() if score is not None)
-    scored_on = "out-of-fold" if built.split_mode.startswith("cv") else "val, at the best epoch"
-    print(f"members' f1_macro ({scored_on}): {members}")
+    for metric in ("f1_macro", "f1_course"):
+        if spread := seed_spread(built.seeds, metric):
+            each = ", ".join(f"{getattr(s, metric).value:.3f}" for s in built.seeds)
+            print(f"over {len(built.seeds)} seeds: {metric} mean {spread[0]:.3f}, sd {spread[1]:.3f} ({each})")
+    if built.comparison_markdown:
+        print(f"\nmembers and ensemble on {split}, paired over patients against the best member:")
+        print(built.comparison_markdown)
     print(f"decision: {summary.decision}{summary.promotion_evidence()}; champion is version "
           f"{summary.champion_version}")  # fmt: skip
     if built.referral:

@@ -83,6 +83,10 @@ def _write(tmp_path: Path, text: str) -> Path:
             "name: x\nmodels:\n  - {name: a, backbone: tiny_cnn}\ntta_views: [identity, spin]\n",
             "tta_views: unknown TTA view 'spin'",
         ),
+        (
+            "name: x\nmodels:\n  - {name: a, backbone: tiny_cnn}\nseeds: [42, 1, 42]\n",
+            r"seeds: each seed once: \[42\] repeated",
+        ),
         ("name: x\nmodels: []\n", "models: List should have at least 1 item"),
         ("name: x\nmodels: [{name: A b, backbone: tiny_cnn}]\n", r"models\[0\].name: String should match pattern"),
         ("name: x\nmodels: [{name: a, backbone: tiny_cnn, epochs: 0}]\n", "epochs must be >= 1"),

@@ -178,7 +178,10 @@ def test_a_cv_profile_runs_end_to_end_and_is_not_compared_with_a_champion_that_t
     done = own.run(str(BIN / "odir"), "full", "--profile", str(profile), "--data", str(data))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "cv (3 folds); 95% intervals: bootstrap over patients" in done.stdout
-    assert "members' f1_macro (out-of-fold): odir-cv-tiny" in done.stdout
+    assert (
+        "members and ensemble on cross-fitted out-of-fold, paired over patients against the best member:" in done.stdout
+    )
+    assert "| cv-tiny v1 | " in done.stdout and "| ensemble v2 | " in done.stdout
     [member] = _client(own).search_model_versions("name = 'odir-cv-tiny'")
     assert "patient-grouped" in member.description.lower() or "out-of-fold" in member.description.lower()
     note = "no comparison: champion version 1 trained or was tuned on these images (cv) of the same data"

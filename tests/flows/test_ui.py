@@ -104,7 +104,7 @@ def test_mlflow_ui_shows_the_headline_the_champion_and_the_learning_curves(fille
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", filled["store"])
         pipeline_runs = runs_page(filled["mlflow"])
-    runs = _text(page, pipeline_runs, "pipeline tiny · f1_macro", tmp_path)
+    runs = _text(page, pipeline_runs, "pipeline tiny 0.", tmp_path)  # the run's name holds its f1_macro
     assert "odir: multi-label classifiers for fundus photographs" in runs  # the experiment's description
     models = _text(page, f"{filled['mlflow']}/#/models/odir-ensemble", "odir ensemble", tmp_path)
     assert "@champion" in models or "champion" in models
@@ -116,6 +116,37 @@ def test_mlflow_ui_shows_the_headline_the_champion_and_the_learning_curves(fille
     chart = page.get_by_text("val_f1_macro", exact=True).first
     chart.wait_for(timeout=60_000)  # the learning curve's chart (per epoch), beside best_val_f1_macro's
     page.screenshot(path=str(tmp_path / "learning-curve.png"))
+
+
+def test_the_models_tab_ranks_named_members_and_the_ensemble_on_one_f1_column(filled: dict, page,
+                                                                              tmp_path: Path) -> None:  # fmt: skip
+    experiment = MlflowClient(tracking_uri=filled["store"]).get_experiment_by_name("odir").experiment_id
+    page.set_viewport_size({"width": 3000, "height": 1000})  # the metric columns come after the model attributes
+    try:
+        models = _text(page, f"{filled['mlflow']}/#/experiments/{experiment}/models?workflowType=machine_learning",
+                       ("tiny-a", "tiny-b", "ensemble", "offsite_f1_macro"), tmp_path)  # fmt: skip
+    finally:
+        page.set_viewport_size({"width": 1600, "height": 1000})
+    assert "system/" not in models  # no system metric on the comparison path
+
+
+def test_the_pipeline_runs_description_links_its_runs_and_gallery(filled: dict, page, tmp_path: Path) -> None:
+    client = MlflowClient(tracking_uri=filled["store"])
+    experiment = client.get_experiment_by_name("odir").experiment_id
+    [pipeline] = client.search_runs([experiment], "tags.`odir.step` = 'pipeline'")
+    url = f"{filled['mlflow']}/#/experiments/{experiment}/runs/{pipeline.info.run_id}?workflowType=machine_learning"
+    _text(page, url, ("Members and ensemble on offsite_test", "train odir-tiny-a"), tmp_path)
+    gallery = "gradcam/offsite_test/gallery.html"  # the artifact viewer's header names the file it opened
+    links = (("train odir-tiny-a", "train tiny-a"), (gallery, gallery), ("odir-ensemble version 1", "Version 1"))
+    for link, shows in links:
+        with page.context.expect_page() as opened:  # the UI opens a description's links in a new tab
+            page.get_by_role("link", name=link).first.click()
+        tab = opened.value
+        try:
+            tab.get_by_text(shows, exact=False).first.wait_for(timeout=60_000)
+        finally:
+            tab.screenshot(path=str(tmp_path / f"{link.replace('/', '-')}.png"))
+            tab.close()
 
 
 def test_prefect_ui_shows_the_deployment_and_a_flow_runs_tasks(filled: dict, page, tmp_path: Path) -> None:

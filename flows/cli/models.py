@@ -44,7 +44,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     print(f"{referred} of {len(frame)} referred to a grader (refer = 1: near a threshold, or views or members "
           "disagree)")  # fmt: skip
     if report is None:
-        _warn_if_unlike(images, args.model)
+        _warn_if_unlike(images, args.model, args.images)
         return 0
     line, failed = _verdict(report, fail_on_ood=None)
     print(line)
@@ -61,7 +61,7 @@ def _check_drift(images: list[Path], model_uri: str, backend: str | None) -> Dri
     return report
 
 
-def _warn_if_unlike(images: list[Path], model_uri: str) -> None:
+def _warn_if_unlike(images: list[Path], model_uri: str, folder: str) -> None:
     """One line on stderr when the model's drift reference says images are unlike its training data (from their
     statistics: black frame, tiny, not a fundus, turned), whose predictions then mean little; nothing for a version
     without a reference."""
@@ -76,7 +76,7 @@ def _warn_if_unlike(images: list[Path], model_uri: str) -> None:
         first = flagged[0]
         print(f"odir predict: warning: {len(flagged)} of {len(images)} image(s) are unlike the training data of "
               f"{model_uri} (e.g. {Path(first.image).name}: {first.reasons[0]}), so its predictions on them mean "
-              f"little; `odir check-drift --images {images[0].parent} --model {model_uri}` lists them",
+              f"little; `odir check-drift --images {folder} --model {model_uri}` lists them",
               file=sys.stderr)  # fmt: skip
 
 

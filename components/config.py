@@ -16,6 +16,7 @@ A profile lists the models to train; ``defaults`` holds settings shared by its m
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from components import LABELS
 from components.data.folds import CVSpec
-from components.errors import OdirError
+from components.errors import OdirError, did_you_mean
 from components.evaluation.thresholds import STRATEGIES, parse_objective
 from components.models.tta import STUDY_VIEWS, check_views
 from components.monitoring.explain import GALLERY_PER_KIND
@@ -102,6 +103,17 @@ class Profile(BaseModel):
             parse_objective(objective)  # ValueError naming the objective and the valid ones
         return value
 
+    @property
+    def protocol(self) -> str:
+        """The evaluation protocol in words: ``given splits`` or ``cv (<k> folds)``."""
+        return f"cv ({self.cv.folds} folds)" if self.cv else "given splits"
+
+    def needed_splits(self) -> tuple[str, ...]:
+        """The labelled splits a run of this profile cannot do without: train and val under the given splits (val
+        picks the epoch and fits thresholds, temperatures and weights), train alone in CV mode (train and val are
+        pooled). Test splits are optional: without offsite_test the ensemble is scored on val, or cross-fitted."""
+        return ("train",) if self.cv else ("train", "val")
+
     def objectives(self) -> tuple[str, ...]:
         """The threshold objective of each class, in ``LABELS`` order."""
         return tuple(self.threshold_objectives.get(label, "f1") for label in LABELS)
@@ -116,6 +128,10 @@ class Profile(BaseModel):
                 defaults = {}
             if not isinstance(defaults, dict):
                 raise ValueError("defaults must be a mapping of model settings")
+            for key in defaults:  # named once here, rather than once per model it was merged into
+                if key not in ModelSpec.model_fields:
+                    hint = did_you_mean(key, ModelSpec.model_fields) or " See docs/profiles.md."
+                    raise ValueError(f"defaults.{key}: unknown model setting.{hint}")
             if isinstance(data.get("models"), list):  # anything else is refused by the models field itself
                 data["models"] = [{**defaults, **m} if isinstance(m, dict) else m for m in data["models"]]
         return data
@@ -197,6 +213,10 @@ class ExperimentGrid(Profile):
 
     experiments: list[Experiment] = Field(min_length=1)
 
+    def needed_splits(self) -> tuple[str, ...]:
+        """Train and val: a grid's models train on the given splits whatever its ``cv``."""
+        return ("train", "val")
+
     @model_validator(mode="after")
     def _members_known(self) -> ExperimentGrid:
         names = {model.name for model in self.models}
@@ -216,27 +236,51 @@ def load_grid(name_or_path: str | Path) -> ExperimentGrid:
     Raises:
         ConfigError: naming the file and each bad field.
     """
-    candidate = Path(name_or_path)
-    path = (
-        candidate if candidate.suffix in (".yaml", ".yml") else configs_dir() / "experiments" / f"{name_or_path}.yaml"
-    )
+    path = resolve_grid_path(name_or_path)
     if not path.is_file():
         known = sorted(p.stem for p in (configs_dir() / "experiments").glob("*.yaml"))
         raise ConfigError(f"{path}: experiment grid not found; known grids: {', '.join(known) or 'none'}")
     try:
         return ExperimentGrid.model_validate(_read_yaml(path))
     except ValidationError as error:
-        raise ConfigError(_describe(error, str(path))) from None
+        raise ConfigError(_describe(error, str(path), ExperimentGrid)) from None
 
 
-def _describe(error: ValidationError, source: str) -> str:
+def _describe(error: ValidationError, source: str, model: type[BaseModel]) -> str:
+    """One line per problem: the file, the field (``models[0].lr``) and what is wrong, with a "Did you mean" for
+    a key that ``model`` (the validated class) has no field of that name for, where one is close."""
     lines = []
     for item in error.errors():
         field = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in item["loc"]).lstrip(".")
         message = item["msg"].removeprefix("Value error, ")
         shown = f" (got {item['input']!r})" if not isinstance(item.get("input"), dict | list) else ""
-        lines.append(f"{source}: {field or '(top level)'}: {message}{shown}")
+        if item["type"] == "extra_forbidden" and (known := _fields_at(model, item["loc"][:-1])):
+            hint = did_you_mean(str(item["loc"][-1]), known) or f" Settings here: {', '.join(known)}."
+            message, shown = f"unknown setting.{hint}", ""
+        lines.append(f"{source}: {field}: {message}{shown}" if field else f"{source}: {message}{shown}")
     return "\n".join(lines)
+
+
+def _fields_at(model: type[BaseModel], loc: tuple[str | int, ...]) -> list[str]:
+    """The field names of the config class found at ``loc`` inside ``model`` (list indices skipped); empty where
+    the path leads to no config class."""
+    current: type[BaseModel] | None = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = current.model_fields.get(part) if current is not None else None
+        current = _config_class(field.annotation) if field is not None else None
+    return list(current.model_fields) if current is not None else []
+
+
+def _config_class(annotation: Any) -> type[BaseModel] | None:
+    """The config class an annotation holds: itself, or inside ``list[...]``, ``X | None``, ...; None if none."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for argument in typing.get_args(annotation):
+        if (found := _config_class(argument)) is not None:
+            return found
+    return None
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -256,7 +300,7 @@ def parse_model_spec(data: dict[str, Any], source: str = "model spec") -> ModelS
     try:
         return ModelSpec.model_validate(data)
     except ValidationError as error:
-        raise ConfigError(_describe(error, source)) from None
+        raise ConfigError(_describe(error, source, ModelSpec)) from None
 
 
 def configs_dir() -> Path:
@@ -271,6 +315,14 @@ def resolve_profile_path(name_or_path: str | Path) -> Path:
     if candidate.suffix in (".yaml", ".yml") or candidate.exists():
         return candidate
     return configs_dir() / f"{name_or_path}.yaml"
+
+
+def resolve_grid_path(name_or_path: str | Path) -> Path:
+    """A grid name (``seed``) -> ``configs/experiments/seed.yaml``; a YAML path stays a path."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml"):
+        return candidate
+    return configs_dir() / "experiments" / f"{name_or_path}.yaml"
 
 
 def load_profile(name_or_path: str | Path) -> Profile:
@@ -288,4 +340,4 @@ def load_profile(name_or_path: str | Path) -> Profile:
     try:
         return kind.model_validate(data)
     except ValidationError as error:
-        raise ConfigError(_describe(error, str(path))) from None
+        raise ConfigError(_describe(error, str(path), kind)) from None

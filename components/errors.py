@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 SHAPES_RESULTS = False  # moves data, computes none of a step's results: steps.support.fingerprint
@@ -31,7 +33,8 @@ class OdirError(ValueError):
 
 
 class DataError(OdirError):
-    """A dataset (CSV, images) breaks the contract; carries every problem found, not only the first.
+    """A dataset (CSV, images) breaks the contract; carries every problem found, not only the first (one problem
+    reads as one line: ``file, line n: message``).
 
     Args:
         problems: the problems, at least one.
@@ -41,6 +44,15 @@ class DataError(OdirError):
         if not problems:
             raise ValueError("DataError needs at least one problem")
         self.problems = list(problems)
-        count = len(self.problems)
-        head = f"{count} problem{'s' if count > 1 else ''} in the dataset:"
+        if len(self.problems) == 1:  # one line, as every other bad input
+            super().__init__(str(self.problems[0]))
+            return
+        head = f"{len(self.problems)} problems in the dataset:"
         super().__init__("\n".join([head, *(f"  - {p}" for p in self.problems)]))
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """`` Did you mean 'x'?`` with the closest of ``choices`` to ``name`` (``difflib``'s ratio, at least 0.6), or ""
+    when none is close: the hint every "unknown name" message of odir ends with."""
+    close = difflib.get_close_matches(str(name), list(choices), n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""

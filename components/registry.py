@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
+
+from components.errors import did_you_mean
 
 T = TypeVar("T")
 
@@ -45,8 +46,7 @@ class Registry(Generic[T]):
             return self._factories[name]
         except KeyError:
             valid = ", ".join(sorted(self._factories))
-            close = difflib.get_close_matches(str(name), self._factories, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
+            hint = did_you_mean(name, self._factories)
             raise ValueError(f"unknown {self.kind} {name!r}; valid: {valid}.{hint}") from None
 
     def names(self) -> list[str]:

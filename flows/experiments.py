@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from components.config import load_grid
+from components.config import load_grid, resolve_grid_path
+from components.inputs import check_checkpoints, check_splits
+from flows.failures import failed_state
 from flows.odir import DEMO_DATA, TrainPlan, demo_data_task, step_task, train_all
 from steps import evaluate, ingest, report
 from steps.report import evaluation_splits
@@ -48,19 +50,32 @@ def odir_experiments(
         force: retrain and re-evaluate even where MLflow holds finished runs with the same inputs.
         experiment: the MLflow experiment.
     """
+    try:
+        return _experiments(grid, data, out, force, experiment)
+    except Exception as error:
+        if (state := failed_state(error)) is None:
+            raise
+        return state
+
+
+def _experiments(grid: str, data: str | None, out: str | None, force: bool, experiment: str) -> ExperimentsSummary:
+    """The flow ``odir-experiments``' work: what can be checked before it (the grid, its checkpoints), then the grid."""
     logger = get_run_logger()
     config = load_grid(grid)
+    check_checkpoints(config, str(resolve_grid_path(grid)))
     data_root = data or demo_data_task(str(tracking.project_root() / DEMO_DATA))
     tags = {tracking.STEP_TAG: "experiments", "profile": config.name}
     pid = pipeline_run.start(experiment, f"experiments {config.name}", tags)
     with pipeline_run.ended(pid):
         common = {"experiment": experiment, "parent_run_id": pid, "reuse": not force}
         ing = step_task("ingest", ingest.run, ingest.IngestConfig(data_root=data_root, **common))
+        manifest = load_manifest(ing.manifest_uri)
+        check_splits(config, set(manifest.frame["split"]), manifest.data_root)  # before any training
         plan = TrainPlan(ing.manifest_uri, config.name, pid, experiment, force, "local")
         trained = train_all(plan, config.models)
         members = {m.name: result for m, result in zip(config.models, trained, strict=True)}
         needs = {(member, row.tta) for row in config.experiments for member in row.members}
-        splits = evaluation_splits(load_manifest(ing.manifest_uri))
+        splits = evaluation_splits(manifest)
         evaluations = [
             step_task.submit(f"evaluate {members[name].model_uri} on {split}", evaluate.run, evaluate.EvaluateConfig(
                 model_uri=members[name].model_uri, manifest_uri=ing.manifest_uri, split=split,

@@ -4,7 +4,9 @@ Flows only orchestrate: every task calls a step's ``run`` with its config (one g
 passes URIs on; the profile is read here only, and each model's spec travels to ``odir-train`` as data. Work
 already done is found in MLflow (same inputs and code fingerprint) and reused, so a re-run after a crash repeats
 nothing that finished, and an interrupted training resumes from its checkpoint. Steps that talk to the tracking
-store retry transient failures; bad input (``OdirError``) fails at once, since retrying cannot fix it. The flow's
+store retry transient failures; bad input (``OdirError``) fails at once, since retrying cannot fix it, and a flow run
+that fails for a reason its user can fix ends Failed with that one sentence as its message
+(:func:`flows.failures.failed_state`). The flow's
 own MLflow records (its parent run, the headline on it) go through :mod:`steps.support.pipeline_run`; it returns a
 :class:`flows.summary.PipelineSummary`.
 """
@@ -22,13 +24,16 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from components.config import Profile, load_profile
+from components.config import Profile, load_profile, resolve_profile_path
 from components.data.folds import CVSpec
+from components.errors import OdirError
+from components.inputs import check_checkpoints, check_splits
 from components.models.tta import STUDY_VIEWS
 from components.monitoring.referral import ReferralSpec
 from components.training.spec import ModelSpec
 from flows import freeze_startup_objects, without_heartbeats
 from flows.artifacts import comparison_rows, per_class_rows, publish_summary, training_progress
+from flows.failures import failed_state, raise_if_failed
 from flows.summary import (
     BuiltEnsemble,
     Gallery,
@@ -94,6 +99,19 @@ def odir_train(
     with nothing but the tracking server and the data in common with the flow that dispatched it.
     """
     freeze_startup_objects()  # a worker's run process comes here first
+    try:
+        return _train_one(manifest_uri, spec, profile, parent_run_id, experiment, device, force, cv, views)
+    except Exception as error:
+        if (state := failed_state(error)) is None:
+            raise
+        return state
+
+
+def _train_one(
+    manifest_uri: str, spec: ModelSpec, profile: str, parent_run_id: str | None, experiment: str, device: str | None,
+    force: bool, cv: CVSpec | None, views: tuple[str, ...],
+) -> dict[str, Any]:  # fmt: skip
+    """The flow ``odir-train``'s work."""
     config = train.TrainStepConfig(manifest_uri=manifest_uri, spec=spec, profile=profile, experiment=experiment,
                                    parent_run_id=parent_run_id, device=device, reuse=not force, cv=cv,
                                    views=tuple(views))  # fmt: skip
@@ -136,10 +154,7 @@ def train_task(plan: TrainPlan, spec: ModelSpec) -> train.TrainStepResult:
                   "parent_run_id": plan.parent_run_id, "experiment": plan.experiment, "force": plan.force,
                   "cv": plan.cv.model_dump() if plan.cv else None, "views": list(plan.views)}  # fmt: skip
     child = run_deployment(TRAIN_DEPLOYMENT, parameters=parameters, timeout=None, poll_interval=5)
-    if not child.state or not child.state.is_completed():
-        raise RuntimeError(
-            f"{TRAIN_DEPLOYMENT} run {child.name} for {spec.name} ended {child.state and child.state.name}"
-        )
+    raise_if_failed(f"{TRAIN_DEPLOYMENT} run {child.name} for {spec.name}", child.state)
     # the child registered the model in MLflow; read its result from there rather than from Prefect's result storage
     return train.run(plan.config(spec))
 
@@ -209,10 +224,24 @@ def odir(
             every model at once as a run of ``odir-train/gpu`` (each on a worker, in its own process).
         experiment: the MLflow experiment.
     """
+    try:
+        return _odir(profile, data, out, force, only_if_changed, dispatch, experiment)
+    except Exception as error:
+        if (state := failed_state(error)) is None:
+            raise
+        return state
+
+
+def _odir(
+    profile: str, data: str | None, out: str | None, force: bool, only_if_changed: bool, dispatch: str,
+    experiment: str,
+) -> PipelineSummary:  # fmt: skip
+    """The flow ``odir``'s work: what can be checked before it (the profile, its checkpoints), then the pipeline."""
     if dispatch not in ("local", "deployment"):
-        raise ValueError(f"dispatch must be 'local' or 'deployment', got {dispatch!r}")
+        raise OdirError(f"parameter dispatch: must be 'local' or 'deployment', got {dispatch!r}")
     logger = get_run_logger()
     config = load_profile(profile)
+    check_checkpoints(config, str(resolve_profile_path(profile)))
     data_root = data or demo_data_task(str(tracking.project_root() / DEMO_DATA))
     pid = _start_pipeline_run(experiment, config, data_root)
     run = PipelineRun(config, {"experiment": experiment, "parent_run_id": pid, "reuse": not force}, dispatch)
@@ -340,6 +369,7 @@ def _pipeline(run: PipelineRun, data_root: str, out: str | None, only_if_changed
                                pipeline_run_id=common["parent_run_id"], decision="up to date",
                                champion_version=champion)  # fmt: skip
     manifest = load_manifest(ing.manifest_uri)
+    check_splits(config, set(manifest.frame["split"]), manifest.data_root)  # before any training
     seeds = config.seeds
     built = _build(run.with_profile(config.seeded(seeds[0], repeat=False)) if seeds else run, ing.manifest_uri,
                    manifest)  # fmt: skip

@@ -1,5 +1,7 @@
 """The local stack behind ``make up`` / ``make down``: a Prefect server, the MLflow UI on the embedded store and
-``odir serve``, all on 127.0.0.1, with PIDs and logs under ``.odir/run/``. ``down`` stops exactly those processes.
+``odir serve``, all on 127.0.0.1, with PIDs, ports and logs under ``.odir/run/``. ``down`` stops exactly those
+processes. While the stack runs, the project's ``prefect.toml`` points Prefect commands run in the project folder at
+its server (:func:`point_prefect_here`).
 """
 
 from __future__ import annotations
@@ -17,11 +19,20 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+from components.errors import OdirError
 from flows.deployments import SERVED
 from steps.support import tracking
 from steps.support.tracking import process_alive
 
 HOST = "127.0.0.1"
+
+# the Prefect server's settings: it streams log lines out (Prefect's default: state changes only), so that
+# `prefect deployment run ... --watch` shows a run's log, the one sentence of a failed run included
+SERVER_SETTINGS = {"PREFECT_SERVER_LOGS_STREAM_OUT_ENABLED": "true",
+                   "PREFECT_SERVER_LOGS_STREAM_PUBLISHING_ENABLED": "true"}  # fmt: skip
+PORTS_FILE = "ports.json"
+PREFECT_TOML = "prefect.toml"
+TOML_MARK = "# written by odir up"
 
 
 @dataclass(frozen=True)
@@ -97,13 +108,66 @@ def warm_mlflow(url: str) -> None:
             pass
 
 
+def running() -> dict[str, int]:
+    """The services of this project's stack that are running: name -> pid."""
+    alive = {}
+    for pid_file in run_folder().glob("*.pid"):
+        pid = int(pid_file.read_text())
+        if process_alive(pid):
+            alive[pid_file.stem] = pid
+    return alive
+
+
+def _refuse_other_ports(prefect_port: int, mlflow_port: int) -> None:
+    """Fails at once when this project's stack already runs on other ports (asked for those, its services would not
+    answer), naming its ports; a stack started before odir recorded its ports is left to the readiness wait."""
+    alive, recorded = running(), run_folder() / PORTS_FILE
+    if not alive or not recorded.is_file():
+        return
+    ports = json.loads(recorded.read_text())
+    if (ports["prefect"], ports["mlflow"]) != (prefect_port, mlflow_port):
+        pids = ", ".join(f"{name} {pid}" for name, pid in sorted(alive.items()))
+        raise OdirError(f"a stack of {tracking.project_root()} is already running on other ports: Prefect "
+                        f"{ports['prefect']} (UI http://{HOST}:{ports['prefect']}), MLflow {ports['mlflow']} (pids "
+                        f"{pids}); use it, or stop it with `odir down` before `odir up --prefect-port {prefect_port} "
+                        f"--mlflow-port {mlflow_port}`")  # fmt: skip
+
+
+def point_prefect_here(api: str) -> bool:
+    """Writes ``prefect.toml`` in the project with the stack's API URL, so Prefect commands run there (a new shell
+    without ``PREFECT_API_URL``) use the stack's server: Prefect reads ``prefect.toml`` from the current folder, below
+    the environment. Leaves a ``prefect.toml`` that odir did not write alone; returns whether the file is odir's."""
+    path = tracking.project_root() / PREFECT_TOML
+    if path.exists() and not path.read_text().startswith(TOML_MARK):
+        return False
+    path.write_text(f"{TOML_MARK} while its stack runs (`odir down` removes it): Prefect commands run in this\n"
+                    "# folder use the stack's server, as if PREFECT_API_URL were exported\n"
+                    f'[api]\nurl = "{api}"\n')  # fmt: skip
+    return True
+
+
+def _unpoint_prefect() -> None:
+    path = tracking.project_root() / PREFECT_TOML
+    if path.is_file() and path.read_text().startswith(TOML_MARK):
+        path.unlink()
+
+
 def up(prefect_port: int = 4200, mlflow_port: int = 5000) -> dict[str, str]:
-    """Starts the stack (each service once) and returns the URLs to open."""
+    """Starts the stack (each service once) and returns the URLs to open, ``api`` among them, and ``prefect_toml``
+    when Prefect commands in the project find the stack without ``PREFECT_API_URL`` (:func:`point_prefect_here`).
+
+    Raises:
+        OdirError: the stack already runs on other ports.
+        RuntimeError: a service that did not come up (naming it and its log).
+    """
     folder = run_folder()
     folder.mkdir(parents=True, exist_ok=True)
+    _refuse_other_ports(prefect_port, mlflow_port)
+    if not running():  # a fresh stack: its ports, for the next `up` to compare
+        (folder / PORTS_FILE).write_text(json.dumps({"prefect": prefect_port, "mlflow": mlflow_port}))
     tracking.setup()  # create the store's schema once, before any server or flow run opens it
     api = f"http://{HOST}:{prefect_port}/api"
-    env = {**os.environ, "PREFECT_API_URL": api, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    env = {**os.environ, **SERVER_SETTINGS, "PREFECT_API_URL": api, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "ODIR_HOME": str(tracking.project_root()),
            "ODIR_MLFLOW_UI_URL": f"http://{HOST}:{mlflow_port}"}  # fmt: skip
     for service in services(prefect_port, mlflow_port):
@@ -121,7 +185,10 @@ def up(prefect_port: int = 4200, mlflow_port: int = 5000) -> dict[str, str]:
         if service.after_start is not None:
             service.after_start()
         print(f"{service.name:<8} started (pid {process.pid}), log {log}")
-    return {"prefect_ui": f"http://{HOST}:{prefect_port}", "mlflow_ui": f"http://{HOST}:{mlflow_port}", "api": api}
+    urls = {"prefect_ui": f"http://{HOST}:{prefect_port}", "mlflow_ui": f"http://{HOST}:{mlflow_port}", "api": api}
+    if point_prefect_here(api):
+        urls["prefect_toml"] = str(tracking.project_root() / PREFECT_TOML)
+    return urls
 
 
 def down(grace_seconds: float = 20) -> list[str]:
@@ -140,6 +207,8 @@ def down(grace_seconds: float = 20) -> list[str]:
                 _signal_group(pid, signal.SIGKILL)
             stopped.append(pid_file.stem)
         pid_file.unlink()
+    (run_folder() / PORTS_FILE).unlink(missing_ok=True)
+    _unpoint_prefect()
     return stopped
 
 

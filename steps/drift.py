@@ -26,7 +26,7 @@ import pandas as pd
 
 from components.errors import OdirError
 from components.models.runtime import Network
-from components.monitoring.drift import DriftReport, compare
+from components.monitoring.drift import DriftReport, ImageCheck, compare, screen_images
 from components.monitoring.image_stats import FEATURES, describe_images
 from components.monitoring.reference import embed_images
 from components.training.checkpoints import load_trained
@@ -111,6 +111,18 @@ def check_images(
         report = dataclasses.replace(report, run_id=run.info.run_id)
         _log(report, stats, resolved)
     return report
+
+
+def screen(image_paths: Sequence[str | Path], model_uri: str = CHAMPION) -> tuple[ImageCheck, ...]:
+    """The images' statistics against the drift reference of a registered ensemble version, with no network run and
+    no run logged (:func:`components.monitoring.drift.screen_images`): how ``odir predict`` notices images unlike
+    the model's data (a demo model's on real photos) at the cost of decoding them once more.
+
+    Raises:
+        NoDriftReference: the version has none; OdirError: as :func:`check_images`.
+    """
+    paths = [str(path) for path in image_paths]
+    return screen_images(load_drift_reference(model_uri), describe_images(paths), paths)
 
 
 def _embedding_network(model_uri: str, source: dict, backend: str | None) -> tuple[Network, ModelSpec]:

@@ -24,7 +24,6 @@ one set of parameters per call, i.e. per batch; the colour formulas are torchvis
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from components.data.fundus import build_step, parse_steps
+from components.errors import did_you_mean
 from components.registry import Registry
 
 AUGMENTATIONS: Registry[type] = Registry("augmentation")
@@ -347,8 +347,7 @@ def parse_augment(value: Any) -> tuple[tuple[str, Augmentation], ...]:
 def _known(name: str) -> None:
     """Raises the unknown-name error (with the presets and a "did you mean") unless ``name`` is registered."""
     if name not in AUGMENTATIONS:
-        close = difflib.get_close_matches(name, [*AUGMENTATIONS.names(), *PRESETS], n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(name, [*AUGMENTATIONS.names(), *PRESETS])
         raise ValueError(f"unknown augmentation {name!r}; valid: {', '.join(AUGMENTATIONS.names())}, "
                          f"or a preset: {', '.join(PRESETS)}.{hint}")  # fmt: skip
 

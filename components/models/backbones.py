@@ -407,24 +407,64 @@ def build_model(backbone: str, weights: str = "none", normalisation: Normalisati
     return model
 
 
-def load_checkpoint_weights(model: Classifier, path: Path) -> None:
-    """Loads a full-model state dict, or a backbone-only one into ``features.body`` (a 3-class ``fc`` into the head).
+# text, an empty or truncated file, a pickle torch.save did not write, another format: torch's errors say it in its
+# own terms (a "load key", a "zip archive") and name no file
+_NOT_A_CHECKPOINT = "checkpoint {path} refused: not a PyTorch checkpoint (text, empty, damaged or another format)"
 
-    Accepts a bare state dict or a dict with a ``model`` / ``state_dict`` entry (odir's own checkpoints).
+
+def load_tensors(path: Path | str) -> object:
+    """What ``torch.load(path, weights_only=True)`` reads (tensors, numbers, strings and containers of them): the one
+    way odir reads a checkpoint file.
 
     Raises:
-        WeightsError: naming the file and the keys that do not fit.
+        WeightsError: naming the file and what is wrong: missing, not a PyTorch checkpoint (text, truncated, another
+            format), or a pickle of objects other than tensors, refused because loading it would run code from the
+            file (torch's own message advises loading it unsafely: never repeated to a user).
     """
+    import pickle
+    import warnings
+
+    path = Path(path)
     if not path.is_file():
-        raise WeightsError(f"checkpoint {path} not found; weights must be none, imagenet or a checkpoint path")
+        raise WeightsError(f"checkpoint {path}: {'not found' if not path.exists() else 'not a file'}")
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # pickles that need code, corrupt files
-        raise WeightsError(f"cannot load checkpoint {path} as plain tensors (weights_only): {error}") from None
+        with warnings.catch_warnings():  # torch's notes on pickle protocols: the error below says what matters
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        # torch's words for a pickle naming Python objects (whose loading runs their code), not for a damaged one
+        if found := re.search(r"Unsupported global: GLOBAL (\S+)", str(error)):
+            raise WeightsError(f"checkpoint {path} refused: it holds Python objects other than tensors "
+                               f"({found.group(1)}), and odir loads checkpoints as plain tensors only (loading it "
+                               "would run code from the file); save the model's state_dict() instead"
+                               ) from None  # fmt: skip
+        raise WeightsError(_NOT_A_CHECKPOINT.format(path=path)) from None
+    except Exception:  # an empty or truncated file, another zip: torch's errors name no file
+        raise WeightsError(_NOT_A_CHECKPOINT.format(path=path)) from None
+
+
+def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """The state dict of a ``weights:`` checkpoint (:func:`load_tensors`): a bare state dict or a dict with a
+    ``model`` / ``state_dict`` entry (odir's own checkpoints), ``module.`` prefixes (DataParallel) dropped.
+
+    Raises:
+        WeightsError: naming the file and what is wrong (:func:`load_tensors`), or that it holds no state dict.
+    """
+    loaded = load_tensors(path)
     state = loaded.get("model", loaded.get("state_dict", loaded)) if isinstance(loaded, dict) else None
-    if not isinstance(state, dict):
-        raise WeightsError(f"checkpoint {path} holds no state dict")
-    state = {key.removeprefix("module."): value for key, value in state.items()}
+    if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
+        raise WeightsError(f"checkpoint {path}: holds no state dict (a mapping of parameter names to tensors)")
+    return {key.removeprefix("module."): value for key, value in state.items()}
+
+
+def load_checkpoint_weights(model: Classifier, path: Path) -> None:
+    """Loads a full-model state dict, or a backbone-only one into ``features.body`` (a 3-class ``fc`` into the head),
+    as :func:`read_checkpoint` reads it.
+
+    Raises:
+        WeightsError: naming the file and what is wrong with it, or the keys that do not fit.
+    """
+    state = read_checkpoint(path)
     if any(key.startswith(("features.", "head.")) for key in state):
         _load_strict(model, state, path)
         return

@@ -170,8 +170,9 @@ def _shape_reasons(reference: Reference, row: np.ndarray) -> list[str]:
     return reasons
 
 
-def image_reasons(reference: Reference, row: np.ndarray, distance: float) -> tuple[str, ...]:
-    """Why one image (its statistics, its embedding's distance) is out of the reference's distribution."""
+def image_reasons(reference: Reference, row: np.ndarray, distance: float | None) -> tuple[str, ...]:
+    """Why one image (its statistics, its embedding's distance; None: not embedded) is out of the reference's
+    distribution."""
     if _value(row, "border_share") > 1 - MIN_FOV_SHARE:
         return ("black frame: nothing brighter than the black border",)
     reasons = []
@@ -181,7 +182,7 @@ def image_reasons(reference: Reference, row: np.ndarray, distance: float) -> tup
         reasons.append(f"tiny image: {_value(row, 'width'):.0f}x{_value(row, 'height'):.0f} px, the reference's "
                        f"shorter side is at least {smallest:.0f} px")  # fmt: skip
     reasons += _shape_reasons(reference, row)
-    if distance > (limit := reference.embedding_threshold):
+    if distance is not None and distance > (limit := reference.embedding_threshold):
         reasons.append(f"embedding far from the reference (Mahalanobis distance {distance:.1f} > {limit:.1f})")
     return tuple(reasons)
 
@@ -195,6 +196,13 @@ def flag_images(
         ImageCheck(name, float(distance), image_reasons(reference, row, float(distance)))
         for name, row, distance in zip(names, stats, distances, strict=True)
     )
+
+
+def screen_images(reference: Reference, stats: np.ndarray, names: Sequence[str]) -> tuple[ImageCheck, ...]:
+    """:func:`flag_images` from the statistics alone (black frame, tiny, not a fundus, turned), with no network to run:
+    what ``odir predict`` checks on every call. The distances are NaN (not measured)."""
+    return tuple(ImageCheck(name, float("nan"), image_reasons(reference, row, None))
+                 for name, row in zip(names, stats, strict=True))  # fmt: skip
 
 
 def compare(

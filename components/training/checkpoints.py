@@ -33,6 +33,7 @@ from components.models.backbones import (
     Normalisation,
     WeightsError,
     build_model,
+    load_tensors,
     preprocessing_config,
 )
 from components.training.runtime import place, select_device, uses_channels_last
@@ -66,16 +67,10 @@ def load_checkpoint(path: Path | str) -> dict:
     """A checkpoint as plain tensors and numbers; one that would need to run code to load is refused.
 
     Raises:
-        WeightsError: naming the file, when it is missing, corrupt or not loadable with ``weights_only=True``.
+        WeightsError: naming the file, when it is missing, corrupt or not loadable as plain tensors
+            (:func:`components.models.backbones.load_tensors`).
     """
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise WeightsError(f"checkpoint {path} not found") from None
-    except Exception as error:  # an unpickler that refuses a global, a truncated zip, ...
-        raise WeightsError(
-            f"checkpoint {path} refused: not plain tensors (weights_only load failed: {error})"
-        ) from None
+    saved = load_tensors(path)
     if not isinstance(saved, dict) or "model" not in saved or "spec" not in saved:
         raise WeightsError(f"checkpoint {path} is not an odir checkpoint (no model and spec)")
     return saved

@@ -5,10 +5,11 @@ The commands live by group: :mod:`flows.cli.data` (validate, demo-data, bucket, 
 verify, compare) and :mod:`flows.cli.service` (serve, up, down, mlflow-users); each module adds its commands' parsers
 next to their handlers, and :func:`build_parser` lists them in the order ``odir --help`` shows.
 
-Bad input (``OdirError``) ends with its message on stderr and exit status 2, never a traceback, and so do credentials
-the tracking server or the Prefect server refuses (:func:`flows.access.refused`); a tracking server or object store
-that does not answer under the retry policy (:class:`steps.support.tracking.RetryPolicy`) ends with one line naming
-it and exit status 3. Outputs are checked before the work starts.
+A failure its user can fix ends with one sentence on stderr and never a traceback, wherever it is found, in a flow
+run's tasks included (:mod:`flows.failures`): bad input (``OdirError``) and credentials the tracking server or the
+Prefect server refuses (:func:`flows.access.refused`) exit 2; a tracking server or object store that does not answer
+under the retry policy (:class:`steps.support.tracking.RetryPolicy`) exits 3. Inputs (a profile's checkpoints, the
+splits its protocol needs) and outputs are checked before the work starts.
 """
 
 from __future__ import annotations
@@ -18,9 +19,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from components.errors import OdirError
 from flows.cli import data, models, pipeline, service
-from flows.cli.common import EXIT_INVALID, EXIT_UNREACHABLE
+from flows.failures import failure_of, no_fixable_traceback
 from steps.support import tracking
 
 # the commands that check the tracking server and object store answer before any work
@@ -56,15 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _quiet_prefect(record: logging.LogRecord) -> bool:
-    """Drops Prefect's lines that say nothing on a console: "Finished in state Completed()" after every task (it
-    does not name the task; the Prefect UI shows the states), and the pointer to its docs under the temporary
-    server's start line."""
+    """Drops Prefect's lines that say nothing on a console: "Finished in state ..." after every task and flow run
+    (it does not name the task; the Prefect UI shows the states, and the command says how it ended: its summary, or
+    one sentence for a failure), and the pointer to its docs under the temporary server's start line."""
     if not record.name.startswith("prefect"):
         return True
     message = record.getMessage()
     if message.startswith("Starting temporary server") and "\n" in message:
         record.msg, record.args = message.splitlines()[0], ()
-    return not message.startswith("Finished in state Completed")
+    return not message.startswith("Finished in state")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -75,6 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(chatty).setLevel(logging.WARNING)
     for handler in logging.getLogger().handlers:
         handler.addFilter(_quiet_prefect)
+        handler.addFilter(no_fixable_traceback)  # a failure a user can fix: one sentence below instead
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial MLflow database tables"
     # pickled models are chosen on purpose (steps/train.py: _log_model; the ensemble's pyfunc) and odir loads
     # checkpoints with weights_only: a warning per model that a user cannot act on
@@ -84,16 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in STORE_COMMANDS:
             tracking.check_store()
         return args.handler(args)
-    except OdirError as error:
-        print(f"odir {args.command}: {error}", file=sys.stderr)
-        return EXIT_INVALID
     except Exception as error:
-        from flows.access import refused
-
-        if (line := refused(error)) is not None:
-            print(f"odir {args.command}: {line}", file=sys.stderr)
-            return EXIT_INVALID
-        if not tracking.store_unreachable(error):
-            raise
-        print(f"odir {args.command}: {tracking.unreachable_message(error)}", file=sys.stderr)
-        return EXIT_UNREACHABLE
+        if (failure := failure_of(error)) is None:
+            raise  # a bug: its traceback is for whoever fixes it
+        print(f"odir {args.command}: {failure.sentence}", file=sys.stderr)
+        return failure.status

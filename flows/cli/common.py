@@ -1,21 +1,28 @@
-"""What several command groups of ``odir`` share: the exit statuses, the input checks that run before any work, and
-the lines that say where the records went."""
+"""What several command groups of ``odir`` share: the input checks that run before any work, and the lines that say
+where the records went."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from components.inputs import check_checkpoints, check_dataset_splits
 from steps.support import tracking
 
-EXIT_INVALID = 2
-EXIT_UNREACHABLE = 3
+if TYPE_CHECKING:
+    from components.config import Profile
 
 
-def check_inputs(profile: str, data: str | None, load: Callable[[str], object]) -> None:
-    """Fails in a second, before Prefect's server starts or a run is opened, on a bad profile or data root."""
-    load(profile)  # ConfigError naming the file and field
+def check_inputs(profile: str, data: str | None, load: Callable[[str], Profile], source: Callable[[str], Path]) -> None:
+    """Fails in a second, before Prefect's server starts or a run is opened, on a bad profile (``load``: a profile or
+    grid loader, ``source``: where it reads it from), one of its checkpoints, or a data root that is missing or lacks
+    a split the profile's protocol needs (an ``s3://`` root: at ingest, inside the run)."""
+    config = load(profile)  # ConfigError naming the file and field
+    check_checkpoints(config, str(source(profile)))
     check_data_root(data)
+    if data and not data.startswith("s3://"):
+        check_dataset_splits(config, data)
 
 
 def check_data_root(data: str | None) -> None:

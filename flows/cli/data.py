@@ -8,7 +8,8 @@ from pathlib import Path
 from components import LABELS
 from components.errors import OdirError
 from components.outputs import check_output
-from flows.cli.common import EXIT_INVALID, check_data_root
+from flows.cli.common import check_data_root
+from flows.failures import EXIT_INVALID
 from steps.support import tracking
 
 

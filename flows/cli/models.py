@@ -4,12 +4,18 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from components import LABELS
 from components.errors import OdirError
 from components.outputs import check_output
+from flows.failures import EXIT_FAILED
 from steps.support import registry, tracking
+
+if TYPE_CHECKING:
+    from components.monitoring.drift import DriftReport
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -27,25 +33,51 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     prediction = predict_paths(args.model, [str(p) for p in images], backend=args.backend)
     frame = prediction.frame.round(6)
     frame.insert(0, "id", [p.name for p in images])
+    report = None
     if args.check_drift:
-        frame = frame.assign(**_drift_columns(images, args.model, args.backend))
+        report = _check_drift(images, args.model, args.backend)
+        frame = frame.assign(ood=[int(c.out_of_distribution) for c in report.images],
+                             ood_reasons=["; ".join(c.reasons) for c in report.images])  # fmt: skip
     frame.to_csv(args.out, index=False)
     referred = int(frame["refer"].sum())
     print(f"{len(frame)} predictions from {args.model} written to {Path(args.out).resolve()}")
     print(f"{referred} of {len(frame)} referred to a grader (refer = 1: near a threshold, or views or members "
           "disagree)")  # fmt: skip
-    return 0
+    if report is None:
+        _warn_if_unlike(images, args.model, args.images)
+        return 0
+    line, failed = _verdict(report, fail_on_ood=None)
+    print(line)
+    return EXIT_FAILED if failed else 0
 
 
-def _drift_columns(images: list[Path], model_uri: str, backend: str | None) -> dict[str, list]:
+def _check_drift(images: list[Path], model_uri: str, backend: str | None) -> DriftReport:
     """``odir predict --check-drift``: the images against the model's drift reference, the report printed and
-    logged; returns the per-image columns ``ood`` (0/1) and ``ood_reasons``."""
+    logged (as ``odir check-drift``)."""
     from steps.drift import check_images, format_report
 
     report = check_images(images, model_uri, backend=backend)
     print(format_report(report))
-    return {"ood": [int(c.out_of_distribution) for c in report.images],
-            "ood_reasons": ["; ".join(c.reasons) for c in report.images]}  # fmt: skip
+    return report
+
+
+def _warn_if_unlike(images: list[Path], model_uri: str, folder: str) -> None:
+    """One line on stderr when the model's drift reference says images are unlike its training data (from their
+    statistics: black frame, tiny, not a fundus, turned), whose predictions then mean little; nothing for a version
+    without a reference."""
+    from steps.drift import screen
+    from steps.support.drift_reference import NoDriftReference
+
+    try:
+        flagged = [check for check in screen(images, model_uri) if check.out_of_distribution]
+    except NoDriftReference:
+        return
+    if flagged:
+        first = flagged[0]
+        print(f"odir predict: warning: {len(flagged)} of {len(images)} image(s) are unlike the training data of "
+              f"{model_uri} (e.g. {Path(first.image).name}: {first.reasons[0]}), so its predictions on them mean "
+              f"little; `odir check-drift --images {folder} --model {model_uri}` lists them",
+              file=sys.stderr)  # fmt: skip
 
 
 def _backend_argument(command: argparse.ArgumentParser) -> None:
@@ -57,7 +89,15 @@ def _backend_argument(command: argparse.ArgumentParser) -> None:
 
 
 def add_predict(commands: argparse._SubParsersAction) -> None:
-    predict = commands.add_parser("predict", help="label new images with a registered model (the champion by default)")
+    predict = commands.add_parser(
+        "predict", help="label new images with a registered model (the champion by default)",
+        description="Labels a folder of images with a registered model (the ensemble's thresholds and referral rule) "
+        "and writes one row per image. Images whose statistics the model's drift reference calls unlike its "
+        "training data (black frame, tiny, not a fundus, turned) get a one-line warning on stderr.",
+        epilog="Exit status: 0 written, 1 drift detected with --check-drift (as odir check-drift; the predictions are "
+        "written), 2 bad input (no images, an unknown model or alias), 3 tracking server or object store "
+        "unreachable.",
+    )  # fmt: skip
     predict.add_argument("--model", default="models:/odir-ensemble@champion",
                          help="registered model URI (default models:/odir-ensemble@champion)")  # fmt: skip
     predict.add_argument("--images", required=True, help="folder of images")
@@ -65,7 +105,8 @@ def add_predict(commands: argparse._SubParsersAction) -> None:
     predict.add_argument(
         "--check-drift", action="store_true",
         help="also compare the images with the model's training reference (as odir check-drift): the report is "
-        "printed and logged, and the CSV gets the columns ood and ood_reasons",
+        "printed and logged, the CSV gets the columns ood and ood_reasons, and the exit status is check-drift's "
+        "(1 on drift, the predictions written all the same)",
     )  # fmt: skip
     _backend_argument(predict)
     predict.set_defaults(handler=_cmd_predict)
@@ -103,11 +144,18 @@ def _cmd_check_drift(args: argparse.Namespace) -> int:
 
     report = check_images(image_files(args.images), args.model, alpha=args.alpha, backend=args.backend)
     print(format_report(report))
-    failed = report.drift or (args.fail_on_ood and report.ood_count > 0)
-    hint = "" if args.fail_on_ood else " (listed above; --fail-on-ood fails on them)"
-    print(f"{'FAIL' if failed else 'PASS'}: {'drift' if report.drift else 'no drift'}, {report.ood_count} image(s) "
-          f"out of distribution{hint}")  # fmt: skip
-    return 1 if failed else 0
+    line, failed = _verdict(report, args.fail_on_ood)
+    print(line)
+    return EXIT_FAILED if failed else 0
+
+
+def _verdict(report: DriftReport, fail_on_ood: bool | None) -> tuple[str, bool]:
+    """The last line of a drift check and whether it fails (``check-drift`` and ``predict --check-drift`` alike):
+    drift, or with ``fail_on_ood`` any image out of distribution (None: the command has no such flag)."""
+    failed = report.drift or bool(fail_on_ood and report.ood_count > 0)
+    hint = {True: "", False: " (listed above; --fail-on-ood fails on them)", None: " (listed above)"}[fail_on_ood]
+    return (f"{'FAIL' if failed else 'PASS'}: {'drift' if report.drift else 'no drift'}, {report.ood_count} image(s) "
+            f"out of distribution{hint}", failed)  # fmt: skip
 
 
 def add_check_drift(commands: argparse._SubParsersAction) -> None:

@@ -110,9 +110,9 @@ def _warm_start() -> None:
 
 
 def _cmd_full(args: argparse.Namespace) -> int:
-    from components.config import load_profile
+    from components.config import load_profile, resolve_profile_path
 
-    check_inputs(args.profile, args.data, load_profile)
+    check_inputs(args.profile, args.data, load_profile, resolve_profile_path)
     check_output(args.out or Path("outputs") / f"submission-{Path(args.profile).stem}.csv")
     print_store()
     _warm_start()
@@ -183,9 +183,9 @@ def add_full(commands: argparse._SubParsersAction) -> None:
 
 
 def _cmd_experiments(args: argparse.Namespace) -> int:
-    from components.config import load_grid
+    from components.config import load_grid, resolve_grid_path
 
-    check_inputs(args.grid, args.data, load_grid)
+    check_inputs(args.grid, args.data, load_grid, resolve_grid_path)
     if args.out:
         check_output(args.out, folder=True)
     print_store()

@@ -7,6 +7,7 @@ import sys
 
 from flows.cli.common import runs_page
 from flows.deployments import SERVED
+from flows.failures import EXIT_FAILED
 
 
 def _port(text: str) -> int:
@@ -39,19 +40,30 @@ def _cmd_up(args: argparse.Namespace) -> int:
     from flows.stack import up
 
     try:
-        urls = up(args.prefect_port, args.mlflow_port)
+        urls = up(args.prefect_port, args.mlflow_port)  # OdirError (exit 2): it already runs on other ports
     except RuntimeError as error:  # a service that did not come up: the message names it and its log
         print(f"odir up: {error}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     print(f"\nPrefect UI  {urls['prefect_ui']}\nMLflow UI   {runs_page(urls['mlflow_ui'])}\n")
-    print(f"Run the pipeline:\n  export PREFECT_API_URL={urls['api']}")
+    if "prefect_toml" in urls:
+        print(f"Run the pipeline from this folder ({urls['prefect_toml']} points Prefect at the stack until "
+              f"`odir down`; elsewhere, export PREFECT_API_URL={urls['api']} first):")  # fmt: skip
+    else:
+        print(f"Run the pipeline:\n  export PREFECT_API_URL={urls['api']}")
     print("  .venv/bin/prefect deployment run odir/full --watch")
     print("Stop everything:  make down")
     return 0
 
 
 def add_up(commands: argparse._SubParsersAction) -> None:
-    up = commands.add_parser("up", help="start a local Prefect server, the MLflow UI and odir serve (127.0.0.1)")
+    up = commands.add_parser(
+        "up", help="start a local Prefect server, the MLflow UI and odir serve (127.0.0.1)",
+        description="Starts a local Prefect server, the MLflow UI and odir serve on 127.0.0.1 (each once: a running "
+        "one is reused), and writes prefect.toml in the project so that Prefect commands run there use the stack "
+        "(odir down removes it; a prefect.toml of your own is left alone).",
+        epilog="Exit status: 0 running, 1 a service did not come up (its log is named), 2 the stack already runs on "
+        "other ports (named).",
+    )  # fmt: skip
     up.add_argument("--prefect-port", type=_port, default=4200, help="Prefect server and UI port (default 4200)")
     up.add_argument("--mlflow-port", type=_port, default=5000, help="MLflow UI port (default 5000)")
     up.set_defaults(handler=_cmd_up)

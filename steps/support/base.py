@@ -12,7 +12,9 @@ or a module the step never reaches does not.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, TypeVar
 
 from steps.support import integrity, locks, tracking
@@ -20,6 +22,8 @@ from steps.support import integrity, locks, tracking
 SHAPES_RESULTS = False  # moves data, computes none of a step's results: steps.support.fingerprint
 
 Result = TypeVar("Result")
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -50,13 +54,26 @@ def run_step(
     first and reuses its run.
     """
     if config.reuse and (done := _sound_finished_run(config, step, tags)):
-        return reused(done)
+        return _reuse(config, run_name, done, reused)
     # One process at a time does the same work: a second pipeline that wants it waits, then reuses the result.
     with locks.registry_lock(f"{step}-{tracking.content_key(tags)}", timeout=None, waiting_for=run_name):
         if config.reuse and (done := _sound_finished_run(config, step, tags)):
-            return reused(done)
+            return _reuse(config, run_name, done, reused)
         with tracking.step_run(step, config.experiment, config.parent_run_id, run_name, tags, system_metrics) as run:
             return work(run)
+
+
+def _reuse(config: StepConfig, run_name: str, done: Any, reused: Callable[[Any], Result]) -> Result:
+    """``reused(done)``, said in one line: what is reused, from which run, and why (the same inputs and code), with
+    "earlier in this pipeline run" where the run is a sibling (a first run that asks for the same work twice)."""
+    if config.parent_run_id and done.data.tags.get("mlflow.parentRunId") == config.parent_run_id:
+        log.info("%s: done earlier in this pipeline run with the same inputs and code (run %s): its results are "
+                 "reused", run_name, done.info.run_id)  # fmt: skip
+    else:
+        finished = datetime.fromtimestamp((done.info.end_time or done.info.start_time) / 1000)
+        log.info("%s: done before with the same inputs and code (run %s, finished %s): its results are reused; "
+                 "--force does it again", run_name, done.info.run_id, f"{finished:%Y-%m-%d %H:%M}")  # fmt: skip
+    return reused(done)
 
 
 def _sound_finished_run(config: StepConfig, step: str, tags: dict[str, str]) -> Any | None:

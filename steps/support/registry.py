@@ -40,8 +40,9 @@ def registered_version(model_uri: str) -> tuple[str, str]:
     """(name, version) of a registered model URI that exists in the store.
 
     Raises:
-        OdirError: a malformed URI, or a model, version or alias the registry does not have (naming the store and
-            the odir models it has).
+        OdirError: a malformed URI, or a model, version or alias the registry does not have, naming the store and
+            what it has instead: odir's models for an unknown model, the model's aliases for an unknown alias, its
+            versions for an unknown version.
     """
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
@@ -58,11 +59,38 @@ def registered_version(model_uri: str) -> tuple[str, str]:
         missing_alias = error.error_code == "INVALID_PARAMETER_VALUE" and "alias" in error.message  # MLflow's code
         if error.error_code != "RESOURCE_DOES_NOT_EXIST" and not missing_alias:
             raise
-    known = sorted(
-        m.name for m in MlflowClient().search_registered_models(f"name LIKE '{MODEL_PREFIX}%'")
-        if not m.name.startswith("odir-lock-")
-    )  # fmt: skip
-    raise OdirError(f"{model_uri}: not found in {tracking.tracking_uri()} (registered: {', '.join(known) or 'none'})")
+    raise OdirError(f"{model_uri}: not found in {tracking.tracking_uri()}: {_what_is_there(model_uri)}")
+
+
+def _what_is_there(model_uri: str) -> str:
+    """What the registry has in place of a missing ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from components.errors import did_you_mean
+
+    client = MlflowClient()
+    rest = model_uri.removeprefix("models:/")
+    name, alias = rest.split("@", 1) if "@" in rest else (rest.partition("/")[0], None)
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        known = sorted(
+            m.name for m in client.search_registered_models(f"name LIKE '{MODEL_PREFIX}%'")
+            if not m.name.startswith("odir-lock-")
+        )  # fmt: skip
+        return f"no model {name} (registered: {', '.join(known) or 'none'}).{did_you_mean(name, known)}".rstrip(".")
+    if alias is not None:
+        aliases = dict(sorted(model.aliases.items()))
+        held = ", ".join(f"@{a} (version {v})" for a, v in aliases.items())
+        if not held:
+            return f"{name} has no alias @{alias}, nor any other (`odir full` sets @champion or @challenger)"
+        return f"{name} has no alias @{alias}; its aliases: {held}.{did_you_mean(alias, aliases)}".rstrip(".")
+    versions = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
+    have = f"versions {versions[0]} to {versions[-1]}" if versions else "no versions"
+    return f"{name} has no version {rest.partition('/')[2]}; it has {have}"
 
 
 def logged_model_id(model_uri: str) -> str | None:

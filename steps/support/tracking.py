@@ -428,7 +428,8 @@ def content_key(*parts: Any) -> str:
 
 
 def find_finished_run(experiment: str, step: str, tags: dict[str, str]) -> Any | None:
-    """The newest FINISHED run of ``step`` whose tags equal ``tags``, or None: how steps skip work already done."""
+    """The newest FINISHED run of ``step`` whose tags equal ``tags``, or None: how steps skip work already done
+    (:func:`steps.support.base.run_step` says so when it reuses one) and find what an earlier step made."""
     import mlflow
 
     experiment_id = setup(experiment)
@@ -438,8 +439,6 @@ def find_finished_run(experiment: str, step: str, tags: dict[str, str]) -> Any |
         [experiment_id], " and ".join(conditions), order_by=["attributes.start_time DESC"], max_results=1,
         output_format="list",
     )  # fmt: skip
-    if runs:
-        log.info("%s: reusing run %s (same inputs)", step, runs[0].info.run_id)
     return runs[0] if runs else None
 
 

@@ -47,7 +47,23 @@ def _write(tmp_path: Path, text: str) -> Path:
         ),
         (
             "name: x\nmodels:\n  - {name: a, backbone: tiny_cnn, learning_rate: 1}\n",
-            r"models\[0\].learning_rate: Extra inputs are not permitted",
+            r"models\[0\].learning_rate: unknown setting. Settings here: name, backbone,",
+        ),
+        (
+            "name: x\nmodels:\n  - {name: a, backbone: tiny_cnn, epoch: 3}\n",
+            r"models\[0\].epoch: unknown setting. Did you mean 'epochs'\?$",
+        ),
+        (
+            "name: x\ndefaults: {batchsize: 8}\nmodels:\n  - {name: a, backbone: tiny_cnn}\n",
+            r"defaults.batchsize: unknown model setting. Did you mean 'batch_size'\?$",
+        ),
+        (
+            "name: x\nmodel:\n  - {name: a, backbone: tiny_cnn}\n",
+            r"model: unknown setting. Did you mean 'models'\?",
+        ),
+        (
+            "name: x\nmodels:\n  - {name: a, backbone: tiny_cnn}\ncv: {fold: 5}\n",
+            r"cv.fold: unknown setting. Did you mean 'folds'\?$",
         ),
         ("name: x\nmodels:\n  - {name: a, backbone: resnet81}\n", r"models\[0\].backbone: unknown backbone 'resnet81'"),
         ("name: x\nmodels:\n  - {name: a, backbone: tiny_cnn, loss: dice}\n", r"models\[0\].loss: unknown loss 'dice'"),

@@ -7,11 +7,14 @@ them); a few run the installed ``odir`` as a real process, end to end (``IN_A_PR
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
 
 from tests.store import odir_env
 
@@ -73,3 +76,62 @@ def test_a_mistake_is_one_message_and_leaves_no_run(mistake: str, tmp_path: Path
 
         with sqlite3.connect(store) as db:
             assert db.execute("SELECT count(*) FROM runs").fetchone()[0] == 0
+
+
+class _Code:
+    """Unpickling this would run code: what a checkpoint from an untrusted source may hold."""
+
+    def __reduce__(self):
+        return (print, ("code ran",))
+
+
+def _weights(tmp: Path, data: Path, write) -> tuple[dict, Path]:
+    path = tmp / "weights.pt"
+    write(path)
+    return {"models": [{"name": "a", "backbone": "tiny_cnn", "weights": str(path)}]}, data
+
+
+def _train_only(tmp: Path, data: Path) -> tuple[dict, Path]:
+    copy = Path(shutil.copytree(data, tmp / "data"))
+    for split in ("val.csv", "offsite_test.csv", "onsite_test_submission.csv"):
+        (copy / split).unlink()
+    return {"models": [{"name": "a", "backbone": "tiny_cnn"}]}, copy
+
+
+# what the check before the run refuses: (profile settings and dataset, what the one line says)
+BEFORE_THE_RUN = {
+    "weights: a missing file": (
+        lambda tmp, data: _weights(tmp, data, lambda path: None), "models[0].weights: checkpoint {tmp}/weights.pt: "
+        "not found",
+    ),
+    "weights: a text file": (
+        lambda tmp, data: _weights(tmp, data, lambda path: path.write_text("not a checkpoint\n")),
+        "models[0].weights: checkpoint {tmp}/weights.pt refused: not a PyTorch checkpoint (text, empty, damaged or "
+        "another format)",
+    ),
+    "weights: a pickle that runs code": (
+        lambda tmp, data: _weights(tmp, data, lambda path: torch.save({"model": _Code()}, path)),
+        "models[0].weights: checkpoint {tmp}/weights.pt refused: it holds Python objects other than tensors (print), "
+        "and odir loads checkpoints as plain tensors only (loading it would run code from the file); save the "
+        "model's state_dict() instead",
+    ),
+    "given splits without val": (_train_only, "{tmp}/data: the dataset has no val split (present: train), which "
+                                 "profile broken's protocol (given splits) needs"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(BEFORE_THE_RUN))
+def test_a_profile_that_cannot_run_on_its_inputs_is_refused_before_the_run(
+    case: str, tmp_path: Path, tiny_data: Path, odir_here
+) -> None:
+    make, message = BEFORE_THE_RUN[case]
+    settings, data = make(tmp_path, tiny_data)
+    profile = tmp_path / "broken.yaml"
+    profile.write_text(yaml.safe_dump({"name": "broken", **settings}, sort_keys=False))
+    done = odir_here(tmp_path / "home", "full", "--profile", str(profile), "--data", str(data))
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr.strip().splitlines() == [f"odir full: {profile}: {message.format(tmp=tmp_path)}"
+                                                if case.startswith("weights") else
+                                                f"odir full: {message.format(tmp=tmp_path)}"]  # fmt: skip
+    assert "weights_only=False" not in done.stderr  # PyTorch's advice to load it unsafely is never passed on
+    assert not (tmp_path / "home" / "mlruns").exists()  # refused before any store, run or Prefect server

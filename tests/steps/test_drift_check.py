@@ -114,3 +114,48 @@ def test_the_embeddings_run_on_the_ensembles_export_and_agree_with_eager(ensembl
     distances = {b: np.array([image.embedding_distance for image in r.images]) for b, r in reports.items()}
     np.testing.assert_allclose(distances["onnxruntime"], distances["torch"], rtol=1e-4, atol=1e-4)
     assert reports["onnxruntime"].drift == reports["torch"].drift
+
+
+def _predict(*args: str) -> int:
+    from flows.cli import main
+
+    return main(["predict", *args])
+
+
+def _images_like(tiny_data: Path, folder: Path, change) -> Path:
+    """The offsite_test images, each changed by ``change`` (an RGB array -> an RGB array), in ``folder``."""
+    folder.mkdir()
+    for path in sorted((tiny_data / "images" / "offsite_test").iterdir()):
+        Image.fromarray(change(np.asarray(Image.open(path).convert("RGB")))).save(folder / path.name, quality=92)
+    return folder
+
+
+def _grey(rgb: np.ndarray) -> np.ndarray:
+    return np.repeat(rgb.mean(axis=2, keepdims=True), 3, axis=2).astype(np.uint8)
+
+
+def test_predict_warns_in_one_line_on_images_unlike_the_models_data(ensemble_uri: str, tiny_data: Path,
+                                                                     tmp_path: Path, capsys) -> None:  # fmt: skip
+    like = tiny_data / "images" / "offsite_test"
+    assert _predict("--images", str(like), "--model", ensemble_uri, "--out", str(tmp_path / "like.csv")) == 0
+    assert capsys.readouterr().err == ""  # images like the reference: no warning
+    grey = _images_like(tiny_data, tmp_path / "grey", _grey)
+    assert _predict("--images", str(grey), "--model", ensemble_uri, "--out", str(tmp_path / "grey.csv")) == 0
+    [warning] = capsys.readouterr().err.strip().splitlines()
+    first = sorted(grey.iterdir())[0].name
+    assert warning.startswith(f"odir predict: warning: 12 of 12 image(s) are unlike the training data of "
+                              f"{ensemble_uri} (e.g. {first}: not a fundus: colour far outside")  # fmt: skip
+    assert warning.endswith(f"`odir check-drift --images {grey} --model {ensemble_uri}` lists them")
+    assert len(pd.read_csv(tmp_path / "grey.csv")) == 12  # the predictions are written all the same
+
+
+@pytest.mark.parametrize(("change", "status"), [(lambda rgb: rgb, 0), (lambda rgb: (rgb * 0.5).astype(np.uint8), 1)],
+                         ids=["like the reference", "darker: drift"])  # fmt: skip
+def test_predict_check_drift_and_check_drift_agree_on_the_exit_status(
+    ensemble_uri: str, tiny_data: Path, tmp_path: Path, change, status: int
+) -> None:
+    images = str(_images_like(tiny_data, tmp_path / "images", change))
+    assert _check_drift("--images", images, "--model", ensemble_uri) == status
+    out = str(tmp_path / "p.csv")
+    assert _predict("--images", images, "--model", ensemble_uri, "--out", out, "--check-drift") == status
+    assert len(pd.read_csv(out)) == 12  # written whatever the verdict

@@ -110,8 +110,23 @@ def failed_state(error: Exception) -> Any | None:
         return None
     # the flow run's own logger: get_run_logger() in a subflow started by a task (odir-train) is the task's
     context = FlowRunContext.get()
-    flow_run_logger(context.flow_run, context.flow).error("%s", failure.sentence, exc_info=error)
+    flow_run_logger(context.flow_run, context.flow).error("%s", failure.sentence, exc_info=error,
+                                                          extra={FAILURE_RECORD: True})  # fmt: skip
     return Failed(message=failure.sentence, data=error)  # a caller in this process gets ``error`` raised
+
+
+FAILURE_RECORD = "odir_failure"  # marks the one record of a fixable failure that carries its traceback
+
+
+def _traceback_once(record: logging.LogRecord) -> bool:
+    """A filter for Prefect's flow-run logger: a fixable failure's traceback goes into the run's log once, with its
+    sentence (:func:`failed_state`), not again when the engine of a deployment's run exits with it ("Engine execution
+    exited with unexpected exception", which ``prefect deployment run --watch`` would print as a second traceback)."""
+    error = record.exc_info[1] if record.exc_info else None
+    return error is None or getattr(record, FAILURE_RECORD, False) or failure_of(error) is None
+
+
+logging.getLogger("prefect.flow_runs").addFilter(_traceback_once)
 
 
 # how Prefect words a Failed state it makes of an exception (a bug in a run, since odir's flows end in failed_state)

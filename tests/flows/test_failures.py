@@ -24,7 +24,15 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import Completed, Failed
 
 from components.errors import OdirError
-from flows.failures import EXIT_INVALID, FailedElsewhere, Failure, failure_of, no_fixable_traceback, raise_if_failed
+from flows.failures import (
+    EXIT_INVALID,
+    FAILURE_RECORD,
+    FailedElsewhere,
+    Failure,
+    failure_of,
+    no_fixable_traceback,
+    raise_if_failed,
+)  # fmt: skip
 from tests.flows.conftest import BIN, Stack
 
 MODEL = {"name": "tiny-a", "backbone": "tiny_cnn", "image_size": 32, "batch_size": 8, "epochs": 1, "seed": 1}
@@ -101,6 +109,11 @@ def test_the_console_drops_only_fixable_failures_tracebacks_and_leaves_the_recor
     assert fixable.exc_info[1].args == ("data/x.csv: bad",) and fixable.exc_text is None  # untouched for the API
     assert failure_of(OdirError("data/x.csv: bad")) == Failure("data/x.csv: bad", EXIT_INVALID)
     assert failure_of(KeyError("x")) is None
+    engine_exit = logging.LogRecord("prefect.flow_runs", logging.ERROR, __file__, 1, "Engine execution exited with "
+                                    "unexpected exception", (), fixable.exc_info)  # fmt: skip
+    ours = logging.makeLogRecord({**engine_exit.__dict__, FAILURE_RECORD: True})
+    flow_run_filter = logging.getLogger("prefect.flow_runs").filter  # a deployment's run logs the traceback once
+    assert not flow_run_filter(engine_exit) and flow_run_filter(ours) and flow_run_filter(bug)
     try:
         try:
             raise OdirError("handled")

@@ -12,7 +12,7 @@ from pathlib import Path
 from components.config import ConfigError, Profile
 from components.data.splits import SPLITS
 from components.errors import DataError, Problem
-from components.models.backbones import WeightsError, read_checkpoint
+from components.models.weight_files import WeightsError, read_checkpoint
 
 SHAPES_RESULTS = False  # moves data, computes none of a step's results: steps.support.fingerprint
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from components.errors import OdirError
 from flows.deployments import SERVED
 from steps.support import tracking
-from steps.support.tracking import process_alive
+from steps.support.processes import process_alive
 
 HOST = "127.0.0.1"
 

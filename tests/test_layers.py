@@ -54,3 +54,14 @@ def test_no_step_imports_another() -> None:
         if others := (imported & steps) - {path.stem}:
             offenders[path.name] = sorted(others)
     assert not offenders
+
+
+MAX_MODULE_LINES = 500  # docs/architecture.md: a module a newcomer can read in one sitting
+
+
+def test_no_module_is_longer_than_a_newcomer_reads_at_once() -> None:
+    packages = ("components", "steps", "flows", "bench")
+    lengths = {
+        str(p.relative_to(ROOT)): len(p.read_text().splitlines()) for d in packages for p in (ROOT / d).rglob("*.py")
+    }
+    assert not {path: n for path, n in lengths.items() if n > MAX_MODULE_LINES}

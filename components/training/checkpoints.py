@@ -31,11 +31,10 @@ from components.models.backbones import (
     IMAGENET,
     Classifier,
     Normalisation,
-    WeightsError,
     build_model,
-    load_tensors,
     preprocessing_config,
 )
+from components.models.weight_files import WeightsError, load_tensors
 from components.training.runtime import place, select_device, uses_channels_last
 from components.training.spec import ModelSpec
 
@@ -68,7 +67,7 @@ def load_checkpoint(path: Path | str) -> dict:
 
     Raises:
         WeightsError: naming the file, when it is missing, corrupt or not loadable as plain tensors
-            (:func:`components.models.backbones.load_tensors`).
+            (:func:`components.models.weight_files.load_tensors`).
     """
     saved = load_tensors(path)
     if not isinstance(saved, dict) or "model" not in saved or "spec" not in saved:

@@ -28,7 +28,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
 from components.errors import OdirError
-from steps.support import tracking
+from steps.support import processes, tracking
 
 SHAPES_RESULTS = False  # moves data, computes none of a step's results: steps.support.fingerprint
 
@@ -73,7 +73,7 @@ class Owner:
 
 def _stale_reason(owner: Owner | None, last_beat: float, lease: float) -> str | None:
     """Why a lock found held may be broken now, or None while its owner may still be working."""
-    if owner and owner.host == socket.gethostname() and not tracking.process_alive(owner.pid):
+    if owner and owner.host == socket.gethostname() and not processes.process_alive(owner.pid):
         return f"its owner {owner} is no longer running"
     silent = time.time() - last_beat
     if silent > lease:

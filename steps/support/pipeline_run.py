@@ -13,7 +13,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from steps.support import tracking
+from steps.support import processes, tracking
 
 SHAPES_RESULTS = False  # moves data, computes none of a step's results: steps.support.fingerprint
 
@@ -28,7 +28,7 @@ def start(
 
     experiment_id = tracking.setup(experiment)
     client = MlflowClient()
-    run_id = client.create_run(experiment_id, run_name=run_name, tags={**tags, **tracking.process_tags()}).info.run_id
+    run_id = client.create_run(experiment_id, run_name=run_name, tags={**tags, **processes.process_tags()}).info.run_id
     for key, value in (params or {}).items():
         client.log_param(run_id, key, value)
     for path, text in (texts or {}).items():

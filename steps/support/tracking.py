@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from steps.support import processes
+
 SHAPES_RESULTS = False  # moves data, computes none of a step's results: steps.support.fingerprint
 
 log = logging.getLogger(__name__)
@@ -332,47 +334,6 @@ def git_sha() -> str:
         return "unknown"
 
 
-def process_tags() -> dict[str, str]:
-    """Which process a run belongs to, so a later step can tell a run whose process died from a live one."""
-    return {"odir.host": socket.gethostname(), "odir.pid": str(os.getpid())}
-
-
-def process_alive(pid: int) -> bool:
-    """Whether a process with this id exists on this host."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
-def reap_dead_runs(experiment_id: str) -> list[str]:
-    """Marks FAILED the RUNNING runs of this host whose process is gone (killed, crashed, machine restarted).
-
-    Without this, a killed step's run stays RUNNING forever in the UI. Runs of other hosts are left alone: their
-    processes cannot be checked from here.
-    """
-    from mlflow import MlflowClient
-
-    client = MlflowClient()
-    host = socket.gethostname()
-    runs = client.search_runs(
-        [experiment_id], f"attributes.status = 'RUNNING' and tags.`odir.host` = '{host}'", max_results=1000
-    )
-    reaped = []
-    for run in runs:
-        pid = run.data.tags.get("odir.pid", "")
-        if pid.isdigit() and not process_alive(int(pid)):
-            client.set_terminated(run.info.run_id, "FAILED")
-            client.set_tag(run.info.run_id, "odir.failure", f"process {pid} on {host} died before the run ended")
-            reaped.append(run.info.run_id)
-    if reaped:
-        log.warning("marked %d run(s) of dead processes FAILED: %s", len(reaped), ", ".join(reaped))
-    return reaped
-
-
 @contextmanager
 def step_run(
     step: str, experiment: str, parent_run_id: str | None, run_name: str, tags: dict[str, str] | None = None,
@@ -386,8 +347,8 @@ def step_run(
     import mlflow
 
     experiment_id = setup(experiment)
-    reap_dead_runs(experiment_id)
-    all_tags = {STEP_TAG: step, "odir.git_sha": git_sha(), **process_tags(), **(tags or {})}
+    processes.reap_dead_runs(experiment_id)
+    all_tags = {STEP_TAG: step, "odir.git_sha": git_sha(), **processes.process_tags(), **(tags or {})}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
     with mlflow.start_run(
@@ -477,7 +438,7 @@ def _remove_dead_scratch() -> None:
     """Removes the scratch folders of processes that are gone (killed: no exit handler ran)."""
     for folder in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*-*"):
         pid = folder.name.removeprefix(SCRATCH_PREFIX).split("-")[0]
-        if pid.isdigit() and not process_alive(int(pid)):
+        if pid.isdigit() and not processes.process_alive(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -12,7 +12,8 @@ import torch
 from components.config import parse_model_spec
 from components.data.dataset import FundusDataset, ImageCache
 from components.data.splits import load_split
-from components.models.backbones import WeightsError, build_model
+from components.models.backbones import build_model
+from components.models.weight_files import WeightsError
 from components.training.checkpoints import load_checkpoint, load_trained, save_checkpoint
 from components.training.loop import train
 

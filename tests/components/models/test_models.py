@@ -14,7 +14,6 @@ from components.models.backbones import (
     BACKBONES,
     IMAGENET,
     Normalisation,
-    WeightsError,
     build_model,
     lite0_checkpoint,
     lite0_key,
@@ -23,6 +22,7 @@ from components.models.backbones import (
     parameter_count,
     preprocessing_config,
 )
+from components.models.weight_files import WeightsError
 from components.training.loop import set_train_mode, set_trainable
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from bench.common import HEADER, REAL_DATA, Row
+from bench.common import HEADER, REAL_DATA, Goal, Row
 from components.data.dataset import FundusDataset, to_model_input
 from components.data.splits import load_split
 from components.models.backbones import build_model
@@ -70,9 +70,9 @@ def main() -> None:
     for backbone in ("resnet18", "se_resnet18"):
         fp32 = images_per_second(backbone, loader, args.steps, amp=False, device=device)
         amp = images_per_second(backbone, loader, args.steps, amp=True, device=device)
-        print(Row(f"{backbone} train, AMP+channels_last vs fp32", amp, fp32, "img/s", ">= 1x").format())
+        print(Row(f"{backbone} train, AMP+channels_last vs fp32", amp, fp32, "img/s", Goal(">=", 1.0)).format())
         print(Row(f"{backbone} one {len(dataset)}-image epoch, AMP vs fp32", len(dataset) / amp, len(dataset) / fp32,
-                  "s", "-").format())  # fmt: skip
+                  "s").format())  # fmt: skip
 
 
 if __name__ == "__main__":

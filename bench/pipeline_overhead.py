@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from bench.common import Row
+from bench.common import Goal, Row
 from components.data.dataset import FundusDataset, to_model_input
 from components.data.splits import load_split
 from components.models.backbones import build_model
@@ -103,4 +103,4 @@ def run(root: Path, size: int = 128, limit: int = 200, repeats: int = 5) -> list
                 bare.append(bare_loop(train, val, spec))
         del os.environ["ODIR_HOME"]
     name = f"odir-train flow + MLflow vs bare loop ({spec['epochs']} ep, {limit} img)"
-    return [Row(name, statistics.median(pipeline), statistics.median(bare), "s", "<= 1.05x")]
+    return [Row(name, statistics.median(pipeline), statistics.median(bare), "s", Goal("<=", 1.05))]

@@ -184,11 +184,11 @@ def _start_pipeline_run(experiment: str, profile: Profile, data_root: str) -> st
 def profile_key(profile: Profile) -> str:
     """Identifies a profile's content (a renamed file with the same settings keeps its key).
 
-    Left out: ``gradcam_gallery`` (it shapes no model), and ``referral``, ``threshold_strategy`` and ``seeds`` while
-    they hold their defaults, so a profile keeps the key it had before those fields existed and its champion is not
-    taken for out of date.
+    Left out: ``gradcam_gallery`` and ``member_galleries`` (they shape no model), and ``referral``,
+    ``threshold_strategy`` and ``seeds`` while they hold their defaults, so a profile keeps the key it had before
+    those fields existed and its champion is not taken for out of date.
     """
-    data = profile.model_dump(exclude={"gradcam_gallery"})
+    data = profile.model_dump(exclude={"gradcam_gallery", "member_galleries"})
     defaults = {"referral": ReferralSpec().model_dump(), "threshold_strategy": "tuned", "seeds": ()}
     for field, default in defaults.items():
         if data[field] == default:
@@ -269,12 +269,18 @@ class PipelineRun:
     common: dict[str, Any]  # experiment, parent_run_id, reuse: the fields of every StepConfig
     dispatch: str
 
-    def evaluate(self, model_uri: str, manifest_uri: str, split: str) -> evaluate.EvaluateResult:
+    def evaluate(self, model_uri: str, manifest_uri: str, split: str, member: bool) -> evaluate.EvaluateResult:
+        """Scores a model on a split; its Grad-CAM gallery is logged for the ensemble, and for a member only with the
+        profile's ``member_galleries``."""
         excluded = ("train",) if split == "val" and self.profile.exclude_shared_patients else ()
         config = evaluate.EvaluateConfig(model_uri=model_uri, manifest_uri=manifest_uri, split=split,
                                          views=self.profile.tta_views, exclude_shared_with=excluded,
-                                         gradcam_gallery=self.profile.gradcam_gallery, **self.common)  # fmt: skip
+                                         gradcam_gallery=self.gallery(member), **self.common)  # fmt: skip
         return step_task(f"evaluate {model_uri} on {split}", evaluate.run, config)
+
+    def gallery(self, member: bool) -> int:
+        """The gallery size of an evaluation of a member or of the ensemble (0: none)."""
+        return self.profile.gradcam_gallery if self.profile.member_galleries or not member else 0
 
     def ensemble(
         self, members: list[train.TrainStepResult], predictions: list[str], manifest_uri: str
@@ -323,7 +329,7 @@ def _build(run: PipelineRun, manifest_uri: str, manifest: Manifest) -> Built:
     config, common = run.profile, run.common
     members = run.train(manifest_uri)
     # what the thresholds, temperatures and weights are fit on: out-of-fold predictions in CV mode, else val's
-    on_val = [] if config.cv else [run.evaluate(m.model_uri, manifest_uri, "val") for m in members]
+    on_val = [] if config.cv else [run.evaluate(m.model_uri, manifest_uri, "val", member=True) for m in members]
     fitted_on = [m.oof_predictions_uri for m in members] if config.cv else [e.predictions_uri for e in on_val]
     test_split = "offsite_test" if manifest.has_split("offsite_test") else "cv" if config.cv else "val"
     for member, predictions in zip(members, fitted_on, strict=True):
@@ -336,13 +342,15 @@ def _build(run: PipelineRun, manifest_uri: str, manifest: Manifest) -> Built:
         scores = {m.model_uri: m.metrics.get("cv_f1_macro") for m in members}
     else:
         tested = (
-            on_val if test_split == "val" else [run.evaluate(m.model_uri, manifest_uri, test_split) for m in members]
+            on_val
+            if test_split == "val"
+            else [run.evaluate(m.model_uri, manifest_uri, test_split, member=True) for m in members]
         )
         prefix = tracking.split_prefix(test_split)
         scores = {m.model_uri: e.metrics.get(f"{prefix}f1_macro") for m, e in zip(members, tested, strict=True)}
     ens = run.ensemble(members, fitted_on, manifest_uri)
     # in CV mode without a test split, the ensemble's cross-fitted out-of-fold scores are the honest ones
-    evaluated = None if test_split == "cv" else run.evaluate(ens.model_uri, manifest_uri, test_split)
+    evaluated = None if test_split == "cv" else run.evaluate(ens.model_uri, manifest_uri, test_split, member=False)
     return Built(members, test_split, ens, evaluated, scores, tuple(e.run_id for e in tested))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 # Under pytest-xdist (make test runs two test processes on two cores) each process, and every command it starts,
@@ -17,6 +18,16 @@ import yaml
 
 from components.data.synth import SynthSizes, write_synthetic_dataset
 from tests.store import empty_store, odir_here, odir_home  # noqa: F401  (fixtures for every test package)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def graph_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The ONNX export's traced graphs (components.models.runtime.graph_cache) in a folder of the session, for the
+    tests and the commands they start: tests write nothing into the user's cache."""
+    folder = tmp_path_factory.mktemp("onnx-graphs")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ODIR_GRAPH_CACHE", str(folder))
+        yield folder
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,17 @@ A network is exported once, when the ensemble is registered (:func:`export_onnx`
 the ``.onnx`` file only. The graph takes a uint8 ``(N, 3, S, S)`` batch of any ``N`` and gives two outputs: the logits
 (:data:`LOGITS`) and the pooled features (:data:`FEATURES`, the drift check's embeddings), both computed in one pass.
 
+Tracing a network is the export's cost (EfficientNet-Lite0: 8 CPU seconds, most of it ``torch.export`` reasoning about
+the symbolic batch size; a ``tiny_cnn`` 1.2 s, and 3 s more for the exporter's first use in a process), and it depends
+on the architecture only: the traced graph (before ONNX Script's optimiser, whose fusions fold the weights into new
+tensors) is kept per architecture in a folder (:func:`graph_cache`), and every later network of that architecture,
+in this process or another (the fold models of a member, the members of a profile, the next pipeline run), gets it
+with its own weights put in (``ONNXProgram.apply_weights``) and is only optimised and saved: 0.5 CPU seconds for a
+Lite0. The architecture is the network's module tree as ``repr`` prints it (layer types, kernels, strides,
+activations), the names, shapes and types of its weights, the image size, the source of this package and the versions
+of torch, timm, ONNX Script and ONNX IR (:func:`graph_key`); the check against eager at registration is the same
+whichever way an export was made.
+
 Why ONNX Runtime: measured against OpenVINO and eager PyTorch on the `cpu` profile's champion (docs/benchmarks.md,
 "CPU inference"), and ONNX as the format: one file of tensors and operators per network, no Python code to unpickle,
 read by either runtime. The export is torch's own maintained exporter (``torch.onnx.export(dynamo=True)``, which needs
@@ -16,9 +27,14 @@ read by either runtime. The export is torch's own maintained exporter (``torch.o
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import io
 import logging
+import os
+import tempfile
 from collections.abc import Iterator, Sequence
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +52,7 @@ exported one to be used (float32 either way; measured about 1e-6)."""
 
 
 EXPORTER_LOGGERS = ("torch.onnx", "onnxscript", "onnx_ir")
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -64,21 +81,71 @@ class _LogitsAndFeatures(nn.Module):
         return self.model.forward_head(features), features
 
 
-def export_onnx(model: Classifier, image_size: int, path: Path | str) -> Path:
+def export_onnx(model: Classifier, image_size: int, path: Path | str, graphs: Path | None = None) -> Path:
     """Writes ``model`` (in evaluation mode) as one ONNX file that takes uint8 ``(N, 3, image_size, image_size)``
-    images with any ``N``; returns its path."""
+    images with any ``N``; returns its path. The graph is traced once per architecture and kept in ``graphs``
+    (default :func:`graph_cache`); see the module docstring."""
     path = Path(path)
-    example = torch.zeros((2, 3, image_size, image_size), dtype=torch.uint8)
-    batch = torch.export.Dim("batch", min=1)
+    wrapped = _LogitsAndFeatures(model).eval()
     # the exporter reports each of its stages on stdout, and its graph optimiser each rewrite in the log (hundreds of
     # lines per network): odir's commands print their own lines there
     with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), _quiet(EXPORTER_LOGGERS):
-        torch.onnx.export(
-            _LogitsAndFeatures(model).eval(), (example,), str(path), input_names=[INPUT],
-            output_names=[LOGITS, FEATURES], dynamic_shapes=({0: batch},), dynamo=True, external_data=False,
-            verbose=False,
-        )  # fmt: skip
+        program = _traced(wrapped, image_size, graphs or graph_cache())
+        weights = {**dict(wrapped.named_parameters()), **dict(wrapped.named_buffers())}
+        program.apply_weights({name: weights[name] for name in program.model.graph.initializers if name in weights})
+        program.optimize()
+        program.save(str(path), external_data=False)
     return path
+
+
+def _traced(wrapped: nn.Module, image_size: int, graphs: Path) -> torch.onnx.ONNXProgram:
+    """The unoptimised program of ``wrapped``'s architecture: from ``graphs`` when it holds it (whatever weights it was
+    traced with), else traced now and kept there (written under a temporary name and renamed, so that a concurrent
+    reader never sees half a file)."""
+    import onnx_ir
+
+    kept = graphs / f"{graph_key(wrapped, image_size)}.onnx"
+    if kept.is_file():
+        try:
+            return torch.onnx.ONNXProgram(onnx_ir.load(kept), None)
+        except Exception as error:  # unreadable (a disk fault): traced again and replaced
+            log.warning("traced graph %s unreadable, tracing again: %s", kept, error)
+    example = torch.zeros((2, 3, image_size, image_size), dtype=torch.uint8)
+    program = torch.onnx.export(
+        wrapped, (example,), None, input_names=[INPUT], output_names=[LOGITS, FEATURES],
+        dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), dynamo=True, optimize=False, verbose=False,
+    )  # fmt: skip
+    graphs.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=graphs, suffix=".part", delete=False) as part:
+        onnx_ir.save(program.model, part.name)
+    os.replace(part.name, kept)
+    return program
+
+
+def graph_key(wrapped: nn.Module, image_size: int) -> str:
+    """What a traced graph depends on (see the module docstring), hashed."""
+    schema = [(name, tuple(t.shape), str(t.dtype)) for name, t in (*wrapped.named_parameters(),
+                                                                  *wrapped.named_buffers())]  # fmt: skip
+    parts = (repr(wrapped), schema, image_size, _code_and_versions())
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:32]
+
+
+@functools.cache
+def _code_and_versions() -> tuple[str, ...]:
+    """The source of this package's modules (the networks and this exporter) and the versions of the libraries that
+    build and trace them."""
+    package = Path(__file__).parent
+    code = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(package.glob("*.py")))).hexdigest()
+    return (code, *(f"{name} {metadata.version(name)}" for name in ("torch", "timm", "onnxscript", "onnx_ir")))
+
+
+def graph_cache() -> Path:
+    """Where traced graphs are kept: ``ODIR_GRAPH_CACHE``, else ``odir/onnx-graphs`` in the user's cache folder
+    (``XDG_CACHE_HOME``, default ``~/.cache``). Nothing in it is needed: an empty folder only costs a trace per
+    architecture."""
+    if folder := os.environ.get("ODIR_GRAPH_CACHE"):
+        return Path(folder)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "odir" / "onnx-graphs"
 
 
 class ExportedNetwork:

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from bench import __main__ as bench_main
 from bench import cpu_training, data_cache, end_to_end, head_only, inference, pipeline_overhead
+from bench.common import Goal, Row
 from components.training.heap import glibc
 
 
@@ -18,7 +20,7 @@ def test_data_cache_benchmark_runs(synthetic_root: Path) -> None:
 
 def test_head_only_benchmark_runs(synthetic_root: Path) -> None:
     [row] = head_only.run(synthetic_root, backbone="tiny_cnn", weights="none", size=16, epochs=2, limit=8)
-    assert row.value > 0 and row.reference > 0 and "val f1" in row.goal
+    assert row.value > 0 and row.reference > 0 and "val f1" in row.note
 
 
 def test_inference_benchmark_runs(synthetic_root: Path) -> None:
@@ -61,3 +63,23 @@ def test_cpu_training_benchmark_runs() -> None:
     if glibc() is not None:
         assert rows[-1].name.endswith("freed memory kept vs glibc's default (224 px, channels_last)")
     assert all(row.value > 0 and row.reference > 0 and row.unit == "img/s" for row in rows)
+
+
+def test_a_row_misses_its_goal_by_its_ratio_or_its_condition() -> None:
+    assert not Row("fast", 10.0, 2.0, "s", Goal(">=", 5.0)).misses  # 5x: on the bound
+    assert Row("slow", 9.0, 2.0, "s", Goal(">=", 5.0)).misses  # 4.5x
+    assert Row("fast but different", 10.0, 1.0, "s", Goal(">=", 5.0), condition=False).misses
+    assert not Row("informs", 1.0, 9.0, "MB").misses and Row("informs", 1.0, 9.0, "MB").verdict == ""
+    share = Row("demo", 12.0, 10.0, "s", Goal("<=", 1.176), "15% outside")  # 17% outside
+    assert share.misses and share.markdown().endswith("| <= 1.176x; 15% outside | **MISSES** |")
+    assert "MISSES" in share.format()
+
+
+def test_the_docs_get_the_table_between_the_markers_only(tmp_path: Path) -> None:
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text(f"# Benchmarks\n\nbefore\n{bench_main.BEGIN}\nold table\n{bench_main.END}\nafter\n")
+    bench_main.write_docs(docs, "new table")
+    assert docs.read_text() == f"# Benchmarks\n\nbefore\n{bench_main.BEGIN}\nnew table\n{bench_main.END}\nafter\n"
+    (tmp_path / "plain.md").write_text("no markers")
+    with pytest.raises(SystemExit, match=r"no .* block"):
+        bench_main.write_docs(tmp_path / "plain.md", "new table")

@@ -51,4 +51,4 @@ def test_runtimes_compare_eager_and_onnxruntime(synthetic_root: Path, tmp_path: 
     assert rows[0].name.endswith("eager PyTorch, forwards of 32") and rows[0].ratio == 1.0
     assert any("onnxruntime" in row.name for row in rows) and all(row.value > 0 for row in rows)
     for row in rows[1:3]:  # onnxruntime's: within the registration's tolerance of eager
-        assert float(row.goal.split()[-1]) <= 1e-4
+        assert float(row.note.split()[-1]) <= 1e-4

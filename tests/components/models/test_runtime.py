@@ -10,9 +10,10 @@ import torch
 from PIL import Image
 
 from components.data import dataset
+from components.models import runtime
 from components.models.backbones import build_model
 from components.models.inference import EXPORTED_BATCH, predict_image_views, predict_networks_views
-from components.models.runtime import TOLERANCE, ExportedNetwork, export_onnx, largest_difference
+from components.models.runtime import TOLERANCE, ExportedNetwork, export_onnx, graph_key, largest_difference
 from components.models.tta import STUDY_VIEWS
 
 SIZE = 32
@@ -94,3 +95,36 @@ def test_an_exported_network_takes_the_views_of_several_images_per_call(exported
     predict_networks_views([Counted()], paths, SIZE, STUDY_VIEWS, batch_size=len(paths), cache=None)
     views = len(STUDY_VIEWS)
     assert calls == [EXPORTED_BATCH * views, EXPORTED_BATCH * views, 3 * views]
+
+
+def test_a_second_network_of_an_architecture_reuses_its_traced_graph_with_its_own_weights(tmp_path: Path) -> None:
+    graphs = tmp_path / "graphs"
+    images = torch.randint(0, 256, (3, 3, SIZE, SIZE), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    for seed in (0, 1):
+        model = _model(seed)
+        network = ExportedNetwork(export_onnx(model, SIZE, tmp_path / f"{seed}.onnx", graphs))
+        with torch.no_grad():
+            assert torch.allclose(network(images), model(images), atol=1e-5, rtol=0)
+            assert torch.allclose(network.forward_features(images), model.forward_features(images), atol=1e-5, rtol=0)
+        assert len(list(graphs.iterdir())) == 1  # one architecture, one graph: the second network was not traced
+    assert largest_difference(_model(0), network, images, STUDY_VIEWS) > TOLERANCE  # not the first one's weights
+
+
+def test_the_graph_key_tells_architectures_and_image_sizes_apart() -> None:
+    wrapped = runtime._LogitsAndFeatures(_model(0))
+    assert graph_key(wrapped, SIZE) == graph_key(runtime._LogitsAndFeatures(_model(1)), SIZE)  # weights aside
+    assert graph_key(wrapped, SIZE) != graph_key(wrapped, 2 * SIZE)
+    assert graph_key(wrapped, SIZE) != graph_key(runtime._LogitsAndFeatures(build_model("resnet18")), SIZE)
+
+
+def test_an_unreadable_kept_graph_is_traced_again_and_replaced(tmp_path: Path) -> None:
+    graphs = tmp_path / "graphs"
+    model = _model(0)
+    export_onnx(model, SIZE, tmp_path / "first.onnx", graphs)
+    (kept,) = graphs.iterdir()
+    kept.write_bytes(b"not a graph")
+    network = ExportedNetwork(export_onnx(model, SIZE, tmp_path / "again.onnx", graphs))
+    images = torch.randint(0, 256, (2, 3, SIZE, SIZE), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert torch.allclose(network(images), model(images), atol=1e-5, rtol=0)
+    assert kept.read_bytes() != b"not a graph" and list(graphs.iterdir()) == [kept]

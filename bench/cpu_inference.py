@@ -9,10 +9,10 @@ forwards per image), ONNX Runtime (``--backend onnxruntime``, the default) again
   ``SERVING_MODEL_CONFIG``; servers of the two backends take turns (``rounds`` each); the peak PSS of each server.
 
 The ensemble: ``ODIR_BENCH_MODEL`` (a registered ``odir-ensemble`` URI in the store that ``ODIR_HOME`` or
-``MLFLOW_TRACKING_URI`` names, e.g. the champion of ``odir full --profile cpu``), else one registered in a temporary
-store by ``odir full`` of the `cpu` recipe cut to one epoch on a small synthetic dataset (the same arithmetic per
-image as the real champion; its labels, from one epoch on synthetic images, are no test of agreement). The images:
-the dataset root's val split.
+``MLFLOW_TRACKING_URI`` names, or ``ODIR_BENCH_HOME`` for this benchmark only, e.g. the champion of ``odir full
+--profile cpu``), else one registered in a temporary store by ``odir full`` of the `cpu` recipe cut to one epoch on a
+small synthetic dataset (the same arithmetic per image as the real champion; its labels, from one epoch on synthetic
+images, are no test of agreement). The images: the dataset root's val split.
 
     ODIR_BENCH_MODEL=models:/odir-ensemble@champion .venv/bin/python -m bench.cpu_inference [--rounds 2]
 """
@@ -210,6 +210,8 @@ def run(root: Path, rounds: int = 2) -> list[Row]:
         previous = os.environ.get("ODIR_HOME")
         try:
             model = os.environ.get("ODIR_BENCH_MODEL") or _bench_ensemble(Path(tmp))
+            if home := os.environ.get("ODIR_BENCH_HOME"):  # the given model's store, for this benchmark only
+                os.environ["ODIR_HOME"] = home
             return measure(model, images, rounds, Path(tmp))
         finally:
             if previous is None:

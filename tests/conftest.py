@@ -60,3 +60,19 @@ def tiny_profile(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("profiles") / "tiny.yaml"
     path.write_text(yaml.safe_dump(TINY_PROFILE, sort_keys=False))
     return path
+
+
+def one_member_ensemble(tiny_data: Path, tiny_profile: Path) -> str:
+    """The URI of an ensemble of one tiny member (``tiny-a``, 32 px), built by the real steps in the current store:
+    for the tests of what a registered ensemble carries (exports, drift reference, requirements)."""
+    from components.config import load_profile
+    from steps import ensemble, evaluate, ingest, train
+
+    manifest = ingest.run(ingest.IngestConfig(data_root=str(tiny_data))).manifest_uri
+    member = train.run(train.TrainStepConfig(manifest_uri=manifest, spec=load_profile(tiny_profile).model("tiny-a"),
+                                             profile="tiny"))  # fmt: skip
+    val = evaluate.run(evaluate.EvaluateConfig(model_uri=member.model_uri, manifest_uri=manifest))
+    return ensemble.run(
+        ensemble.EnsembleConfig(member_model_uris=(member.model_uri,), member_val_predictions=(val.predictions_uri,),
+                                manifest_uri=manifest, profile="tiny")
+    ).model_uri  # fmt: skip

@@ -9,21 +9,14 @@ import pytest
 import torch
 
 from bench import cpu_inference, runtimes
-from components.config import load_profile, parse_model_spec
+from components.config import parse_model_spec
 from components.models.backbones import build_model
-from steps import ensemble, evaluate, ingest, train
+from tests.conftest import one_member_ensemble
 
 
 @pytest.fixture(scope="module")
 def ensemble_uri(odir_home: Path, tiny_data: Path, tiny_profile: Path) -> str:
-    manifest = ingest.run(ingest.IngestConfig(data_root=str(tiny_data))).manifest_uri
-    member = train.run(train.TrainStepConfig(manifest_uri=manifest, spec=load_profile(tiny_profile).model("tiny-a"),
-                                             profile="tiny"))  # fmt: skip
-    val = evaluate.run(evaluate.EvaluateConfig(model_uri=member.model_uri, manifest_uri=manifest))
-    return ensemble.run(
-        ensemble.EnsembleConfig(member_model_uris=(member.model_uri,), member_val_predictions=(val.predictions_uri,),
-                                manifest_uri=manifest, profile="tiny")
-    ).model_uri  # fmt: skip
+    return one_member_ensemble(tiny_data, tiny_profile)
 
 
 def test_cpu_inference_measures_both_backends_in_odir_predict_and_served(

@@ -12,25 +12,18 @@ import pytest
 from mlflow import MlflowClient
 from PIL import Image
 
-from components.config import load_profile
 from components.monitoring.image_stats import FEATURES
-from steps import drift, ensemble, evaluate, ingest, train
+from steps import drift
 from steps.support import cli, registry, tracking
 from steps.support.drift_reference import DRIFT_REFERENCE_DIR, DRIFT_REFERENCE_TAG, load_drift_reference
+from tests.conftest import one_member_ensemble
 
 
 @pytest.fixture(scope="module")
 def ensemble_uri(odir_home: Path, tiny_data: Path, tiny_profile: Path) -> str:
     """One tiny member and the ensemble of it (at 32 px; the reference holds the 12 val images: the member never
     trained on them)."""
-    manifest = ingest.run(ingest.IngestConfig(data_root=str(tiny_data))).manifest_uri
-    member = train.run(train.TrainStepConfig(manifest_uri=manifest, spec=load_profile(tiny_profile).model("tiny-a"),
-                                             profile="tiny"))  # fmt: skip
-    val = evaluate.run(evaluate.EvaluateConfig(model_uri=member.model_uri, manifest_uri=manifest))
-    return ensemble.run(
-        ensemble.EnsembleConfig(member_model_uris=(member.model_uri,), member_val_predictions=(val.predictions_uri,),
-                                manifest_uri=manifest, profile="tiny")
-    ).model_uri  # fmt: skip
+    return one_member_ensemble(tiny_data, tiny_profile)
 
 
 def _check_drift(*args: str) -> int:

@@ -69,10 +69,12 @@ class Profile(BaseModel):
         gradcam_gallery: per class, the evaluate step logs Grad-CAM overlays of at most this many true positives,
             false positives and false negatives of the evaluated split (``gradcam/<split>/<class>/``); 0 logs none
             (tiny test profiles: faster). The pipeline logs them for the ensemble's evaluations, and for each
-            member's only with ``member_galleries``.
-        member_galleries: the pipeline's evaluations of each member log a gallery too (off by default since issue
-            34: about 1-2 s per evaluation on 2 cores, six evaluations in the demo, and the summary links the
-            ensemble's; ``odir compare`` and ``odir experiments`` log one for whatever they evaluate).
+            member's only with ``member_figures``.
+        member_figures: the pipeline's evaluations of each member log their figures (PR curves and confusion
+            matrices, reliability diagram) and a Grad-CAM gallery too, as the ensemble's do (off by default since
+            issue 34: about 1.5-2.5 s per evaluation on 2 cores, six evaluations in the demo, and the summary links
+            the ensemble's; every evaluation logs its metrics, intervals, per-class table and predictions either
+            way; ``odir compare`` and ``odir experiments`` log all of it for whatever they evaluate).
         threshold_strategy: how the per-class thresholds are fit (:data:`components.evaluation.thresholds.
             STRATEGIES`): ``tuned`` on the fitting predictions (default), ``shrunk`` halfway back to 0.5, ``fixed``
             at 0.5, or ``prevalence`` (as many positives predicted as there are).
@@ -97,7 +99,7 @@ class Profile(BaseModel):
     promotion: PromotionSpec = Field(default_factory=PromotionSpec)
     referral: ReferralSpec = Field(default_factory=ReferralSpec)
     gradcam_gallery: int = Field(default=GALLERY_PER_KIND, ge=0, le=50)
-    member_galleries: bool = False
+    member_figures: bool = False
     threshold_strategy: Literal[STRATEGIES] = "tuned"
     seeds: tuple[int, ...] = ()
 

@@ -184,11 +184,11 @@ def _start_pipeline_run(experiment: str, profile: Profile, data_root: str) -> st
 def profile_key(profile: Profile) -> str:
     """Identifies a profile's content (a renamed file with the same settings keeps its key).
 
-    Left out: ``gradcam_gallery`` and ``member_galleries`` (they shape no model), and ``referral``,
+    Left out: ``gradcam_gallery`` and ``member_figures`` (they shape no model), and ``referral``,
     ``threshold_strategy`` and ``seeds`` while they hold their defaults, so a profile keeps the key it had before
     those fields existed and its champion is not taken for out of date.
     """
-    data = profile.model_dump(exclude={"gradcam_gallery", "member_galleries"})
+    data = profile.model_dump(exclude={"gradcam_gallery", "member_figures"})
     defaults = {"referral": ReferralSpec().model_dump(), "threshold_strategy": "tuned", "seeds": ()}
     for field, default in defaults.items():
         if data[field] == default:
@@ -270,17 +270,22 @@ class PipelineRun:
     dispatch: str
 
     def evaluate(self, model_uri: str, manifest_uri: str, split: str, member: bool) -> evaluate.EvaluateResult:
-        """Scores a model on a split; its Grad-CAM gallery is logged for the ensemble, and for a member only with the
-        profile's ``member_galleries``."""
+        """Scores a model on a split; its figures and Grad-CAM gallery are logged for the ensemble, and for a member
+        only with the profile's ``member_figures``."""
         excluded = ("train",) if split == "val" and self.profile.exclude_shared_patients else ()
         config = evaluate.EvaluateConfig(model_uri=model_uri, manifest_uri=manifest_uri, split=split,
                                          views=self.profile.tta_views, exclude_shared_with=excluded,
-                                         gradcam_gallery=self.gallery(member), **self.common)  # fmt: skip
+                                         gradcam_gallery=self.gallery(member), figures=self.figures(member),
+                                         **self.common)  # fmt: skip
         return step_task(f"evaluate {model_uri} on {split}", evaluate.run, config)
 
     def gallery(self, member: bool) -> int:
         """The gallery size of an evaluation of a member or of the ensemble (0: none)."""
-        return self.profile.gradcam_gallery if self.profile.member_galleries or not member else 0
+        return self.profile.gradcam_gallery if self.figures(member) else 0
+
+    def figures(self, member: bool) -> bool:
+        """Whether an evaluation of a member or of the ensemble logs its figures (and its gallery)."""
+        return self.profile.member_figures or not member
 
     def ensemble(
         self, members: list[train.TrainStepResult], predictions: list[str], manifest_uri: str

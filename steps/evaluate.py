@@ -9,9 +9,10 @@ thresholds inside). Logs, under the split's prefix (``val_``, ``offsite_``):
 - beside each headline metric its 95% interval, ``<metric>_ci_low`` / ``<metric>_ci_high``, from a bootstrap
   that resamples *patients* (both eyes of one go together; 1000 resamples, seed 0): on ~200 images a point
   estimate alone is a guess;
-- the per-class table, a figure of the classes' PR curves and confusion matrices, a reliability diagram, and
-  ``predictions/<split>.csv`` (id, true labels, ``p_D``, ``p_G``, ``p_A``), which later steps read instead of
-  running the network again;
+- the per-class table and ``predictions/<split>.csv`` (id, true labels, ``p_D``, ``p_G``, ``p_A``), which later
+  steps read instead of running the network again;
+- with ``figures`` (the default), a figure of the classes' PR curves and confusion matrices and a reliability
+  diagram (``figures/<split>.png``, ``figures/<split>_reliability.png``);
 - a Grad-CAM gallery (:mod:`components.monitoring.explain`): per class the most confident true and false positives and
   the most clearly missed positives, ``gradcam_gallery`` of each at most (default 4; 0: none), as
   ``gradcam/<split>/<class>/<tp|fp|fn>_<id>.png`` and all of them in one page, ``gradcam/<split>/gallery.html`` (tag
@@ -94,6 +95,7 @@ class EvaluateConfig(StepConfig):
     min_f1_macro: float | None = None
     exclude_shared_with: tuple[str, ...] = ()  # score without the images of patients also in these splits
     gradcam_gallery: int = GALLERY_PER_KIND  # per class and kind (tp, fp, fn); 0: no gallery
+    figures: bool = True  # PR curves, confusion matrices and reliability diagram (1 s per evaluation on 2 cores)
 
 
 @dataclass(frozen=True)
@@ -159,7 +161,7 @@ def run(config: EvaluateConfig) -> EvaluateResult:
     if config.gradcam_gallery < 0:
         raise OdirError(f"gradcam_gallery must be 0 (no gallery) or more, got {config.gradcam_gallery}")
     key = evaluate_key(model_uri, config.split, views, config.thresholds_uri, config.exclude_shared_with,
-                       gradcam_gallery=config.gradcam_gallery)  # fmt: skip
+                       gradcam_gallery=config.gradcam_gallery, figures=config.figures)  # fmt: skip
     model = name.removeprefix(registry.MODEL_PREFIX)
     tags = {"odir.model": model, "model_version": model_uri, "split": config.split, "data_digest": manifest.digest,
             "evaluate_key": key}  # fmt: skip
@@ -209,8 +211,9 @@ def _evaluate(
             model_id = registry.logged_model_id(config.model_uri)
             tracking.link_metrics(model_id, compared_metrics(metrics, tracking.split_prefix(config.split)))
         mlflow.log_text(_per_class_table(report).to_csv(), f"tables/{config.split}_per_class.csv")
-        _log_figures(labels, probs, thresholds, config.split)
-        mlflow.log_figure(reliability_figure(labels, probs), f"figures/{config.split}_reliability.png")
+        if config.figures:
+            _log_figures(labels, probs, thresholds, config.split)
+            mlflow.log_figure(reliability_figure(labels, probs), f"figures/{config.split}_reliability.png")
         _log_gallery(config, manifest, model_uri, np.flatnonzero(kept), labels, probs, thresholds)
         record_score(model_uri, config.split, manifest.digest, report["f1_macro"])
         _gate(config, report["f1_macro"])

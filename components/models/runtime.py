@@ -98,6 +98,16 @@ def export_onnx(model: Classifier, image_size: int, path: Path | str, graphs: Pa
     return path
 
 
+def import_exporter() -> None:
+    """Imports what :func:`export_onnx` and :class:`ExportedNetwork` import on first use (1-2.5 s on 2 cores, once per
+    process), for a start-up with time to spare (``odir full``'s, while the Prefect server comes up)."""
+    import onnx_ir  # noqa: F401  # with onnx: most of the time
+    import onnxruntime  # noqa: F401
+    import onnxscript.optimizer  # ONNXProgram.optimize's
+    import onnxscript.rewriter.onnx_fusions  # noqa: F401
+    from torch.onnx import ONNXProgram  # noqa: F401
+
+
 def _traced(wrapped: nn.Module, image_size: int, graphs: Path) -> torch.onnx.ONNXProgram:
     """The unoptimised program of ``wrapped``'s architecture: from ``graphs`` when it holds it (whatever weights it was
     traced with), else traced now and kept there (written under a temporary name and renamed, so that a concurrent

@@ -47,8 +47,17 @@ def _fingerprint(step: str, source_root: Path) -> str:
     digest = hashlib.sha256(package.encode())
     for module in code_modules(f"steps.{step}", source_root):
         digest.update(module.encode())
-        digest.update(_code_of(_parse(module, source_root)).encode())  # parsed again: _code_of edits the tree
+        digest.update(_code_of(_text(module, source_root)).encode())
     return digest.hexdigest()[:16]
+
+
+def compute_all() -> None:
+    """Every step's fingerprint computed now and kept for the process (``odir full``'s start-up does it while the
+    Prefect server comes up, 1-3 s on 2 cores that the steps' first runs no longer wait for): one per module of
+    ``steps/``, as :func:`code_fingerprint` would compute it on first use, from the same source files."""
+    for path in sorted((SOURCE_ROOT / "steps").glob("*.py")):
+        if path.stem != "__init__":
+            code_fingerprint(path.stem)
 
 
 def code_modules(root: str, source_root: Path | None = None) -> tuple[str, ...]:
@@ -67,26 +76,38 @@ def code_modules(root: str, source_root: Path | None = None) -> tuple[str, ...]:
         if module in seen:
             continue
         seen.add(module)
-        tree = _parse(module, source_root)
-        if _shapes_results(tree):
+        text = _text(module, source_root)
+        if _shapes_results(text):
             shaping.append(module)
-        pending.extend(_project_imports(tree, source_root))
+        pending.extend(_project_imports(text, source_root))
         pending.extend(_parents(module))
     return tuple(sorted(shaping))
 
 
-def _project_imports(tree: ast.Module, source_root: Path) -> set[str]:
-    """The project modules a module imports: ``from a.b import c`` is module ``a.b.c`` when that is a file, else
-    ``a.b``."""
+def _project_imports(text: str, source_root: Path) -> set[str]:
+    """The project modules a module's source imports: ``from a.b import c`` is module ``a.b.c`` when that is a file,
+    else ``a.b``."""
     found = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names if _in_project(alias.name))
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and _in_project(node.module):
-            for alias in node.names:
-                submodule = f"{node.module}.{alias.name}"
-                found.add(submodule if _source(submodule, source_root) else node.module)
+    for module, names in _imports_of(text):
+        if names is None:
+            found.add(module)
+        for name in names or ():
+            submodule = f"{module}.{name}"
+            found.add(submodule if _source(submodule, source_root) else module)
     return found
+
+
+@functools.cache
+def _imports_of(text: str) -> tuple[tuple[str, tuple[str, ...] | None], ...]:
+    """The project imports in a module's source: ``(module, None)`` for ``import module``, ``(module, names)`` for
+    ``from module import names``. Kept per source text: a file that changes is parsed again."""
+    found = []
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.Import):
+            found.extend((alias.name, None) for alias in node.names if _in_project(alias.name))
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and _in_project(node.module):
+            found.append((node.module, tuple(alias.name for alias in node.names)))
+    return tuple(found)
 
 
 def _in_project(module: str) -> bool:
@@ -106,15 +127,17 @@ def _source(module: str, source_root: Path) -> Path | None:
     return None
 
 
-def _parse(module: str, source_root: Path) -> ast.Module:
+def _text(module: str, source_root: Path) -> str:
+    """The module's source, read now (what is derived from it is kept per text, never per file)."""
     path = _source(module, source_root)
     if path is None:
         raise ModuleNotFoundError(f"code fingerprint: module {module} not found under {source_root}")
-    return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    return path.read_text(encoding="utf-8")
 
 
-def _shapes_results(tree: ast.Module) -> bool:
-    for node in tree.body:
+@functools.cache
+def _shapes_results(text: str) -> bool:
+    for node in ast.parse(text).body:
         if (
             isinstance(node, ast.Assign)
             and any(isinstance(target, ast.Name) and target.id == "SHAPES_RESULTS" for target in node.targets)
@@ -124,8 +147,11 @@ def _shapes_results(tree: ast.Module) -> bool:
     return True
 
 
-def _code_of(tree: ast.Module) -> str:
-    """The module's code without its docstrings (``tree`` loses them)."""
+@functools.cache
+def _code_of(text: str) -> str:
+    """The module's code without its docstrings, comments and formatting. Kept per source text: steps share most of
+    the modules they reach."""
+    tree = ast.parse(text)
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
         if (

@@ -28,15 +28,15 @@ def train_tags(spec: ModelSpec, profile: str, digest: str) -> dict[str, str]:
 
 def evaluate_key(
     model_uri: str, split: str, views: tuple[str, ...], thresholds_uri: str | None = None,
-    exclude_shared_with: tuple[str, ...] = (), *, gradcam_gallery: int,
+    exclude_shared_with: tuple[str, ...] = (), *, gradcam_gallery: int, figures: bool = True,
 ) -> str:  # fmt: skip
-    """Identifies an evaluation: the same key means the same predictions, scores and Grad-CAM gallery.
+    """Identifies an evaluation: the same key means the same predictions, scores, figures and Grad-CAM gallery.
 
     ``gradcam_gallery`` has no default: the default is the evaluate step's, and importing Grad-CAM here would put it
     into the code fingerprint of the train step, which uses this module's tags too.
     """
     return tracking.content_key(model_uri, split, tuple(views), thresholds_uri, tuple(exclude_shared_with),
-                                gradcam_gallery, code_fingerprint("evaluate"))  # fmt: skip
+                                gradcam_gallery, figures, code_fingerprint("evaluate"))  # fmt: skip
 
 
 def record_score(model_uri: str, split: str, digest: str, f1_macro: float) -> None:
